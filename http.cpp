@@ -1,0 +1,1698 @@
+/*
+ * http.cpp - HTTP/1.1 on both sides of the proxy: reading and parsing heads
+ * into bounded buffers, framing bodies, rewriting hop-by-hop fields, relaying,
+ * the upstream connection pool and the error answers.
+ *
+ * Each client connection is served by one thread (started by pibl.cpp) with
+ * blocking sockets under SO_RCVTIMEO/SO_SNDTIMEO, so no fd ever goes into an
+ * fd_set here. A request is read into a fixed head buffer, parsed in place
+ * into views (picohttpparser style), validated strictly (RFC 9112), rewritten
+ * for the backend and forwarded; bodies stream through a fixed relay buffer
+ * in both directions. Bodies are always decoded and re-framed on output, so
+ * a chunked body goes out as clean chunks and a close-delimited answer can
+ * reach an HTTP/1.1 client chunked over a kept-alive connection.
+ *
+ * Refused on purpose: CONNECT and Upgrade (no tunnels), transfer codings
+ * other than chunked, obs-fold, bare LF or CR, NUL and other control bytes,
+ * Content-Length together with Transfer-Encoding, duplicate Content-Length
+ * or Host (request smuggling, RFC 9112 6.3 and 11.2).
+ *
+ * Limits: max_header_bytes per head (431/414), max_uri_bytes (414),
+ * MAX_HEADERS fields (431), max_body_bytes (413), RELAY_BUF_BYTES per
+ * connection for bodies, MAX_TRAILER_BYTES of chunked trailers (dropped).
+ */
+#include "pibl.h"
+
+#include <arpa/inet.h>
+#include <atomic>
+#include <ctype.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define POOL_MAX            128    /* idle upstream connections per backend */
+#define MAX_INTERIM         8      /* 1xx answers relayed before the final one */
+#define HEAD_EXTRA_BYTES    1024   /* room for the fields PIBL adds to a head */
+
+/* ---------------------------------------------------------------- parsing */
+
+/* RFC 9110 5.6.2 tchar */
+static int
+is_tchar(unsigned char c)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return 1;
+    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/* field-vchar / SP / HTAB / obs-text: anything but CTL and DEL. */
+static int
+is_value_char(unsigned char c)
+{
+    return c == '\t' || (c >= 0x20 && c != 0x7f);
+}
+
+int
+http_name_is(const char *name, size_t name_len, const char *want)
+{
+    size_t wl = strlen(want);
+
+    return name_len == wl && strncasecmp(name, want, wl) == 0;
+}
+
+long
+http_find_head_end(const char *buf, size_t len, size_t *scan)
+{
+    size_t i = *scan;
+
+    if (i < len && memchr(buf + i, '\0', len - i) != NULL)
+        return -1;
+    while (i < len) {
+        const char *nl = (const char *)memchr(buf + i, '\n', len - i);
+        if (nl == NULL)
+            break;
+        size_t at = (size_t)(nl - buf);
+        if (at == 0 || buf[at - 1] != '\r')
+            return -1;                          /* bare LF */
+        if (at >= 3 && buf[at - 2] == '\n' && buf[at - 3] == '\r')
+            return (long)(at + 1);
+        i = at + 1;
+    }
+    *scan = len;
+    return -2;
+}
+
+/*
+ * Parse header lines from p up to and including the empty line that ends
+ * the head. Returns 0, 400 when malformed, 431 when there are too many.
+ */
+static int
+parse_headers(const char *p, const char *end, struct http_header *hdrs, int *n_hdrs)
+{
+    int n = 0;
+
+    for (;;) {
+        if (end - p < 2)
+            return 400;
+        if (p[0] == '\r') {
+            if (p[1] != '\n')
+                return 400;
+            *n_hdrs = n;
+            return 0;
+        }
+        if (p[0] == ' ' || p[0] == '\t')
+            return 400;                         /* obs-fold, RFC 9112 5.2 */
+        if (n == MAX_HEADERS)
+            return 431;
+        const char *name = p;
+        while (p < end && is_tchar((unsigned char)*p))
+            p++;
+        if (p == name || p == end || *p != ':')
+            return 400;                         /* also space before colon */
+        hdrs[n].name = name;
+        hdrs[n].name_len = (size_t)(p - name);
+        p++;
+        while (p < end && (*p == ' ' || *p == '\t'))
+            p++;
+        const char *value = p;
+        while (p < end && *p != '\r') {
+            if (!is_value_char((unsigned char)*p))
+                return 400;
+            p++;
+        }
+        if (end - p < 2 || p[1] != '\n')
+            return 400;                         /* bare CR */
+        const char *vend = p;
+        while (vend > value && (vend[-1] == ' ' || vend[-1] == '\t'))
+            vend--;
+        hdrs[n].value = value;
+        hdrs[n].value_len = (size_t)(vend - value);
+        n++;
+        p += 2;
+    }
+}
+
+/* Parse "HTTP/1.x" at p; returns the minor version, -1 malformed, -2 other major. */
+static int
+parse_version(const char *p, const char *end)
+{
+    if (end - p < 8 || memcmp(p, "HTTP/", 5) != 0)
+        return -1;
+    if (p[5] < '0' || p[5] > '9' || p[6] != '.' || p[7] < '0' || p[7] > '9')
+        return -1;
+    if (p[5] != '1')
+        return -2;
+    return p[7] == '0' ? 0 : 1;                 /* 1.2 and up speak as 1.1 */
+}
+
+int
+http_parse_request(const char *buf, size_t len, size_t max_uri, struct http_request *req)
+{
+    const char *p = buf, *end = buf + len;
+
+    while (end - p >= 2 && p[0] == '\r' && p[1] == '\n')
+        p += 2;
+    req->method = p;
+    while (p < end && is_tchar((unsigned char)*p))
+        p++;
+    req->method_len = (size_t)(p - req->method);
+    if (req->method_len == 0 || p == end || *p != ' ')
+        return 400;
+    p++;
+    req->target = p;
+    while (p < end && *p > 0x20 && *p < 0x7f)
+        p++;
+    req->target_len = (size_t)(p - req->target);
+    if (req->target_len > max_uri)
+        return 414;
+    if (req->target_len == 0 || p == end || *p != ' ')
+        return 400;
+    p++;
+    int minor = parse_version(p, end);
+    if (minor == -2)
+        return 505;
+    if (minor == -1)
+        return 400;
+    req->minor_version = minor;
+    p += 8;
+    if (end - p < 2 || p[0] != '\r' || p[1] != '\n')
+        return 400;
+    return parse_headers(p + 2, end, req->headers, &req->n_headers);
+}
+
+int
+http_parse_response(const char *buf, size_t len, struct http_response *resp)
+{
+    const char *p = buf, *end = buf + len;
+    int minor = parse_version(p, end);
+
+    if (minor < 0)
+        return -1;
+    resp->minor_version = minor;
+    p += 8;
+    if (end - p < 5 || *p != ' ')
+        return -1;
+    p++;
+    if (p[0] < '1' || p[0] > '5' || p[1] < '0' || p[1] > '9' || p[2] < '0' || p[2] > '9')
+        return -1;
+    resp->status = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
+    p += 3;
+    if (*p == ' ')
+        p++;
+    else if (*p != '\r')
+        return -1;
+    resp->reason = p;
+    while (p < end && *p != '\r') {
+        if (!is_value_char((unsigned char)*p))
+            return -1;
+        p++;
+    }
+    resp->reason_len = (size_t)(p - resp->reason);
+    if (end - p < 2 || p[1] != '\n')
+        return -1;
+    return parse_headers(p + 2, end, resp->headers, &resp->n_headers) == 0 ? 0 : -1;
+}
+
+long long
+http_parse_content_length(const char *v, size_t len)
+{
+    long long n = 0;
+
+    if (len == 0 || len > 18)                   /* 18 digits cannot overflow */
+        return -1;
+    for (size_t i = 0; i < len; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        n = n * 10 + (v[i] - '0');
+    }
+    return n;
+}
+
+/* ---------------------------------------------------------------- chunked */
+
+enum {
+    CK_SIZE, CK_SIZE_WS, CK_EXT, CK_SIZE_LF, CK_DATA, CK_DATA_CR, CK_DATA_LF,
+    CK_TRAILER_START, CK_TRAILER_LINE, CK_TRAILER_LF, CK_END_LF, CK_DONE
+};
+
+#define CK_MAX_DIGITS   15      /* 2^60 bytes: no overflow possible */
+#define CK_MAX_EXT      1024    /* bytes of chunk extensions on one line */
+
+void
+http_chunked_init(struct http_chunked *ck)
+{
+    memset(ck, 0, sizeof *ck);
+    ck->state = CK_SIZE;
+}
+
+int
+http_chunked_done(const struct http_chunked *ck)
+{
+    return ck->state == CK_DONE;
+}
+
+static int
+hex_value(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+long
+http_chunked_step(struct http_chunked *ck, const char *p, size_t len, size_t *data_len)
+{
+    size_t i = 0;
+
+    *data_len = 0;
+    if (ck->state == CK_DATA) {
+        size_t n = len < ck->remaining ? len : (size_t)ck->remaining;
+        ck->remaining -= n;
+        if (ck->remaining == 0)
+            ck->state = CK_DATA_CR;
+        *data_len = n;
+        return (long)n;
+    }
+    while (i < len && ck->state != CK_DATA && ck->state != CK_DONE) {
+        unsigned char c = (unsigned char)p[i++];
+        switch (ck->state) {
+        case CK_SIZE: {
+            int h = hex_value(c);
+            if (h >= 0) {
+                if (++ck->n_digits > CK_MAX_DIGITS)
+                    return -1;
+                ck->remaining = ck->remaining * 16 + (uint64_t)h;
+                break;
+            }
+            if (ck->n_digits == 0)
+                return -1;                      /* sign, "0x", junk */
+            if (c == ' ' || c == '\t')
+                ck->state = CK_SIZE_WS;
+            else if (c == ';')
+                ck->state = CK_EXT;
+            else if (c == '\r')
+                ck->state = CK_SIZE_LF;
+            else
+                return -1;
+            ck->line_bytes = 0;
+            break;
+        }
+        case CK_SIZE_WS:                        /* BWS is allowed only before ';' */
+            if (c == ';')
+                ck->state = CK_EXT;
+            else if (c != ' ' && c != '\t')
+                return -1;
+            break;
+        case CK_EXT:
+            if (c == '\r')
+                ck->state = CK_SIZE_LF;
+            else if (!is_value_char(c) || ++ck->line_bytes > CK_MAX_EXT)
+                return -1;
+            break;
+        case CK_SIZE_LF:
+            if (c != '\n')
+                return -1;
+            ck->n_digits = 0;
+            ck->state = ck->remaining == 0 ? CK_TRAILER_START : CK_DATA;
+            break;
+        case CK_DATA_CR:
+            if (c != '\r')
+                return -1;
+            ck->state = CK_DATA_LF;
+            break;
+        case CK_DATA_LF:
+            if (c != '\n')
+                return -1;
+            ck->state = CK_SIZE;
+            break;
+        case CK_TRAILER_START:
+            if (c == '\r')
+                ck->state = CK_END_LF;
+            else if (is_tchar(c))
+                ck->state = CK_TRAILER_LINE;
+            else
+                return -1;
+            break;
+        case CK_TRAILER_LINE:
+            if (c == '\r')
+                ck->state = CK_TRAILER_LF;
+            else if (!is_value_char(c))
+                return -1;
+            break;
+        case CK_TRAILER_LF:
+            if (c != '\n')
+                return -1;
+            ck->state = CK_TRAILER_START;
+            break;
+        case CK_END_LF:
+            if (c != '\n')
+                return -1;
+            ck->state = CK_DONE;
+            break;
+        }
+        if (ck->state >= CK_TRAILER_START && ++ck->trailer_bytes > MAX_TRAILER_BYTES)
+            return -1;
+    }
+    return (long)i;
+}
+
+/* ---------------------------------------------------------------- I/O */
+
+static const struct pibl_config *g_cfg;
+
+/*
+ * Per client fd: IDLE while waiting for a request, BUSY inside one. On a
+ * graceful stop http_close_idle() moves IDLE -> CLOSING, shuts the socket
+ * down, then marks it STOPPED; the owning thread never closes the fd while
+ * it is CLOSING, so shutdown() cannot hit a reused descriptor.
+ */
+enum { ST_NONE, ST_IDLE, ST_BUSY, ST_CLOSING, ST_STOPPED };
+static std::atomic<uint8_t> *g_state;
+static int g_n_fds;                     /* entries in g_state */
+static std::atomic<int> g_stopping;     /* graceful stop in progress */
+
+struct pool {
+    pthread_mutex_t lock;
+    int fds[POOL_MAX];
+    int n;
+};
+static struct pool g_pools[MAX_BACKENDS];
+
+static int64_t
+now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t
+now_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void
+set_timeout(int fd, int opt, int ms)
+{
+    struct timeval tv;
+
+    if (ms < 1)
+        ms = 1;
+    tv.tv_sec = ms / 1000;
+    tv.tv_usec = (ms % 1000) * 1000;
+    setsockopt(fd, SOL_SOCKET, opt, &tv, sizeof tv);
+}
+
+/*
+ * Write every byte of the iovec array, retrying EINTR and partial writes.
+ * The array is modified. Returns 0, or -1 (peer gone or send timeout).
+ */
+static int
+writev_all(int fd, struct iovec *iov, int n)
+{
+    while (n > 0) {
+        struct msghdr msg;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_iov = iov;
+        msg.msg_iovlen = (size_t)n;
+        ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        if (w == -1) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        while (n > 0 && (size_t)w >= iov->iov_len) {
+            w -= (ssize_t)iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (char *)iov->iov_base + w;
+            iov->iov_len -= (size_t)w;
+        }
+    }
+    return 0;
+}
+
+static int
+write_all(int fd, const char *buf, size_t len)
+{
+    struct iovec iov = { (void *)buf, len };
+
+    return writev_all(fd, &iov, 1);
+}
+
+/* A byte source: a socket with the unread bytes already buffered for it. */
+struct source {
+    int fd;
+    char *buf;                     /* staging buffer (a head buffer) */
+    size_t cap;
+    size_t off;                    /* unread bytes are buf[off .. off+len) */
+    size_t len;
+};
+
+enum { BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_CLOSE };
+
+struct body_in {
+    int kind;
+    uint64_t remaining;            /* BODY_LENGTH: bytes still to come */
+    struct http_chunked ck;        /* BODY_CHUNKED: decoder state */
+};
+
+enum { READ_EOF = -1, READ_ERR = -2, READ_BAD = -3 };
+
+/*
+ * Next piece of body. Returns the byte count with *data pointing at it
+ * (into the source's buffer or into dst), 0 at the end of the body,
+ * READ_EOF if the peer closed early, READ_ERR on a socket error or timeout
+ * (errno kept), READ_BAD on broken chunked framing.
+ */
+static long
+body_read(struct source *s, struct body_in *bi, char *dst, size_t dst_cap, const char **data)
+{
+    for (;;) {
+        if (bi->kind == BODY_NONE)
+            return 0;
+        if (bi->kind == BODY_LENGTH && bi->remaining == 0)
+            return 0;
+        if (bi->kind == BODY_CHUNKED && http_chunked_done(&bi->ck))
+            return 0;
+        if (s->len > 0) {
+            if (bi->kind == BODY_CHUNKED) {
+                size_t dl;
+                long used = http_chunked_step(&bi->ck, s->buf + s->off, s->len, &dl);
+                if (used == -1)
+                    return READ_BAD;
+                *data = s->buf + s->off;
+                s->off += (size_t)used;
+                s->len -= (size_t)used;
+                if (dl > 0)
+                    return (long)dl;
+                continue;
+            }
+            size_t n = s->len;
+            if (bi->kind == BODY_LENGTH && n > bi->remaining)
+                n = (size_t)bi->remaining;
+            *data = s->buf + s->off;
+            s->off += n;
+            s->len -= n;
+            if (bi->kind == BODY_LENGTH)
+                bi->remaining -= n;
+            return (long)n;
+        }
+        /* Nothing buffered: chunked framing is staged in the source buffer,
+         * raw bytes go straight into dst, never past the end of the body. */
+        char *into = dst;
+        size_t want = dst_cap;
+        if (bi->kind == BODY_CHUNKED) {
+            s->off = 0;
+            into = s->buf;
+            want = s->cap;
+        } else if (bi->kind == BODY_LENGTH && want > bi->remaining) {
+            want = (size_t)bi->remaining;
+        }
+        ssize_t n = recv(s->fd, into, want, 0);
+        if (n == -1) {
+            if (errno == EINTR)
+                continue;
+            return READ_ERR;
+        }
+        if (n == 0)
+            return bi->kind == BODY_CLOSE ? 0 : READ_EOF;
+        if (bi->kind == BODY_CHUNKED) {
+            s->len = (size_t)n;
+            continue;
+        }
+        if (bi->kind == BODY_LENGTH)
+            bi->remaining -= (uint64_t)n;
+        *data = dst;
+        return (long)n;
+    }
+}
+
+/* A byte sink: a socket, the framing to write, and a head not yet sent. */
+struct sink {
+    int fd;
+    int chunked;                   /* 1: write chunks */
+    const char *head;              /* sent with the first body bytes */
+    size_t head_len;
+    uint64_t bytes;                /* body bytes written */
+};
+
+/* Write len body bytes (with the pending head, in one writev). 0 or -1. */
+static int
+sink_write(struct sink *k, const char *data, size_t len)
+{
+    struct iovec iov[4];
+    char size_line[24];
+    int n = 0;
+
+    if (k->head_len > 0)
+        iov[n++] = { (void *)k->head, k->head_len };
+    if (k->chunked && len > 0) {
+        int sl = snprintf(size_line, sizeof size_line, "%zx\r\n", len);
+        iov[n++] = { size_line, (size_t)sl };
+    }
+    if (len > 0)
+        iov[n++] = { (void *)data, len };
+    if (k->chunked && len > 0)
+        iov[n++] = { (void *)"\r\n", 2 };
+    k->head_len = 0;
+    k->bytes += len;
+    return n == 0 ? 0 : writev_all(k->fd, iov, n);
+}
+
+/* Finish the message: pending head and, when chunked, the last chunk. */
+static int
+sink_finish(struct sink *k)
+{
+    struct iovec iov[2];
+    int n = 0;
+
+    if (k->head_len > 0)
+        iov[n++] = { (void *)k->head, k->head_len };
+    if (k->chunked)
+        iov[n++] = { (void *)"0\r\n\r\n", 5 };
+    k->head_len = 0;
+    return n == 0 ? 0 : writev_all(k->fd, iov, n);
+}
+
+enum { RELAY_OK = 0, RELAY_SRC_EOF, RELAY_SRC_ERR, RELAY_SRC_BAD, RELAY_SINK_ERR, RELAY_TOO_BIG };
+
+/*
+ * Move a whole body from s to k through buf, re-framing it. limit > 0 caps
+ * the body size. Returns RELAY_OK or what went wrong; on RELAY_OK the sink
+ * has been finished.
+ */
+static int
+relay_body(struct source *s, struct body_in *bi, struct sink *k, char *buf, size_t cap,
+    uint64_t limit)
+{
+    for (;;) {
+        const char *data;
+        long n = body_read(s, bi, buf, cap, &data);
+        if (n == 0)
+            break;
+        if (n == READ_EOF)
+            return RELAY_SRC_EOF;
+        if (n == READ_ERR)
+            return RELAY_SRC_ERR;
+        if (n == READ_BAD)
+            return RELAY_SRC_BAD;
+        if (limit > 0 && k->bytes + (uint64_t)n > limit)
+            return RELAY_TOO_BIG;
+        if (sink_write(k, data, (size_t)n) == -1)
+            return RELAY_SINK_ERR;
+    }
+    return sink_finish(k) == -1 ? RELAY_SINK_ERR : RELAY_OK;
+}
+
+/* ---------------------------------------------------------------- heads out */
+
+/* A bounded string builder for heads; overflow sticks. */
+struct builder {
+    char *buf;
+    size_t cap;
+    size_t len;
+    int overflow;
+};
+
+static void
+put(struct builder *b, const char *s, size_t len)
+{
+    if (b->overflow || b->len + len > b->cap) {
+        b->overflow = 1;
+        return;
+    }
+    memcpy(b->buf + b->len, s, len);
+    b->len += len;
+}
+
+static void
+puts_(struct builder *b, const char *s)
+{
+    put(b, s, strlen(s));
+}
+
+static void
+put_field(struct builder *b, const char *name, size_t name_len, const char *value, size_t value_len)
+{
+    put(b, name, name_len);
+    put(b, ": ", 2);
+    put(b, value, value_len);
+    put(b, "\r\n", 2);
+}
+
+static const char *
+reason_phrase(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 417: return "Expectation Failed";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    }
+    return "Error";
+}
+
+/* Names listed in a Connection field, to drop along with it (RFC 9110 7.6.1). */
+struct conn_tokens {
+    int close;                     /* "close" listed */
+    int keep_alive;                /* "keep-alive" listed */
+    int n;
+    const char *name[MAX_CONN_TOKENS];
+    size_t len[MAX_CONN_TOKENS];
+};
+
+static void
+scan_connection(const struct http_header *hdrs, int n_hdrs, struct conn_tokens *ct)
+{
+    memset(ct, 0, sizeof *ct);
+    for (int i = 0; i < n_hdrs; i++) {
+        if (!http_name_is(hdrs[i].name, hdrs[i].name_len, "connection"))
+            continue;
+        const char *p = hdrs[i].value, *end = p + hdrs[i].value_len;
+        while (p < end) {
+            while (p < end && (*p == ',' || *p == ' ' || *p == '\t'))
+                p++;
+            const char *t = p;
+            while (p < end && *p != ',' && *p != ' ' && *p != '\t')
+                p++;
+            size_t tl = (size_t)(p - t);
+            if (tl == 0)
+                continue;
+            if (http_name_is(t, tl, "close"))
+                ct->close = 1;
+            else if (http_name_is(t, tl, "keep-alive"))
+                ct->keep_alive = 1;
+            else if (ct->n < MAX_CONN_TOKENS) {
+                ct->name[ct->n] = t;
+                ct->len[ct->n++] = tl;
+            }
+        }
+    }
+}
+
+/* 1 for a hop-by-hop field that must not be forwarded in either direction. */
+static int
+is_hop_by_hop(const struct http_header *h, const struct conn_tokens *ct)
+{
+    static const char *const fixed[] = {
+        "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
+    };
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+        if (http_name_is(h->name, h->name_len, fixed[i]))
+            return 1;
+    if (h->name_len >= 6 && strncasecmp(h->name, "proxy-", 6) == 0)
+        return 1;
+    for (int i = 0; i < ct->n; i++)
+        if (h->name_len == ct->len[i] && strncasecmp(h->name, ct->name[i], ct->len[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- exchange */
+
+/* One client connection and its buffers (allocated once it sends a byte). */
+struct conn {
+    int fd;
+    char peer_ip[64];              /* client address, for X-Forwarded-For */
+    char peer[80];                 /* "ip:port" for the log */
+    char *in;                      /* client bytes: heads, pipelined data */
+    size_t in_cap, in_off, in_len;
+    char *out;                     /* rewritten heads */
+    size_t out_cap;
+    char *uin;                     /* backend answer heads */
+    size_t uin_cap;
+    char *relay;                   /* RELAY_BUF_BYTES for bodies */
+    int rcv_ms;                    /* SO_RCVTIMEO in force on fd */
+};
+
+/* One request/answer exchange; copies what the log needs from the head. */
+struct exchange {
+    struct http_request req;
+    int64_t t_start;               /* us */
+    char method[32];
+    char target[512];              /* cut for the log */
+    char host[MAX_HOST_NAME];
+    int minor;                     /* client's HTTP minor version */
+    int is_head;
+    int keep_alive;                /* the client connection may stay open */
+    int expect_continue;
+    int retryable;                 /* idempotent with no body: may be resent */
+    struct body_in body;           /* request body framing */
+    int body_done;                 /* request body fully read from the client */
+    int backend;                   /* -1 until one is chosen */
+    int status;                    /* answered status, 0 = none */
+    uint64_t bytes;                /* answer body bytes sent */
+    const char *err;               /* reason for the log, or NULL */
+    int cache;                     /* enum cache_status */
+};
+
+static void
+set_rcv(struct conn *c, int ms)
+{
+    if (c->rcv_ms != ms) {
+        set_timeout(c->fd, SO_RCVTIMEO, ms);
+        c->rcv_ms = ms;
+    }
+}
+
+/* Copy a log field, turning quotes and control bytes into '?'. */
+static void
+copy_field(char *dst, size_t cap, const char *src, size_t len)
+{
+    size_t n = len < cap - 1 ? len : cap - 1;
+
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)src[i];
+        dst[i] = (ch < 0x20 || ch == '"' || ch == '\\' || ch >= 0x7f) ? '?' : (char)ch;
+    }
+    dst[n] = '\0';
+}
+
+static void
+log_exchange(const struct conn *c, const struct exchange *x)
+{
+    char ts[40];
+    double ms = (double)(now_us() - x->t_start) / 1000.0;
+
+    log_timestamp(ts, sizeof ts);
+    log_line("%s %s \"%s %s HTTP/1.%d\" host=%s backend=%s status=%d bytes=%llu ms=%.2f cache=%s%s%s%s",
+        ts, c->peer, x->method[0] ? x->method : "-", x->target[0] ? x->target : "-", x->minor,
+        x->host[0] ? x->host : "-", x->backend >= 0 ? rr_name(x->backend) : "-", x->status,
+        (unsigned long long)x->bytes, ms, cache_status_name(x->cache),
+        x->err ? " err=\"" : "", x->err ? x->err : "", x->err ? "\"" : "");
+}
+
+/*
+ * Answer the client with an error of our own: a small text body naming the
+ * problem. The connection is closed afterwards unless keep is set and the
+ * request was read whole. Returns 0 or -1 (client gone).
+ */
+static int
+send_error(struct conn *c, struct exchange *x, int status, const char *why, int keep)
+{
+    char body[256], head[512];
+    int bl = snprintf(body, sizeof body, "%d %s: %s\n", status, reason_phrase(status), why);
+    if (bl < 0 || (size_t)bl >= sizeof body)
+        bl = (int)sizeof body - 1;
+    if (!keep || !x->keep_alive || g_stopping.load())
+        x->keep_alive = 0;
+    int hl = snprintf(head, sizeof head,
+        "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%s\r\n",
+        status, reason_phrase(status), bl, x->keep_alive ? "" : "Connection: close\r\n");
+    x->status = status;
+    x->err = why;
+    x->bytes = x->is_head ? 0 : (uint64_t)bl;
+    struct iovec iov[2] = { { head, (size_t)hl }, { body, x->is_head ? 0 : (size_t)bl } };
+    return writev_all(c->fd, iov, 2);
+}
+
+/*
+ * Read one request head into c->in. Returns its length (> 0), 0 when the
+ * connection should just close (client left, idle timeout, graceful stop),
+ * or -status for an error answer to give (408, 414, 431, 400).
+ */
+static long
+read_head(struct conn *c, struct exchange *x)
+{
+    size_t scan = 0;
+    int64_t deadline = 0;
+    size_t cap = (size_t)g_cfg->max_header_bytes;
+    std::atomic<uint8_t> *st = &g_state[c->fd];
+
+    for (;;) {
+        /* Empty lines before a request are ignored (RFC 9112 2.2). */
+        while (c->in_len >= 2 && c->in[c->in_off] == '\r' && c->in[c->in_off + 1] == '\n') {
+            c->in_off += 2;
+            c->in_len -= 2;
+            scan = 0;
+        }
+        if (c->in_len > 0) {
+            if (deadline == 0) {
+                deadline = now_ms() + (int64_t)g_cfg->client_timeout * 1000;
+                x->t_start = now_us();
+                uint8_t idle = ST_IDLE;
+                st->compare_exchange_strong(idle, ST_BUSY);
+                if (st->load() != ST_BUSY)
+                    return 0;                   /* graceful stop got here first */
+            }
+            long end = http_find_head_end(c->in + c->in_off, c->in_len, &scan);
+            if (end > 0)
+                return end;
+            if (end == -1)
+                return -400;
+            if (c->in_len >= cap) {
+                int line_done = memchr(c->in + c->in_off, '\n', c->in_len) != NULL;
+                return line_done ? -431 : -414;
+            }
+        }
+        if (c->in_off > 0 && c->in_off + c->in_len == c->in_cap) {
+            memmove(c->in, c->in + c->in_off, c->in_len);
+            c->in_off = 0;
+        }
+        if (deadline == 0) {
+            if (g_stopping.load())
+                return 0;
+            set_rcv(c, g_cfg->keepalive_timeout * 1000);
+        } else {
+            int64_t left = deadline - now_ms();
+            if (left <= 0)
+                return -408;
+            set_rcv(c, (int)left);
+        }
+        size_t room = cap - c->in_len;
+        if (room > c->in_cap - c->in_off - c->in_len)
+            room = c->in_cap - c->in_off - c->in_len;
+        ssize_t n = recv(c->fd, c->in + c->in_off + c->in_len, room, 0);
+        if (n == -1 && errno == EINTR)
+            continue;
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return c->in_len == 0 ? 0 : -408;
+        if (n <= 0)
+            return 0;
+        c->in_len += (size_t)n;
+    }
+}
+
+/* Find the only field of that name: 1 found, 0 none, -1 several. */
+static int
+find_single(const struct http_header *hdrs, int n, const char *name, const struct http_header **out)
+{
+    int found = 0;
+
+    for (int i = 0; i < n; i++) {
+        if (http_name_is(hdrs[i].name, hdrs[i].name_len, name)) {
+            if (found)
+                return -1;
+            *out = &hdrs[i];
+            found = 1;
+        }
+    }
+    return found;
+}
+
+/* Host (RFC 9110 7.2): uri-host [ ":" port ]; no spaces, '/', '@' and such. */
+static int
+valid_host(const char *h, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)h[i];
+        if (!isalnum(ch) && (ch == 0 || strchr("-._~%!$&'()*+,;=:[]", ch) == NULL))
+            return 0;
+    }
+    return 1;
+}
+
+/*
+ * Check the request head and fill the exchange: target form, Host, body
+ * framing, Connection, Expect. Returns 0 or the error status to answer;
+ * *why names the problem. host/host_len receive the Host to forward,
+ * path/path_len the origin-form target.
+ */
+static int
+check_request(struct exchange *x, const char **why, const char **host, size_t *host_len,
+    const char **path, size_t *path_len, struct conn_tokens *ct)
+{
+    struct http_request *r = &x->req;
+    const struct http_header *h;
+
+    x->minor = r->minor_version;
+    x->is_head = http_name_is(r->method, r->method_len, "HEAD");
+    copy_field(x->method, sizeof x->method, r->method, r->method_len);
+    copy_field(x->target, sizeof x->target, r->target, r->target_len);
+
+    *path = r->target;
+    *path_len = r->target_len;
+    *host = NULL;
+    *host_len = 0;
+    if (http_name_is(r->method, r->method_len, "CONNECT")) {
+        *why = "CONNECT is not supported";
+        return 501;
+    }
+    if (r->target[0] == '*') {
+        if (r->target_len != 1 || !http_name_is(r->method, r->method_len, "OPTIONS")) {
+            *why = "bad request target";
+            return 400;
+        }
+    } else if (r->target[0] != '/') {
+        /* absolute-form (RFC 9112 3.2.2): its authority replaces Host. */
+        const char *t = r->target, *end = t + r->target_len;
+        size_t skip = 0;
+        if (r->target_len > 7 && strncasecmp(t, "http://", 7) == 0)
+            skip = 7;
+        else if (r->target_len > 8 && strncasecmp(t, "https://", 8) == 0)
+            skip = 8;
+        if (skip == 0) {
+            *why = "bad request target";
+            return 400;
+        }
+        const char *a = t + skip, *slash = a;
+        while (slash < end && *slash != '/' && *slash != '?')
+            slash++;
+        if (slash == a || !valid_host(a, (size_t)(slash - a))) {
+            *why = "bad authority in request target";
+            return 400;
+        }
+        *host = a;
+        *host_len = (size_t)(slash - a);
+        *path = slash < end ? slash : "/";
+        *path_len = slash < end ? (size_t)(end - slash) : 1;
+    }
+
+    int nh = find_single(r->headers, r->n_headers, "host", &h);
+    if (nh == -1) {
+        *why = "duplicate Host";
+        return 400;
+    }
+    if (nh == 0 && x->minor == 1) {
+        *why = "missing Host";
+        return 400;
+    }
+    if (nh == 1 && (!valid_host(h->value, h->value_len) || (h->value_len == 0 && x->minor == 1))) {
+        *why = "bad Host";
+        return 400;
+    }
+    if (nh == 1 && *host == NULL) {
+        *host = h->value;
+        *host_len = h->value_len;
+    }
+    if (*host != NULL)
+        copy_field(x->host, sizeof x->host, *host, *host_len);
+
+    /* Body framing, RFC 9112 6.1-6.3: refuse every ambiguous case. */
+    const struct http_header *cl = NULL, *te = NULL;
+    int ncl = find_single(r->headers, r->n_headers, "content-length", &cl);
+    int nte = find_single(r->headers, r->n_headers, "transfer-encoding", &te);
+    x->body.kind = BODY_NONE;
+    if (ncl == -1) {
+        *why = "duplicate Content-Length";
+        return 400;
+    }
+    if (nte != 0) {
+        if (ncl == 1) {
+            *why = "both Content-Length and Transfer-Encoding";
+            return 400;
+        }
+        if (x->minor == 0) {
+            *why = "Transfer-Encoding in an HTTP/1.0 request";
+            return 400;
+        }
+        if (nte == -1 || !http_name_is(te->value, te->value_len, "chunked")) {
+            int only_chunked = nte == 1 && te->value_len >= 7 &&
+                strncasecmp(te->value, "chunked", 7) == 0;
+            *why = "unsupported transfer coding";
+            return only_chunked ? 400 : 501;
+        }
+        x->body.kind = BODY_CHUNKED;
+        http_chunked_init(&x->body.ck);
+    } else if (ncl == 1) {
+        long long len = http_parse_content_length(cl->value, cl->value_len);
+        if (len < 0) {
+            *why = "bad Content-Length";
+            return 400;
+        }
+        if (g_cfg->max_body_bytes > 0 && len > g_cfg->max_body_bytes) {
+            *why = "request body over max_body_bytes";
+            return 413;
+        }
+        if (len > 0) {
+            x->body.kind = BODY_LENGTH;
+            x->body.remaining = (uint64_t)len;
+        }
+    }
+
+    scan_connection(r->headers, r->n_headers, ct);
+    x->keep_alive = x->minor == 1 ? !ct->close : (ct->keep_alive && !ct->close);
+
+    int ne = find_single(r->headers, r->n_headers, "expect", &h);
+    if (ne != 0) {
+        if (ne == -1 || !http_name_is(h->value, h->value_len, "100-continue")) {
+            *why = "unsupported Expect";
+            return 417;
+        }
+        x->expect_continue = x->body.kind != BODY_NONE && x->minor == 1;
+    }
+
+    static const char *const idempotent[] = { "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE" };
+    for (size_t i = 0; i < sizeof idempotent / sizeof idempotent[0]; i++)
+        if (http_name_is(r->method, r->method_len, idempotent[i]))
+            x->retryable = x->body.kind == BODY_NONE;
+    return 0;
+}
+
+/* Join the values of every field called name, then append ours. */
+static void
+put_joined(struct builder *b, const struct http_request *r, const char *name, const char *ours)
+{
+    int first = 1;
+
+    puts_(b, name);
+    put(b, ": ", 2);
+    for (int i = 0; i < r->n_headers; i++) {
+        const struct http_header *h = &r->headers[i];
+        if (!http_name_is(h->name, h->name_len, name) || h->value_len == 0)
+            continue;
+        put(b, h->value, h->value_len);
+        put(b, ", ", 2);
+        first = 0;
+    }
+    (void)first;
+    puts_(b, ours);
+    put(b, "\r\n", 2);
+}
+
+/*
+ * Write the head to send to the backend into c->out: request line in
+ * origin-form and HTTP/1.1, Host first, hop-by-hop fields dropped, then
+ * X-Forwarded-For, X-Forwarded-Proto and Via (RFC 9110 7.6.3).
+ * Returns its length, or -1 when it does not fit.
+ */
+static long
+build_upstream_head(struct conn *c, struct exchange *x, const char *host, size_t host_len,
+    const char *path, size_t path_len, const struct conn_tokens *ct, int backend)
+{
+    const struct http_request *r = &x->req;
+    struct builder b = { c->out, c->out_cap, 0, 0 };
+
+    put(&b, r->method, r->method_len);
+    put(&b, " ", 1);
+    put(&b, path, path_len);
+    puts_(&b, " HTTP/1.1\r\nHost: ");
+    if (host != NULL && host_len > 0)
+        put(&b, host, host_len);
+    else
+        puts_(&b, rr_name(backend));           /* HTTP/1.0 client without Host */
+    put(&b, "\r\n", 2);
+    for (int i = 0; i < r->n_headers; i++) {
+        const struct http_header *h = &r->headers[i];
+        if (is_hop_by_hop(h, ct) ||
+            http_name_is(h->name, h->name_len, "host") ||
+            http_name_is(h->name, h->name_len, "expect") ||
+            http_name_is(h->name, h->name_len, "x-forwarded-for") ||
+            http_name_is(h->name, h->name_len, "x-forwarded-proto") ||
+            http_name_is(h->name, h->name_len, "via"))
+            continue;
+        put_field(&b, h->name, h->name_len, h->value, h->value_len);
+    }
+    put_joined(&b, r, "X-Forwarded-For", c->peer_ip);
+    puts_(&b, "X-Forwarded-Proto: http\r\n");
+    put_joined(&b, r, "Via", x->minor == 0 ? "1.0 " PIBL_NAME : "1.1 " PIBL_NAME);
+    if (x->body.kind == BODY_CHUNKED)
+        puts_(&b, "Transfer-Encoding: chunked\r\n");
+    if (!g_cfg->upstream_keepalive)
+        puts_(&b, "Connection: close\r\n");
+    put(&b, "\r\n", 2);
+    return b.overflow ? -1 : (long)b.len;
+}
+
+/* ---------------------------------------------------------------- upstream */
+
+struct upstream {
+    int fd;
+    int backend;
+    int reused;                    /* came from the pool */
+};
+
+/* Take a live idle connection to backend b from the pool, or -1. */
+static int
+pool_get(int b)
+{
+    struct pool *p = &g_pools[b];
+
+    for (;;) {
+        pthread_mutex_lock(&p->lock);
+        int fd = p->n > 0 ? p->fds[--p->n] : -1;
+        pthread_mutex_unlock(&p->lock);
+        if (fd == -1)
+            return -1;
+        /* An idle connection the backend closed reads EOF (or stray bytes). */
+        char ch;
+        ssize_t n = recv(fd, &ch, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return fd;
+        close(fd);
+    }
+}
+
+static void
+pool_put(int b, int fd)
+{
+    struct pool *p = &g_pools[b];
+
+    pthread_mutex_lock(&p->lock);
+    if (p->n < POOL_MAX && !g_stopping.load()) {
+        p->fds[p->n++] = fd;
+        fd = -1;
+    }
+    pthread_mutex_unlock(&p->lock);
+    if (fd != -1)
+        close(fd);
+}
+
+/* Open a new connection to backend b. Returns the fd, or -1 (errno set). */
+static int
+upstream_connect(int b)
+{
+    socklen_t alen;
+    const struct sockaddr *sa = rr_addr(b, &alen);
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+
+    if (fd == -1)
+        return -1;
+    /* Linux applies SO_SNDTIMEO to a blocking connect (EINPROGRESS on expiry). */
+    set_timeout(fd, SO_SNDTIMEO, g_cfg->connect_timeout * 1000);
+    while (connect(fd, sa, alen) == -1) {
+        if (errno == EINTR)
+            continue;
+        int e = errno == EINPROGRESS ? ETIMEDOUT : errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    set_timeout(fd, SO_SNDTIMEO, g_cfg->backend_timeout * 1000);
+    set_timeout(fd, SO_RCVTIMEO, g_cfg->backend_timeout * 1000);
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+static void
+upstream_close(struct upstream *u)
+{
+    if (u->fd != -1)
+        close(u->fd);
+    u->fd = -1;
+}
+
+enum { HEAD_OK = 0, HEAD_NONE_EOF, HEAD_NONE_TIMEOUT, HEAD_BAD, HEAD_CUT };
+
+/*
+ * Read a response head from the backend into c->uin (from *off; bytes
+ * already there count). Returns HEAD_OK with the head length in *head_len,
+ * HEAD_NONE_* when not one byte came, HEAD_CUT when it stopped midway,
+ * HEAD_BAD when it is malformed or too large.
+ */
+static int
+read_response_head(struct conn *c, int fd, size_t *len, long *head_len)
+{
+    size_t scan = 0;
+
+    for (;;) {
+        if (*len > 0) {
+            long end = http_find_head_end(c->uin, *len, &scan);
+            if (end > 0) {
+                *head_len = end;
+                return HEAD_OK;
+            }
+            if (end == -1 || *len == c->uin_cap)
+                return HEAD_BAD;
+        }
+        ssize_t n = recv(fd, c->uin + *len, c->uin_cap - *len, 0);
+        if (n == -1 && errno == EINTR)
+            continue;
+        if (n > 0) {
+            *len += (size_t)n;
+            continue;
+        }
+        if (*len > 0)
+            return HEAD_CUT;
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return HEAD_NONE_TIMEOUT;
+        return HEAD_NONE_EOF;
+    }
+}
+
+/*
+ * Send the request head and body to an open upstream. Returns 0, -1 when
+ * the backend failed, or -status when the client failed (408/400/413, or
+ * -1000 when the client simply went away).
+ */
+static int
+send_request(struct conn *c, struct exchange *x, struct upstream *u, long head_len)
+{
+    struct source src = { c->fd, c->in, c->in_cap, c->in_off, c->in_len };
+    struct sink k = { u->fd, x->body.kind == BODY_CHUNKED, c->out, (size_t)head_len, 0 };
+
+    if (x->body.kind == BODY_NONE) {
+        x->body_done = 1;
+        return write_all(u->fd, c->out, (size_t)head_len);
+    }
+    if (x->expect_continue && c->in_len == 0) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        if (write_all(c->fd, cont, sizeof cont - 1) == -1)
+            return -1000;
+    }
+    set_rcv(c, g_cfg->client_timeout * 1000);
+    uint64_t limit = x->body.kind == BODY_CHUNKED ? (uint64_t)g_cfg->max_body_bytes : 0;
+    int rc = relay_body(&src, &x->body, &k, c->relay, RELAY_BUF_BYTES, limit);
+    c->in_off = src.off;
+    c->in_len = src.len;
+    switch (rc) {
+    case RELAY_OK:
+        x->body_done = 1;
+        return 0;
+    case RELAY_SINK_ERR:
+        return -1;
+    case RELAY_TOO_BIG:
+        return -413;
+    case RELAY_SRC_BAD:
+        return -400;
+    case RELAY_SRC_ERR:
+        return (errno == EAGAIN || errno == EWOULDBLOCK) ? -408 : -1000;
+    default:
+        return -1000;
+    }
+}
+
+/*
+ * Rewrite the backend's answer head for the client into c->out and decide
+ * the framing of both sides. Returns the head length, or -1 on overflow.
+ */
+static long
+build_client_head(struct conn *c, struct exchange *x, const struct http_response *resp,
+    const struct conn_tokens *ct, int out_chunked)
+{
+    struct builder b = { c->out, c->out_cap, 0, 0 };
+    char line[32];
+
+    int n = snprintf(line, sizeof line, "HTTP/1.1 %d ", resp->status);
+    put(&b, line, (size_t)n);
+    put(&b, resp->reason, resp->reason_len);
+    put(&b, "\r\n", 2);
+    for (int i = 0; i < resp->n_headers; i++) {
+        const struct http_header *h = &resp->headers[i];
+        if (is_hop_by_hop(h, ct))
+            continue;
+        put_field(&b, h->name, h->name_len, h->value, h->value_len);
+    }
+    if (out_chunked)
+        puts_(&b, "Transfer-Encoding: chunked\r\n");
+    if (!x->keep_alive)
+        puts_(&b, "Connection: close\r\n");
+    else if (x->minor == 0)
+        puts_(&b, "Connection: keep-alive\r\n");
+    put(&b, "\r\n", 2);
+    return b.overflow ? -1 : (long)b.len;
+}
+
+/*
+ * Frame the backend's answer (RFC 9112 6.3). Returns 0 or -1 when the
+ * framing is ambiguous (both Content-Length and Transfer-Encoding,
+ * duplicates, a coding other than chunked).
+ */
+static int
+response_framing(const struct exchange *x, const struct http_response *resp, struct body_in *bi)
+{
+    const struct http_header *cl = NULL, *te = NULL;
+    int ncl = find_single(resp->headers, resp->n_headers, "content-length", &cl);
+    int nte = find_single(resp->headers, resp->n_headers, "transfer-encoding", &te);
+
+    memset(bi, 0, sizeof *bi);
+    if (ncl == -1 || nte == -1 || (ncl == 1 && nte == 1))
+        return -1;
+    if (ncl == 1 && http_parse_content_length(cl->value, cl->value_len) < 0)
+        return -1;
+    if (nte == 1 && !http_name_is(te->value, te->value_len, "chunked"))
+        return -1;
+    if (x->is_head || resp->status == 204 || resp->status == 304 || resp->status < 200) {
+        bi->kind = BODY_NONE;
+    } else if (nte == 1) {
+        bi->kind = BODY_CHUNKED;
+        http_chunked_init(&bi->ck);
+    } else if (ncl == 1) {
+        bi->remaining = (uint64_t)http_parse_content_length(cl->value, cl->value_len);
+        bi->kind = bi->remaining > 0 ? BODY_LENGTH : BODY_NONE;
+    } else {
+        bi->kind = BODY_CLOSE;
+    }
+    return 0;
+}
+
+/*
+ * Relay the answer whose head sits in c->uin[0..head_len) (len bytes read)
+ * to the client. Returns 0 when the whole answer went through; -1 when the
+ * client connection must close (backend died mid-answer, client gone).
+ * *reuse tells whether the upstream connection can go back to the pool.
+ */
+static int
+relay_response(struct conn *c, struct exchange *x, struct upstream *u, size_t len, long head_len,
+    int *reuse)
+{
+    struct http_response resp;
+    struct body_in bi;
+    struct conn_tokens ct;
+
+    *reuse = 0;
+    if (http_parse_response(c->uin, (size_t)head_len, &resp) == -1 ||
+        response_framing(x, &resp, &bi) == -1) {
+        send_error(c, x, 502, "invalid answer from backend", 1);
+        return x->keep_alive ? 0 : -1;
+    }
+    scan_connection(resp.headers, resp.n_headers, &ct);
+    int out_chunked = 0;
+    if (bi.kind == BODY_CHUNKED || bi.kind == BODY_CLOSE) {
+        if (x->minor == 1)
+            out_chunked = 1;
+        else
+            x->keep_alive = 0;                  /* HTTP/1.0: end by closing */
+    }
+    if (g_stopping.load())
+        x->keep_alive = 0;
+    long out_len = build_client_head(c, x, &resp, &ct, out_chunked);
+    if (out_len == -1) {
+        send_error(c, x, 502, "backend answer head too large", 1);
+        return x->keep_alive ? 0 : -1;
+    }
+    if (g_cfg->log_headers) {
+        log_block("response from backend:", c->uin, (size_t)head_len);
+        log_block("response to client:", c->out, (size_t)out_len);
+    }
+    x->status = resp.status;
+    struct source src = { u->fd, c->uin, c->uin_cap, (size_t)head_len, len - (size_t)head_len };
+    struct sink k = { c->fd, out_chunked, c->out, (size_t)out_len, 0 };
+    int rc = relay_body(&src, &bi, &k, c->relay, RELAY_BUF_BYTES, 0);
+    x->bytes = k.bytes;
+    if (rc == RELAY_OK) {
+        *reuse = resp.minor_version == 1 && !ct.close && bi.kind != BODY_CLOSE && src.len == 0;
+        rr_mark_up(u->backend);
+        return 0;
+    }
+    if (rc == RELAY_SINK_ERR) {
+        x->err = "client went away";
+        return -1;
+    }
+    /* The backend broke off: close the client so a cut body never looks whole. */
+    rr_mark_down(u->backend);
+    x->err = rc == RELAY_SRC_BAD ? "bad chunked framing from backend" :
+        rc == RELAY_SRC_ERR ? "backend timed out mid-answer" : "backend closed mid-answer";
+    return -1;
+}
+
+/*
+ * Forward the request to a backend, retrying where it is safe, and relay the
+ * answer. Returns 0 to keep the client connection, -1 to close it.
+ */
+static int
+forward(struct conn *c, struct exchange *x, const char *host, size_t host_len, const char *path,
+    size_t path_len, const struct conn_tokens *ct)
+{
+    uint64_t tried = 0;
+    int fail_status = 503;
+    const char *fail_why = "no backend available";
+
+    for (int attempt = 0; attempt <= rr_count(); attempt++) {
+        int b = rr_next(tried);
+        if (b == -1)
+            break;
+        tried |= (uint64_t)1 << b;
+        x->backend = b;
+
+        long head_len = build_upstream_head(c, x, host, host_len, path, path_len, ct, b);
+        if (head_len == -1) {
+            send_error(c, x, 431, "request head too large once forwarded", 0);
+            return -1;
+        }
+        if (g_cfg->log_headers && attempt == 0) {
+            log_block("request from client:", x->req.method,
+                (size_t)(c->in + c->in_off - x->req.method));
+            log_block("request to backend:", c->out, (size_t)head_len);
+        }
+        struct upstream u = { -1, b, 0 };
+        if (g_cfg->upstream_keepalive)
+            u.fd = pool_get(b);
+        u.reused = u.fd != -1;
+        if (u.fd == -1)
+            u.fd = upstream_connect(b);
+        if (u.fd == -1) {
+            rr_mark_down(b);
+            fail_status = 502;
+            fail_why = errno == ETIMEDOUT ? "backend connect timed out" : "backend unreachable";
+            continue;                           /* nothing was sent: try the next */
+        }
+
+        int rc = send_request(c, x, &u, head_len);
+        if (rc <= -400 || rc == -1000) {
+            upstream_close(&u);
+            if (rc == -1000) {
+                x->err = "client went away";
+                return -1;
+            }
+            send_error(c, x, -rc, rc == -408 ? "request body too slow" :
+                rc == -413 ? "request body over max_body_bytes" : "bad chunked request body", 0);
+            return -1;
+        }
+
+        size_t len = 0;
+        long rh_len = 0;
+        int hr = rc == 0 ? read_response_head(c, u.fd, &len, &rh_len) : HEAD_NONE_EOF;
+        /* 1xx answers: relay them to HTTP/1.1 clients and wait for the final one. */
+        for (int interim = 0; hr == HEAD_OK && interim < MAX_INTERIM; interim++) {
+            struct http_response resp;
+            if (http_parse_response(c->uin, (size_t)rh_len, &resp) == -1 || resp.status >= 200)
+                break;
+            if (resp.status == 101) {
+                hr = HEAD_BAD;
+                break;
+            }
+            if (x->minor == 1 && write_all(c->fd, c->uin, (size_t)rh_len) == -1) {
+                upstream_close(&u);
+                x->err = "client went away";
+                return -1;
+            }
+            memmove(c->uin, c->uin + rh_len, len - (size_t)rh_len);
+            len -= (size_t)rh_len;
+            hr = read_response_head(c, u.fd, &len, &rh_len);
+        }
+        if (hr == HEAD_OK) {
+            int reuse;
+            int keep = relay_response(c, x, &u, len, rh_len, &reuse);
+            if (reuse && g_cfg->upstream_keepalive && keep == 0) {
+                pool_put(b, u.fd);
+                u.fd = -1;
+            }
+            upstream_close(&u);
+            return keep;
+        }
+        upstream_close(&u);
+        if (hr == HEAD_NONE_EOF && u.reused && x->retryable) {
+            tried &= ~((uint64_t)1 << b);       /* a stale pooled connection */
+            continue;
+        }
+        if (hr == HEAD_BAD || hr == HEAD_CUT) {
+            send_error(c, x, 502, hr == HEAD_BAD ? "invalid answer from backend" :
+                "backend closed mid-head", 1);
+            return x->keep_alive && x->body_done ? 0 : -1;
+        }
+        rr_mark_down(b);
+        fail_status = hr == HEAD_NONE_TIMEOUT ? 504 : 502;
+        fail_why = hr == HEAD_NONE_TIMEOUT ? "backend timed out" : "backend closed without answering";
+        if (!x->retryable)
+            break;                              /* a POST is never sent twice */
+    }
+    if (fail_status == 503)
+        x->backend = -1;
+    send_error(c, x, fail_status, fail_why, 1);
+    return x->keep_alive && x->body_done ? 0 : -1;
+}
+
+/* Allocate the connection's buffers in one block. Returns 0 or -1. */
+static int
+conn_buffers(struct conn *c)
+{
+    size_t head = (size_t)g_cfg->max_header_bytes;
+    size_t total = head + (head + HEAD_EXTRA_BYTES) + (head + HEAD_EXTRA_BYTES) + RELAY_BUF_BYTES;
+    char *block = (char *)malloc(total);
+
+    if (block == NULL)
+        return -1;
+    c->in = block;
+    c->in_cap = head;
+    c->out = c->in + c->in_cap;
+    c->out_cap = head + HEAD_EXTRA_BYTES;
+    c->uin = c->out + c->out_cap;
+    c->uin_cap = head + HEAD_EXTRA_BYTES;
+    c->relay = c->uin + c->uin_cap;
+    return 0;
+}
+
+/* Serve one request; returns 0 to keep the connection, -1 to close it. */
+static int
+serve_one(struct conn *c)
+{
+    struct exchange x;
+
+    memset(&x, 0, sizeof x);
+    x.backend = -1;
+    x.minor = 1;
+    x.t_start = now_us();
+
+    long head_len = read_head(c, &x);
+    if (head_len == 0)
+        return -1;
+    if (head_len < 0) {
+        static const char *const why[] = { "malformed request head", "client too slow" };
+        int st = (int)-head_len;
+        send_error(c, &x, st, st == 408 ? why[1] : st == 414 ? "request target too long" :
+            st == 431 ? "request head too large" : why[0], 0);
+        log_exchange(c, &x);
+        return -1;
+    }
+
+    const char *why = NULL, *host, *path;
+    size_t host_len, path_len;
+    struct conn_tokens ct;
+    int st = http_parse_request(c->in + c->in_off, (size_t)head_len,
+        (size_t)g_cfg->max_uri_bytes, &x.req);
+    if (st == 0)
+        st = check_request(&x, &why, &host, &host_len, &path, &path_len, &ct);
+    else
+        why = st == 414 ? "request target too long" : st == 431 ? "too many header fields" :
+            st == 505 ? "HTTP version not supported" : "malformed request head";
+    if (st != 0) {
+        if (x.req.method_len > 0 && x.method[0] == '\0') {
+            copy_field(x.method, sizeof x.method, x.req.method, x.req.method_len);
+            x.minor = x.req.minor_version;
+        }
+        send_error(c, &x, st, why, 0);
+        log_exchange(c, &x);
+        return -1;
+    }
+    c->in_off += (size_t)head_len;
+    c->in_len -= (size_t)head_len;
+
+    int keep = forward(c, &x, host, host_len, path, path_len, &ct);
+    log_exchange(c, &x);
+    if (keep == -1 || !x.keep_alive || !x.body_done)
+        return -1;
+    if (c->in_len == 0)
+        c->in_off = 0;
+    return 0;
+}
+
+void
+http_serve(int fd, const struct sockaddr_storage *peer)
+{
+    struct conn c;
+    std::atomic<uint8_t> *st = &g_state[fd];
+    char ip[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+
+    memset(&c, 0, sizeof c);
+    c.fd = fd;
+    if (peer->ss_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)peer;
+        inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof ip);
+        port = ntohs(s4->sin_port);
+    } else if (peer->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)peer;
+        inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof ip);
+        port = ntohs(s6->sin6_port);
+        if (strncmp(ip, "::ffff:", 7) == 0)
+            memmove(ip, ip + 7, strlen(ip + 7) + 1);
+    }
+    snprintf(c.peer_ip, sizeof c.peer_ip, "%s", ip);
+    snprintf(c.peer, sizeof c.peer, strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip, port);
+    set_timeout(fd, SO_SNDTIMEO, g_cfg->client_timeout * 1000);
+    st->store(ST_IDLE);
+
+    /* Wait for the first byte before taking buffers: idle connections
+     * then cost a thread stack and nothing else. */
+    set_rcv(&c, g_cfg->keepalive_timeout * 1000);
+    char ch;
+    ssize_t n;
+    do
+        n = recv(fd, &ch, 1, MSG_PEEK);
+    while (n == -1 && errno == EINTR);
+    if (n == 1 && conn_buffers(&c) == 0) {
+        while (serve_one(&c) == 0) {
+            uint8_t busy = ST_BUSY;
+            if (!st->compare_exchange_strong(busy, ST_IDLE))
+                break;
+        }
+    }
+
+    /* Never close while http_close_idle() is inside shutdown() on this fd. */
+    for (;;) {
+        uint8_t cur = st->load();
+        if (cur == ST_CLOSING)
+            sched_yield();
+        else if (st->compare_exchange_strong(cur, ST_NONE))
+            break;
+    }
+    free(c.in);
+    close(fd);
+}
+
+int
+http_init(const struct pibl_config *cfg, int n_fds)
+{
+    g_cfg = cfg;
+    g_n_fds = n_fds;
+    g_state = new std::atomic<uint8_t>[n_fds];
+    for (int i = 0; i < n_fds; i++)
+        g_state[i].store(ST_NONE);
+    for (int i = 0; i < MAX_BACKENDS; i++) {
+        pthread_mutex_init(&g_pools[i].lock, NULL);
+        g_pools[i].n = 0;
+    }
+    return 0;
+}
+
+void
+http_close_idle(void)
+{
+    g_stopping.store(1);
+    for (int fd = 0; fd < g_n_fds; fd++) {
+        uint8_t idle = ST_IDLE;
+        if (g_state[fd].compare_exchange_strong(idle, ST_CLOSING)) {
+            shutdown(fd, SHUT_RD);
+            g_state[fd].store(ST_STOPPED);
+        }
+    }
+}
+
+void
+http_reject(int fd, int status, const char *why)
+{
+    char buf[256];
+    int bl = (int)strlen(why) + 1;
+    int n = snprintf(buf, sizeof buf,
+        "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s\n",
+        status, reason_phrase(status), bl, why);
+    if (n > 0 && (size_t)n < sizeof buf)
+        send(fd, buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    close(fd);
+}
+

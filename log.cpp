@@ -1,0 +1,227 @@
+/*
+ * log.cpp - formats log lines and writes them to standard output and the log
+ * file from a thread of its own.
+ *
+ * Request threads format a line into a stack buffer and append it to a
+ * shared queue under a mutex held only for a memcpy; the writer thread swaps
+ * the queue out and writes it with no lock held, so a slow terminal or disk
+ * never sits inside the request path. Lines are appended whole, so the file
+ * never holds two lines interleaved.
+ *
+ * What it does not do: decide what to log (http.cpp does), rotate files.
+ * Limits: LOG_LINE_MAX bytes per line (longer lines are cut and end in
+ * "..."), LOG_QUEUE_BYTES queued; a producer waits when the queue is full
+ * rather than dropping a line.
+ */
+#include "pibl.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define LOG_QUEUE_BYTES (1024 * 1024)
+
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_have_lines = PTHREAD_COND_INITIALIZER;  /* writer waits */
+static pthread_cond_t g_have_room = PTHREAD_COND_INITIALIZER;   /* producers wait */
+static char *g_queue;              /* lines waiting for the writer */
+static size_t g_queue_len;         /* bytes used in g_queue */
+static char *g_spare;              /* the buffer the writer is writing */
+static int g_stopping;             /* log_close() was called */
+static int g_started;              /* writer thread running */
+static int g_file_fd = -1;         /* log file, -1 if it could not be opened */
+static int g_stdout_ok = 1;        /* cleared after EPIPE on stdout */
+static int g_file_warned;          /* a write error was reported once */
+static pthread_t g_writer;
+
+/* Write all of buf to fd, retrying EINTR and short writes. Returns 0 or -1. */
+static int
+write_all(int fd, const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, buf, len);
+        if (n == -1) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        buf += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static void
+write_out(const char *buf, size_t len)
+{
+    if (g_stdout_ok && write_all(STDOUT_FILENO, buf, len) == -1 && errno != EAGAIN)
+        g_stdout_ok = 0;
+    if (g_file_fd != -1 && write_all(g_file_fd, buf, len) == -1) {
+        if (!g_file_warned) {
+            char msg[160];
+            int n = snprintf(msg, sizeof msg, "pibl: warning: cannot write the log file: %s\n",
+                strerror(errno));
+            write_all(STDERR_FILENO, msg, (size_t)n);
+            g_file_warned = 1;
+        }
+    } else if (g_file_fd != -1) {
+        g_file_warned = 0;
+    }
+}
+
+/* The writer thread: swap the queue out, write it without the lock. */
+static void *
+writer_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&g_lock);
+    for (;;) {
+        while (g_queue_len == 0 && !g_stopping)
+            pthread_cond_wait(&g_have_lines, &g_lock);
+        if (g_queue_len == 0 && g_stopping)
+            break;
+        char *buf = g_queue;
+        size_t len = g_queue_len;
+        g_queue = g_spare;
+        g_queue_len = 0;
+        g_spare = buf;
+        pthread_cond_broadcast(&g_have_room);
+        pthread_mutex_unlock(&g_lock);
+        write_out(buf, len);
+        pthread_mutex_lock(&g_lock);
+    }
+    pthread_mutex_unlock(&g_lock);
+    return NULL;
+}
+
+int
+log_open(const char *path)
+{
+    g_queue = (char *)malloc(LOG_QUEUE_BYTES);
+    g_spare = (char *)malloc(LOG_QUEUE_BYTES);
+    if (g_queue == NULL || g_spare == NULL)
+        return -1;
+    g_file_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (g_file_fd == -1)
+        fprintf(stderr, "pibl: warning: cannot open log file %s: %s (logging to stdout only)\n",
+            path, strerror(errno));
+    if (pthread_create(&g_writer, NULL, writer_main, NULL) != 0)
+        return -1;
+    g_started = 1;
+    return 0;
+}
+
+/* Append len bytes to the queue, waiting for room. Writes directly if the
+ * writer is not running (start-up errors, unit tests). */
+static void
+enqueue(const char *buf, size_t len)
+{
+    if (!g_started) {
+        write_out(buf, len);
+        return;
+    }
+    if (len > LOG_QUEUE_BYTES)
+        len = LOG_QUEUE_BYTES;
+    pthread_mutex_lock(&g_lock);
+    while (g_queue_len + len > LOG_QUEUE_BYTES && !g_stopping)
+        pthread_cond_wait(&g_have_room, &g_lock);
+    if (g_queue_len + len <= LOG_QUEUE_BYTES) {
+        int was_empty = g_queue_len == 0;
+        memcpy(g_queue + g_queue_len, buf, len);
+        g_queue_len += len;
+        if (was_empty)
+            pthread_cond_signal(&g_have_lines);
+    }
+    pthread_mutex_unlock(&g_lock);
+}
+
+void
+log_line(const char *fmt, ...)
+{
+    char buf[LOG_LINE_MAX];
+    int saved_errno = errno;
+    va_list ap;
+
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        n = 0;
+    if ((size_t)n >= sizeof buf - 1) {
+        n = (int)sizeof buf - 2;
+        memcpy(buf + n - 3, "...", 3);
+    }
+    buf[n++] = '\n';
+    enqueue(buf, (size_t)n);
+    errno = saved_errno;
+}
+
+void
+log_block(const char *title, const char *text, size_t text_len)
+{
+    char buf[LOG_LINE_MAX * 4];
+    size_t len = 0;
+    int saved_errno = errno;
+
+    len += (size_t)snprintf(buf, sizeof buf, "  %s\n", title);
+    /* One line per header line, indented; CR dropped. Cut at the buffer. */
+    const char *p = text, *end = text + text_len;
+    while (p < end && len + 8 < sizeof buf) {
+        const char *nl = (const char *)memchr(p, '\n', (size_t)(end - p));
+        const char *le = nl ? nl : end;
+        size_t ll = (size_t)(le - p);
+        if (ll > 0 && p[ll - 1] == '\r')
+            ll--;
+        if (ll == 0)
+            break;                 /* the blank line ending the head */
+        if (len + ll + 6 >= sizeof buf)
+            ll = sizeof buf - len - 6;
+        memcpy(buf + len, "    ", 4);
+        memcpy(buf + len + 4, p, ll);
+        len += ll + 4;
+        buf[len++] = '\n';
+        p = nl ? nl + 1 : end;
+    }
+    enqueue(buf, len);
+    errno = saved_errno;
+}
+
+void
+log_timestamp(char *buf, size_t len)
+{
+    static thread_local time_t cached_sec = -1;
+    static thread_local char cached[24];   /* "2026-11-27T02:30:04" */
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    if (ts.tv_sec != cached_sec) {
+        struct tm tm;
+        gmtime_r(&ts.tv_sec, &tm);
+        strftime(cached, sizeof cached, "%Y-%m-%dT%H:%M:%S", &tm);
+        cached_sec = ts.tv_sec;
+    }
+    snprintf(buf, len, "%s.%03ldZ", cached, ts.tv_nsec / 1000000);
+}
+
+void
+log_close(void)
+{
+    if (!g_started)
+        return;
+    pthread_mutex_lock(&g_lock);
+    g_stopping = 1;
+    pthread_cond_broadcast(&g_have_lines);
+    pthread_cond_broadcast(&g_have_room);
+    pthread_mutex_unlock(&g_lock);
+    pthread_join(g_writer, NULL);
+    g_started = 0;
+    if (g_file_fd != -1)
+        close(g_file_fd);
+    g_file_fd = -1;
+}

@@ -1,0 +1,575 @@
+/*
+ * pibl.cpp - PIBL's entry point: the command line, the config file, the
+ * listening socket, the select() loop, connection threads and signals.
+ *
+ * Shape: one thread runs select() over the listening socket and a wake pipe
+ * (signals are turned into bytes on that pipe); every accepted client gets a
+ * detached thread with a small explicit stack that serves it with blocking
+ * I/O under socket timeouts (http_serve). Only descriptors opened at
+ * start-up ever enter an fd_set, so FD_SETSIZE bounds nothing but them, and
+ * ten thousand clients cost ten thousand parked threads, not a bigger set.
+ *
+ * It does not touch HTTP bytes (http.cpp does). Only start-up code exits;
+ * once serving, errors cost a connection, never the process.
+ * Limits: max_connections client connections (past it: a quick 503), the
+ * RLIMIT_NOFILE hard limit, MAX_CONFIG_LINE bytes per config line.
+ */
+#include "pibl.h"
+
+#include <arpa/inet.h>
+#include <atomic>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/select.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define ACCEPT_BACKOFF_MS  100     /* pause on EMFILE/ENFILE instead of spinning */
+#define MAX_FDS            (1 << 20)
+
+/* ---------------------------------------------------------------- config */
+
+enum key_type { K_INT, K_LONG, K_BOOL, K_STRING, K_BACKEND, K_ADDR };
+
+struct key_spec {
+    const char *name;
+    enum key_type type;
+    size_t offset;                 /* into struct pibl_config */
+    long long min, max;            /* numbers; strings: max = buffer size */
+};
+
+#define CFG(field) offsetof(struct pibl_config, field)
+
+static const struct key_spec g_keys[] = {
+    { "listen",             K_ADDR,    CFG(listen_addr),        0, 64 },
+    { "port",               K_INT,     CFG(port),               0, 65535 },
+    { "backend",            K_BACKEND, 0,                       0, 0 },
+    { "log_file",           K_STRING,  CFG(log_file),           0, PATH_MAX },
+    { "log_headers",        K_BOOL,    CFG(log_headers),        0, 1 },
+    { "cache_dir",          K_STRING,  CFG(cache_dir),          0, PATH_MAX },
+    { "connect_timeout",    K_INT,     CFG(connect_timeout),    1, 3600 },
+    { "backend_timeout",    K_INT,     CFG(backend_timeout),    1, 86400 },
+    { "client_timeout",     K_INT,     CFG(client_timeout),     1, 3600 },
+    { "keepalive_timeout",  K_INT,     CFG(keepalive_timeout),  1, 3600 },
+    { "down_time",          K_INT,     CFG(down_time),          0, 86400 },
+    { "max_connections",    K_INT,     CFG(max_connections),    1, 1000000 },
+    { "max_header_bytes",   K_INT,     CFG(max_header_bytes),   1024, 1048576 },
+    { "max_uri_bytes",      K_INT,     CFG(max_uri_bytes),      16, 1048576 },
+    { "max_body_bytes",     K_LONG,    CFG(max_body_bytes),     0, (1LL << 62) },
+    { "upstream_keepalive", K_BOOL,    CFG(upstream_keepalive), 0, 1 },
+    { "shutdown_timeout",   K_INT,     CFG(shutdown_timeout),   0, 3600 },
+};
+
+void
+pibl_config_defaults(struct pibl_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    snprintf(cfg->listen_addr, sizeof cfg->listen_addr, "0.0.0.0");
+    cfg->port = 8080;
+    snprintf(cfg->log_file, sizeof cfg->log_file, "pibl.log");
+    snprintf(cfg->cache_dir, sizeof cfg->cache_dir, "cache");
+    cfg->connect_timeout = 3;
+    cfg->backend_timeout = 30;
+    cfg->client_timeout = 10;
+    cfg->keepalive_timeout = 15;
+    cfg->down_time = 5;
+    cfg->max_connections = 10000;
+    cfg->max_header_bytes = 16384;
+    cfg->max_uri_bytes = 8192;
+    cfg->max_body_bytes = 1LL << 30;
+    cfg->upstream_keepalive = 1;
+    cfg->shutdown_timeout = 10;
+}
+
+/* Cut leading and trailing blanks in place; returns the new start. */
+static char *
+trim(char *s)
+{
+    while (*s == ' ' || *s == '\t')
+        s++;
+    char *e = s + strlen(s);
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n'))
+        e--;
+    *e = '\0';
+    return s;
+}
+
+/* Parse a whole decimal number in [min, max]. Returns 0 or -1. */
+static int
+parse_number(const char *s, long long min, long long max, long long *out)
+{
+    char *end;
+
+    if (*s == '\0' || (*s != '-' && (*s < '0' || *s > '9')))
+        return -1;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno != 0 || *end != '\0' || v < min || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int
+parse_bool(const char *s)
+{
+    if (strcmp(s, "on") == 0 || strcmp(s, "yes") == 0 || strcmp(s, "true") == 0 || strcmp(s, "1") == 0)
+        return 1;
+    if (strcmp(s, "off") == 0 || strcmp(s, "no") == 0 || strcmp(s, "false") == 0 || strcmp(s, "0") == 0)
+        return 0;
+    return -1;
+}
+
+/* Apply one "key = value"; returns 0 or -1 with the reason in err. */
+static int
+apply_key(struct pibl_config *cfg, const struct key_spec *k, const char *value, char *err, size_t err_len)
+{
+    char *field = (char *)cfg + k->offset;
+    long long v;
+    int b;
+
+    switch (k->type) {
+    case K_INT:
+    case K_LONG:
+        if (parse_number(value, k->min, k->max, &v) == -1) {
+            snprintf(err, err_len, "%s: \"%s\" is not a whole number from %lld to %lld", k->name,
+                value, k->min, k->max);
+            return -1;
+        }
+        if (k->type == K_INT)
+            *(int *)field = (int)v;
+        else
+            *(long long *)field = v;
+        return 0;
+    case K_BOOL:
+        if ((b = parse_bool(value)) == -1) {
+            snprintf(err, err_len, "%s: \"%s\" must be on or off", k->name, value);
+            return -1;
+        }
+        *(int *)field = b;
+        return 0;
+    case K_ADDR: {
+        unsigned char tmp[16];
+        if (inet_pton(AF_INET, value, tmp) != 1 && inet_pton(AF_INET6, value, tmp) != 1) {
+            snprintf(err, err_len, "listen: \"%s\" is not an IPv4 or IPv6 address", value);
+            return -1;
+        }
+    }
+        /* fall through */
+    case K_STRING:
+        if (strlen(value) >= (size_t)k->max) {
+            snprintf(err, err_len, "%s: value too long", k->name);
+            return -1;
+        }
+        memcpy(field, value, strlen(value) + 1);
+        return 0;
+    case K_BACKEND:
+        if (rr_add(value, err, err_len) == -1)
+            return -1;
+        cfg->n_backends++;
+        return 0;
+    }
+    return -1;
+}
+
+int
+pibl_config_load(const char *path, struct pibl_config *cfg, char *err, size_t err_len)
+{
+    char line[MAX_CONFIG_LINE + 2], why[512];
+    unsigned char seen[sizeof g_keys / sizeof g_keys[0]] = { 0 };
+    int lineno = 0, rc = -1;
+    FILE *f = fopen(path, "r");
+
+    pibl_config_defaults(cfg);
+    rr_reset();
+    if (f == NULL) {
+        snprintf(err, err_len, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    while (fgets(line, sizeof line, f) != NULL) {
+        lineno++;
+        size_t len = strlen(line);
+        if (len == sizeof line - 1 && line[len - 1] != '\n') {
+            snprintf(err, err_len, "%s:%d: line longer than %d bytes", path, lineno, MAX_CONFIG_LINE);
+            goto done;
+        }
+        if (memchr(line, '\0', len) != NULL || strlen(line) != len) {
+            snprintf(err, err_len, "%s:%d: NUL byte in line", path, lineno);
+            goto done;
+        }
+        char *hash = strchr(line, '#');
+        if (hash != NULL)
+            *hash = '\0';
+        char *s = trim(line);
+        if (*s == '\0')
+            continue;
+        char *eq = strchr(s, '=');
+        if (eq == NULL) {
+            snprintf(err, err_len, "%s:%d: expected \"key = value\", got \"%.60s\"", path, lineno, s);
+            goto done;
+        }
+        *eq = '\0';
+        char *key = trim(s), *value = trim(eq + 1);
+        if (*value == '\0') {
+            snprintf(err, err_len, "%s:%d: %s: missing value", path, lineno, key);
+            goto done;
+        }
+        size_t i;
+        for (i = 0; i < sizeof g_keys / sizeof g_keys[0]; i++)
+            if (strcmp(key, g_keys[i].name) == 0)
+                break;
+        if (i == sizeof g_keys / sizeof g_keys[0]) {
+            snprintf(err, err_len, "%s:%d: unknown key \"%.60s\"", path, lineno, key);
+            goto done;
+        }
+        if (seen[i] && g_keys[i].type != K_BACKEND) {
+            snprintf(err, err_len, "%s:%d: %s set twice", path, lineno, key);
+            goto done;
+        }
+        seen[i] = 1;
+        if (apply_key(cfg, &g_keys[i], value, why, sizeof why) == -1) {
+            snprintf(err, err_len, "%s:%d: %s", path, lineno, why);
+            goto done;
+        }
+    }
+    if (ferror(f)) {
+        snprintf(err, err_len, "%s: read error: %s", path, strerror(errno));
+        goto done;
+    }
+    if (cfg->n_backends == 0) {
+        snprintf(err, err_len, "%s: no backend line (at least one \"backend = host:port\")", path);
+        goto done;
+    }
+    rc = 0;
+done:
+    fclose(f);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- serving */
+
+#ifndef PIBL_NO_MAIN   /* unit tests link the config parser alone */
+
+static struct pibl_config g_cfg;
+static int g_wake[2] = { -1, -1 };         /* signal -> select() */
+static std::atomic<int> g_n_active;        /* client connections being served */
+static pthread_attr_t g_thread_attr;
+
+struct conn_arg {
+    int fd;
+    struct sockaddr_storage peer;
+};
+
+static void
+on_signal(int sig)
+{
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+    ssize_t n = write(g_wake[1], &b, 1);
+    (void)n;
+    errno = saved;
+}
+
+static int
+install_signals(void)
+{
+    struct sigaction sa;
+
+    if (pipe2(g_wake, O_CLOEXEC | O_NONBLOCK) == -1)
+        return -1;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+    return 0;
+}
+
+/* Raise the soft descriptor limit to the hard one; returns the limit. */
+static int
+raise_fd_limit(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == -1)
+        return 1024;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    return rl.rlim_cur > MAX_FDS ? MAX_FDS : (int)rl.rlim_cur;
+}
+
+/* Bind and listen; prints the bound address. Returns the fd or -1. */
+static int
+open_listener(const struct pibl_config *cfg, char *bound, size_t bound_len)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    int one = 1, fd;
+
+    memset(&ss, 0, sizeof ss);
+    if (strchr(cfg->listen_addr, ':') != NULL) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)cfg->port);
+        inet_pton(AF_INET6, cfg->listen_addr, &s6->sin6_addr);
+        len = sizeof *s6;
+    } else {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)cfg->port);
+        inet_pton(AF_INET, cfg->listen_addr, &s4->sin_addr);
+        len = sizeof *s4;
+    }
+    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd == -1)
+        return -1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&ss, len) == -1 || listen(fd, 4096) == -1 ||
+        getsockname(fd, (struct sockaddr *)&ss, &len) == -1) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    int port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port :
+        ((struct sockaddr_in *)&ss)->sin_port);
+    snprintf(bound, bound_len, strchr(cfg->listen_addr, ':') ? "[%s]:%d" : "%s:%d",
+        cfg->listen_addr, port);
+    return fd;
+}
+
+static void *
+conn_main(void *arg)
+{
+    struct conn_arg *ca = (struct conn_arg *)arg;
+
+    http_serve(ca->fd, &ca->peer);
+    free(ca);
+    g_n_active.fetch_sub(1);
+    return NULL;
+}
+
+/* Hand a new client to a thread of its own, or turn it away with a 503. */
+static void
+start_connection(int fd, const struct sockaddr_storage *peer)
+{
+    int one = 1;
+
+    if (g_n_active.load() >= g_cfg.max_connections) {
+        http_reject(fd, 503, "too many connections");
+        log_line("pibl: warning: max_connections (%d) reached, a client got 503",
+            g_cfg.max_connections);
+        return;
+    }
+    struct conn_arg *ca = (struct conn_arg *)malloc(sizeof *ca);
+    if (ca == NULL) {
+        http_reject(fd, 503, "out of memory");
+        return;
+    }
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    ca->fd = fd;
+    ca->peer = *peer;
+    g_n_active.fetch_add(1);
+    pthread_t t;
+    int rc = pthread_create(&t, &g_thread_attr, conn_main, ca);
+    if (rc != 0) {
+        g_n_active.fetch_sub(1);
+        free(ca);
+        http_reject(fd, 503, "cannot start a thread");
+        log_line("pibl: warning: cannot start a connection thread: %s", strerror(rc));
+    }
+}
+
+/*
+ * Accept every pending connection. Returns 0, or -1 when descriptors ran
+ * out: the caller then leaves the listener alone for a moment (the pending
+ * clients wait in the backlog) instead of spinning on EMFILE.
+ */
+static int
+accept_all(int lfd)
+{
+    static time_t last_warning;
+
+    for (;;) {
+        struct sockaddr_storage peer;
+        socklen_t plen = sizeof peer;
+        int fd = accept4(lfd, (struct sockaddr *)&peer, &plen, SOCK_CLOEXEC);
+        if (fd == -1) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                if (time(NULL) != last_warning)
+                    log_line("pibl: warning: accept: %s; pausing accepts", strerror(errno));
+                last_warning = time(NULL);
+                return -1;
+            }
+            return 0;                           /* EAGAIN and the rest */
+        }
+        start_connection(fd, &peer);
+    }
+}
+
+/* Stop accepting, let in-flight exchanges finish (bounded), then exit. */
+static void
+shut_down(int lfd, int sig)
+{
+    close(lfd);
+    log_line("pibl: signal %d: stopping, %d connection(s) open", sig, g_n_active.load());
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        http_close_idle();
+        if (g_n_active.load() == 0)
+            break;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if (t.tv_sec - t0.tv_sec >= g_cfg.shutdown_timeout) {
+            log_line("pibl: shutdown_timeout reached, %d connection(s) cut", g_n_active.load());
+            break;
+        }
+        usleep(20000);
+    }
+    log_line("pibl: stopped");
+    log_close();
+    _exit(0);
+}
+
+static void
+serve(int lfd)
+{
+    int maxfd = lfd > g_wake[0] ? lfd : g_wake[0];
+    struct timespec paused_until = { 0, 0 };
+
+    for (;;) {
+        fd_set rfds;
+        struct timeval tv = { 1, 0 };
+        struct timespec now;
+
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        int paused = now.tv_sec < paused_until.tv_sec ||
+            (now.tv_sec == paused_until.tv_sec && now.tv_nsec < paused_until.tv_nsec);
+        FD_ZERO(&rfds);
+        FD_SET(g_wake[0], &rfds);
+        if (!paused)
+            FD_SET(lfd, &rfds);
+        else
+            tv = { 0, ACCEPT_BACKOFF_MS * 1000 };
+        int n = select(maxfd + 1, &rfds, NULL, NULL, &tv);
+        if (n == -1) {
+            if (errno == EINTR)
+                continue;
+            log_line("pibl: select: %s", strerror(errno));
+            continue;
+        }
+        if (FD_ISSET(g_wake[0], &rfds)) {
+            unsigned char sigs[16];
+            ssize_t got = read(g_wake[0], sigs, sizeof sigs);
+            for (ssize_t i = 0; i < got; i++) {
+                if (sigs[i] == SIGINT || sigs[i] == SIGTERM)
+                    shut_down(lfd, sigs[i]);
+                log_line("pibl: signal %d ignored", sigs[i]);
+            }
+        }
+        if (!paused && FD_ISSET(lfd, &rfds) && accept_all(lfd) == -1) {
+            clock_gettime(CLOCK_MONOTONIC, &paused_until);
+            paused_until.tv_nsec += ACCEPT_BACKOFF_MS * 1000000L;
+            if (paused_until.tv_nsec >= 1000000000L) {
+                paused_until.tv_sec++;
+                paused_until.tv_nsec -= 1000000000L;
+            }
+        }
+    }
+}
+
+static void
+usage(FILE *f)
+{
+    fprintf(f,
+        "usage: pibl CONFIG TTL    run the proxy; TTL = cache lifetime in seconds (0 = no cache)\n"
+        "       pibl -t CONFIG     check the config file and exit\n"
+        "       pibl -h            this help\n"
+        "example: ./pibl pibl.cfg 60\n");
+}
+
+int
+main(int argc, char **argv)
+{
+    char err[1024], bound[96];
+    long long ttl;
+
+    if (argc == 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
+        usage(stdout);
+        return 0;
+    }
+    if (argc == 3 && strcmp(argv[1], "-t") == 0) {
+        if (pibl_config_load(argv[2], &g_cfg, err, sizeof err) == -1) {
+            fprintf(stderr, "pibl: %s\n", err);
+            return 2;
+        }
+        printf("pibl: %s: OK (%d backends, port %d)\n", argv[2], g_cfg.n_backends, g_cfg.port);
+        return 0;
+    }
+    if (argc != 3 || argv[1][0] == '-') {
+        fprintf(stderr, "pibl: expected CONFIG and TTL\n");
+        usage(stderr);
+        return 2;
+    }
+    if (parse_number(argv[2], 0, 31536000, &ttl) == -1) {
+        fprintf(stderr, "pibl: TTL \"%s\": expected whole seconds from 0 to 31536000\n", argv[2]);
+        return 2;
+    }
+    if (pibl_config_load(argv[1], &g_cfg, err, sizeof err) == -1) {
+        fprintf(stderr, "pibl: %s\n", err);
+        return 2;
+    }
+    g_cfg.ttl = (long)ttl;
+    rr_set_down_time(g_cfg.down_time);
+
+    int n_fds = raise_fd_limit();
+    if (install_signals() == -1 || log_open(g_cfg.log_file) == -1) {
+        fprintf(stderr, "pibl: cannot start: %s\n", strerror(errno));
+        return 1;
+    }
+    if (cache_init(g_cfg.cache_dir, g_cfg.ttl) == -1)
+        log_line("pibl: warning: cache folder %s unusable: %s; caching off", g_cfg.cache_dir,
+            strerror(errno));
+    http_init(&g_cfg, n_fds);
+    pthread_attr_init(&g_thread_attr);
+    pthread_attr_setdetachstate(&g_thread_attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&g_thread_attr, THREAD_STACK_BYTES);
+
+    int lfd = open_listener(&g_cfg, bound, sizeof bound);
+    if (lfd == -1) {
+        fprintf(stderr, "pibl: cannot listen on %s port %d: %s\n", g_cfg.listen_addr, g_cfg.port,
+            strerror(errno));
+        log_close();
+        return 1;
+    }
+    if (lfd >= FD_SETSIZE || g_wake[0] >= FD_SETSIZE) {
+        fprintf(stderr, "pibl: listening descriptor above FD_SETSIZE\n");
+        return 1;
+    }
+    log_line("pibl: listening on %s, %d backends", bound, rr_count());
+    log_line("pibl: cache %s (TTL %ld s, folder %s), log file %s", g_cfg.ttl > 0 ? "on" : "off",
+        g_cfg.ttl, g_cfg.cache_dir, g_cfg.log_file);
+    serve(lfd);
+    return 0;
+}
+#endif
