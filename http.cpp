@@ -241,7 +241,7 @@ http_parse_content_length(const char *v, size_t len)
 
 enum {
     CK_SIZE, CK_SIZE_WS, CK_EXT, CK_SIZE_LF, CK_DATA, CK_DATA_CR, CK_DATA_LF,
-    CK_TRAILER_START, CK_TRAILER_LINE, CK_TRAILER_LF, CK_END_LF, CK_DONE
+    CK_TRAILER_START, CK_TRAILER_NAME, CK_TRAILER_LINE, CK_TRAILER_LF, CK_END_LF, CK_DONE
 };
 
 #define CK_MAX_DIGITS   15      /* 2^60 bytes: no overflow possible */
@@ -342,8 +342,14 @@ http_chunked_step(struct http_chunked *ck, const char *p, size_t len, size_t *da
             if (c == '\r')
                 ck->state = CK_END_LF;
             else if (is_tchar(c))
-                ck->state = CK_TRAILER_LINE;
+                ck->state = CK_TRAILER_NAME;
             else
+                return -1;
+            break;
+        case CK_TRAILER_NAME:                   /* field-name ":" as in a head */
+            if (c == ':')
+                ck->state = CK_TRAILER_LINE;
+            else if (!is_tchar(c))
                 return -1;
             break;
         case CK_TRAILER_LINE:

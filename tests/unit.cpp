@@ -1,0 +1,359 @@
+/*
+ * tests/unit.cpp - table-driven unit tests for the parsers (request head,
+ * response head, chunked bodies, Content-Length), the config file and round
+ * robin. Prints one line per failure and ends with "N passed, N failed".
+ * Built by `make unit`, also under -fsanitize=address,undefined.
+ */
+#include "pibl.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int n_passed, n_failed;
+
+#define CHECK(cond, ...) do {                                       \
+        if (cond) {                                                 \
+            n_passed++;                                             \
+        } else {                                                    \
+            n_failed++;                                             \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);             \
+            printf(__VA_ARGS__);                                    \
+            printf("\n");                                           \
+        }                                                           \
+    } while (0)
+
+/* ------------------------------------------------------------ request heads */
+
+struct req_case {
+    const char *head;
+    int want;                      /* 0 ok, else the status */
+};
+
+static const struct req_case g_req_cases[] = {
+    { "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 0 },
+    { "GET /x?y=1 HTTP/1.0\r\n\r\n", 0 },
+    { "\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", 0 },            /* leading empty lines */
+    { "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", 0 },
+    { "GET http://h/p HTTP/1.1\r\nHost: h\r\n\r\n", 0 },
+    { "GET / HTTP/1.1\r\nHost:a\r\nX:  v  \r\n\r\n", 0 },
+    { "GET / HTTP/1.1\r\nX: caf\xc3\xa9\r\n\r\n", 0 },              /* obs-text */
+    { "GET / HTTP/1.2\r\nHost: a\r\n\r\n", 0 },                      /* higher minor */
+    { "GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505 },
+    { "GET / HTTP/0.9\r\nHost: a\r\n\r\n", 505 },
+    { "GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400 },                   /* space before colon */
+    { "GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", 400 },         /* obs-fold */
+    { "GET / HTTP/1.1\r\nX: a\rb\r\n\r\n", 400 },                    /* bare CR */
+    { "GET / HTTP/1.1\r\nX: a\x01" "b\r\n\r\n", 400 },               /* control byte */
+    { "GET / HTTP/1.1\r\nX: a\x7f\r\n\r\n", 400 },                   /* DEL */
+    { "GET / HTTP/1.1\r\n: v\r\n\r\n", 400 },                        /* empty name */
+    { "GET / HTTP/1.1\r\nX(y): v\r\n\r\n", 400 },                    /* bad name */
+    { "GET  / HTTP/1.1\r\n\r\n", 400 },                              /* double space */
+    { "GET / HTTP/1.1 \r\n\r\n", 400 },
+    { "G\"T / HTTP/1.1\r\n\r\n", 400 },                              /* bad method */
+    { "GET /a b HTTP/1.1\r\n\r\n", 400 },
+    { "GET / HTTX/1.1\r\n\r\n", 400 },
+    { "GET / HTTP/1.x\r\n\r\n", 400 },
+    { "GET /\r\n\r\n", 400 },                                        /* HTTP/0.9 form */
+    { "GET /0123456789012345678901234567890123456789 HTTP/1.1\r\n\r\n", 414 },
+};
+
+static void
+test_request_heads(void)
+{
+    for (size_t i = 0; i < sizeof g_req_cases / sizeof g_req_cases[0]; i++) {
+        const struct req_case *c = &g_req_cases[i];
+        struct http_request req;
+        size_t len = strlen(c->head);
+        /* Parse from a heap copy of the exact length so ASan sees overreads. */
+        char *copy = (char *)malloc(len);
+        memcpy(copy, c->head, len);
+        int rc = http_parse_request(copy, len, 32, &req);
+        CHECK(rc == c->want, "request case %zu: got %d, want %d", i, rc, c->want);
+        free(copy);
+    }
+
+    struct http_request req;
+    const char *h = "POST /up HTTP/1.1\r\nHost: example\r\nContent-Length: 5\r\n\r\n";
+    CHECK(http_parse_request(h, strlen(h), 8192, &req) == 0, "simple POST");
+    CHECK(req.method_len == 4 && memcmp(req.method, "POST", 4) == 0, "method view");
+    CHECK(req.target_len == 3 && memcmp(req.target, "/up", 3) == 0, "target view");
+    CHECK(req.minor_version == 1 && req.n_headers == 2, "version and header count");
+    CHECK(req.headers[1].value_len == 1 && req.headers[1].value[0] == '5', "value view");
+
+    /* More than MAX_HEADERS fields is a 431. */
+    char big[MAX_HEADERS * 8 + 64];
+    size_t n = (size_t)snprintf(big, sizeof big, "GET / HTTP/1.1\r\n");
+    for (int i = 0; i <= MAX_HEADERS; i++)
+        n += (size_t)snprintf(big + n, sizeof big - n, "X: 1\r\n");
+    n += (size_t)snprintf(big + n, sizeof big - n, "\r\n");
+    CHECK(http_parse_request(big, n, 8192, &req) == 431, "too many fields");
+}
+
+/* ------------------------------------------------------------ head ends */
+
+static void
+test_head_end(void)
+{
+    size_t scan = 0;
+    const char *a = "GET / HTTP/1.1\r\nHost: a\r\n\r\nNEXT";
+    CHECK(http_find_head_end(a, strlen(a), &scan) == (long)strlen(a) - 4, "head end found");
+
+    /* Fed a byte at a time, the end is found exactly once it is complete. */
+    scan = 0;
+    long got = -2;
+    size_t i;
+    for (i = 1; i <= strlen(a) && got == -2; i++)
+        got = http_find_head_end(a, i, &scan);
+    CHECK(got == (long)strlen(a) - 4 && i - 1 == strlen(a) - 4, "incremental head end");
+
+    scan = 0;
+    const char *lf = "GET / HTTP/1.1\nHost: a\n\n";
+    CHECK(http_find_head_end(lf, strlen(lf), &scan) == -1, "bare LF refused");
+    scan = 0;
+    const char nul[] = "GET / HTTP/1.1\r\nX: \0\r\n\r\n";
+    CHECK(http_find_head_end(nul, sizeof nul - 1, &scan) == -1, "NUL refused");
+    scan = 0;
+    CHECK(http_find_head_end("GET / HT", 8, &scan) == -2, "incomplete");
+}
+
+/* ------------------------------------------------------------ response heads */
+
+struct resp_case {
+    const char *head;
+    int want_status;               /* -1: malformed */
+};
+
+static const struct resp_case g_resp_cases[] = {
+    { "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 200 },
+    { "HTTP/1.0 404 Not Found\r\n\r\n", 404 },
+    { "HTTP/1.1 204\r\n\r\n", 204 },                               /* no reason */
+    { "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", 103 },
+    { "HTTP/1.1 20 OK\r\n\r\n", -1 },
+    { "HTTP/1.1 600 X\r\n\r\n", -1 },
+    { "HTTP/2 200 OK\r\n\r\n", -1 },
+    { "HTTP/1.1 200 OK\r\nX : y\r\n\r\n", -1 },
+    { "HTTP/1.1 200 OK\r\nX: y\r\n z\r\n\r\n", -1 },
+    { "HTTP/1.1 200 O\x01K\r\n\r\n", -1 },
+    { "ICY 200 OK\r\n\r\n", -1 },
+};
+
+static void
+test_response_heads(void)
+{
+    for (size_t i = 0; i < sizeof g_resp_cases / sizeof g_resp_cases[0]; i++) {
+        const struct resp_case *c = &g_resp_cases[i];
+        struct http_response resp;
+        size_t len = strlen(c->head);
+        char *copy = (char *)malloc(len);
+        memcpy(copy, c->head, len);
+        int rc = http_parse_response(copy, len, &resp);
+        int got = rc == 0 ? resp.status : -1;
+        CHECK(got == c->want_status, "response case %zu: got %d, want %d", i, got, c->want_status);
+        free(copy);
+    }
+}
+
+/* ------------------------------------------------------------ chunked */
+
+struct chunk_case {
+    const char *wire;
+    const char *body;              /* NULL: must be refused */
+};
+
+static const struct chunk_case g_chunk_cases[] = {
+    { "5\r\nhello\r\n0\r\n\r\n", "hello" },
+    { "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", "hello world" },
+    { "A\r\n0123456789\r\n0\r\n\r\n", "0123456789" },
+    { "5;ext=1\r\nhello\r\n0\r\n\r\n", "hello" },
+    { "5 ;ext\r\nhello\r\n0\r\n\r\n", "hello" },
+    { "5\r\nhello\r\n0\r\nTrailer: x\r\n\r\n", "hello" },
+    { "0\r\n\r\n", "" },
+    { "-5\r\nhello\r\n0\r\n\r\n", NULL },                            /* sign */
+    { "0x5\r\nhello\r\n0\r\n\r\n", NULL },                           /* prefix */
+    { "fffffffffffffffff\r\n", NULL },                               /* overflow */
+    { "5\r\nhelloX\r\n0\r\n\r\n", NULL },                            /* data too long */
+    { "5\nhello\r\n0\r\n\r\n", NULL },                               /* bare LF */
+    { "5 \r\nhello\r\n0\r\n\r\n", NULL },                            /* BWS without ext */
+    { "\r\n", NULL },                                                /* no size */
+    { "5\r\nhello\r\n0\r\nBad Trailer\r\n\r\n", NULL },
+};
+
+/* Decode wire fed in pieces of step bytes; returns 0 with the body, -1. */
+static int
+decode_chunked(const char *wire, size_t step, char *out, size_t *out_len)
+{
+    struct http_chunked ck;
+    size_t len = strlen(wire), pos = 0, o = 0;
+
+    http_chunked_init(&ck);
+    while (pos < len && !http_chunked_done(&ck)) {
+        size_t avail = len - pos < step ? len - pos : step;
+        size_t dl;
+        long used = http_chunked_step(&ck, wire + pos, avail, &dl);
+        if (used < 0)
+            return -1;
+        memcpy(out + o, wire + pos, dl);
+        o += dl;
+        pos += (size_t)used;
+    }
+    *out_len = o;
+    return http_chunked_done(&ck) ? 0 : -1;
+}
+
+static void
+test_chunked(void)
+{
+    for (size_t i = 0; i < sizeof g_chunk_cases / sizeof g_chunk_cases[0]; i++) {
+        const struct chunk_case *c = &g_chunk_cases[i];
+        for (size_t step = 1; step <= 64; step *= 4) {
+            char out[256];
+            size_t ol = 0;
+            int rc = decode_chunked(c->wire, step, out, &ol);
+            if (c->body == NULL)
+                CHECK(rc == -1, "chunk case %zu step %zu: accepted bad framing", i, step);
+            else
+                CHECK(rc == 0 && ol == strlen(c->body) && memcmp(out, c->body, ol) == 0,
+                    "chunk case %zu step %zu: rc %d len %zu", i, step, rc, ol);
+        }
+    }
+    /* The decoder stops at the end of the body and leaves what follows. */
+    struct http_chunked ck;
+    const char *w = "0\r\n\r\nGET";
+    size_t dl;
+    http_chunked_init(&ck);
+    CHECK(http_chunked_step(&ck, w, strlen(w), &dl) == 5 && http_chunked_done(&ck),
+        "stops at the end of the message");
+}
+
+static void
+test_content_length(void)
+{
+    CHECK(http_parse_content_length("0", 1) == 0, "CL 0");
+    CHECK(http_parse_content_length("12345", 5) == 12345, "CL 12345");
+    CHECK(http_parse_content_length("+5", 2) == -1, "CL sign");
+    CHECK(http_parse_content_length("-5", 2) == -1, "CL negative");
+    CHECK(http_parse_content_length("5 5", 3) == -1, "CL inner space");
+    CHECK(http_parse_content_length("5,5", 3) == -1, "CL list");
+    CHECK(http_parse_content_length("", 0) == -1, "CL empty");
+    CHECK(http_parse_content_length("99999999999999999999", 20) == -1, "CL overflow");
+    CHECK(http_parse_content_length("0x10", 4) == -1, "CL hex");
+}
+
+/* ------------------------------------------------------------ config */
+
+/* Write text to a temp file and load it; returns the load result. */
+static int
+load_text(const char *text, struct pibl_config *cfg, char *err, size_t err_len)
+{
+    char path[] = "/tmp/pibl-unit-XXXXXX";
+    int fd = mkstemp(path);
+    if (fd == -1)
+        return -99;
+    if (write(fd, text, strlen(text)) != (ssize_t)strlen(text)) {
+        close(fd);
+        return -99;
+    }
+    close(fd);
+    int rc = pibl_config_load(path, cfg, err, err_len);
+    unlink(path);
+    return rc;
+}
+
+struct cfg_case {
+    const char *text;
+    const char *want_err;          /* NULL: must load; else a substring of the error */
+};
+
+static const struct cfg_case g_cfg_cases[] = {
+    { "backend = 127.0.0.1:8081\n", NULL },
+    { "# c\n\n  port = 9000  # trailing\nbackend = localhost:80\n", NULL },
+    { "backend = [::1]:8081\nlisten = ::\n", NULL },
+    { "port = 8080\n", "no backend" },
+    { "prot = 8080\nbackend = 127.0.0.1:1\n", ":1: unknown key \"prot\"" },
+    { "backend = 127.0.0.1:1\nport = 70000\n", ":2: port" },
+    { "backend = 127.0.0.1:1\nport = 80x\n", ":2: port" },
+    { "backend = 127.0.0.1:1\nport =\n", ":2: port: missing value" },
+    { "backend = 127.0.0.1:1\njust words\n", ":2: expected" },
+    { "backend = 127.0.0.1\n", ":1: backend" },
+    { "backend = 127.0.0.1:0\n", ":1: backend" },
+    { "backend = no-such-host.invalid:80\n", ":1: backend" },
+    { "backend = 127.0.0.1:1\nupstream_keepalive = maybe\n", ":2: upstream_keepalive" },
+    { "backend = 127.0.0.1:1\nport = 1\nport = 2\n", ":3: port set twice" },
+    { "backend = 127.0.0.1:1\nlisten = 1.2.3\n", ":2: listen" },
+};
+
+static void
+test_config(void)
+{
+    struct pibl_config cfg;
+    char err[1024];
+
+    for (size_t i = 0; i < sizeof g_cfg_cases / sizeof g_cfg_cases[0]; i++) {
+        const struct cfg_case *c = &g_cfg_cases[i];
+        err[0] = '\0';
+        int rc = load_text(c->text, &cfg, err, sizeof err);
+        if (c->want_err == NULL)
+            CHECK(rc == 0, "config case %zu should load: %s", i, err);
+        else
+            CHECK(rc == -1 && strstr(err, c->want_err) != NULL,
+                "config case %zu: got \"%s\", want \"%s\"", i, err, c->want_err);
+    }
+
+    CHECK(load_text("backend = 127.0.0.1:1\n", &cfg, err, sizeof err) == 0, "defaults load");
+    CHECK(cfg.port == 8080 && strcmp(cfg.log_file, "pibl.log") == 0 &&
+        strcmp(cfg.cache_dir, "cache") == 0 && cfg.upstream_keepalive == 1, "documented defaults");
+    CHECK(load_text("backend = 127.0.0.1:1\nbackend = 127.0.0.1:2\nmax_body_bytes = 0\n"
+        "log_headers = on\n", &cfg, err, sizeof err) == 0 && cfg.n_backends == 2 &&
+        cfg.max_body_bytes == 0 && cfg.log_headers == 1, "values applied");
+    CHECK(pibl_config_load("/nonexistent/pibl.cfg", &cfg, err, sizeof err) == -1 &&
+        strstr(err, "/nonexistent/pibl.cfg") != NULL, "missing file named");
+}
+
+/* ------------------------------------------------------------ round robin */
+
+static void
+test_round_robin(void)
+{
+    char err[256];
+    char seq[32];
+
+    rr_reset();
+    rr_set_down_time(60);
+    rr_add("127.0.0.1:1", err, sizeof err);
+    rr_add("127.0.0.1:2", err, sizeof err);
+    rr_add("127.0.0.1:3", err, sizeof err);
+    for (int i = 0; i < 6; i++)
+        seq[i] = (char)('0' + rr_next(0));
+    seq[6] = '\0';
+    CHECK(strcmp(seq, "012012") == 0, "strict order, got %s", seq);
+
+    rr_mark_down(1);
+    for (int i = 0; i < 4; i++)
+        seq[i] = (char)('0' + rr_next(0));
+    seq[4] = '\0';
+    CHECK(strchr(seq, '1') == NULL, "down backend skipped, got %s", seq);
+    CHECK(rr_next(1 | 4) == -1, "tried + down: none left");
+    rr_mark_up(1);
+    CHECK(rr_next(1 | 4) == 1, "marked up again");
+
+    rr_set_down_time(0);
+    rr_mark_down(0);
+    CHECK(!rr_is_down(0), "down_time 0 never skips");
+    rr_reset();
+}
+
+int
+main(void)
+{
+    test_request_heads();
+    test_head_end();
+    test_response_heads();
+    test_chunked();
+    test_content_length();
+    test_config();
+    test_round_robin();
+    printf("unit: %d passed, %d failed\n", n_passed, n_failed);
+    return n_failed == 0 ? 0 : 1;
+}
