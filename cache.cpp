@@ -1,14 +1,88 @@
 /*
- * cache.cpp - the disk cache: key, hashed file names, TTL by mtime.
- * (Placeholder until the cache issue lands: only names the statuses and
- * prepares the folder.)
+ * cache.cpp - the disk cache: keys, hashed file names, TTL by mtime, entries
+ * written through a temp file and rename(), lookup with length checks, the
+ * request-collapsing locks and LRU eviction from a thread of its own.
+ *
+ * An entry is one file <dir>/<2 hex>/<16 hex>, named by the FNV-1a hash of
+ * its key, holding a text meta block, the stored response head and the body:
+ *
+ *   PIBL-CACHE 1
+ *   key: http://host/target
+ *   lifetime: 60
+ *   status: 200
+ *   head-length: 153
+ *   vary: accept-language=es            (zero or more)
+ *   body-length: 00000000000000001432
+ *
+ *   <head-length bytes of head><body-length bytes of body>
+ *
+ * The full key is stored and compared, so a hash collision is a miss, never
+ * the wrong resource. An entry is fresh while now - mtime < lifetime. It is
+ * written to <dir>/.tmp-* and renamed into place only when complete, so a
+ * crash at any moment leaves either the old entry, the new one or a temp
+ * file (removed at start-up); a file whose size does not add up is deleted
+ * when found, never served.
+ *
+ * It does not parse HTTP: http.cpp decides what is cacheable and for how
+ * long, and hands over the bytes. Limits: cache_max_bytes in total (least
+ * recently used entries evicted off the request path), cache_max_object per
+ * entry, MAX_CACHE_KEY bytes of key, META_MAX bytes of meta block.
  */
 #include "pibl.h"
 
+#include <atomic>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+#include <unordered_map>
+#include <vector>
+#include <algorithm>
 
-static long g_ttl;                 /* seconds; 0 = cache off */
+#define META_MAX           (MAX_CACHE_KEY + 2048)
+#define EVICT_PERIOD_MS    1000
+#define BODY_LEN_DIGITS    20
+
+struct index_entry {
+    uint64_t size;                 /* file size in bytes */
+    int64_t last_use;              /* seconds, for LRU */
+};
+
+static char g_dir[PATH_MAX - 64];  /* cache folder (config caps its length) */
+static long g_ttl;                 /* launch TTL; 0 = cache off */
+static uint64_t g_max_bytes;       /* cache_max_bytes */
+static uint64_t g_max_object;      /* cache_max_object */
+
+static pthread_mutex_t g_index_lock = PTHREAD_MUTEX_INITIALIZER;
+static std::unordered_map<uint64_t, struct index_entry> *g_index;  /* by hash */
+static uint64_t g_total;           /* bytes in g_index */
+static std::atomic<uint64_t> g_tmp_seq;
+static std::atomic<int> g_warned;  /* one warning per burst of store errors */
+
+/* In-flight fetches for request collapsing. */
+struct inflight {
+    uint64_t hash;
+    struct inflight *next;
+};
+static pthread_mutex_t g_fetch_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_fetch_done = PTHREAD_COND_INITIALIZER;
+static struct inflight *g_inflight;
+
+struct cache_writer {
+    int fd;
+    char tmp[PATH_MAX];
+    char path[PATH_MAX];
+    uint64_t hash;
+    off_t body_len_at;             /* offset of the body-length digits */
+    uint64_t body_bytes;
+};
 
 const char *
 cache_status_name(int status)
@@ -24,12 +98,596 @@ cache_status_name(int status)
 }
 
 int
-cache_init(const char *dir, long ttl)
+cache_enabled(void)
 {
-    g_ttl = ttl;
-    if (ttl == 0)
-        return 0;
-    if (mkdir(dir, 0755) == -1 && errno != EEXIST)
+    return g_ttl > 0;
+}
+
+long
+cache_ttl(void)
+{
+    return g_ttl;
+}
+
+/* FNV-1a, 64 bits: cheap and spreads file names evenly over the folders. */
+static uint64_t
+hash_key(const char *key, size_t len)
+{
+    uint64_t h = 14695981039346656037ULL;
+
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)key[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static void
+entry_path(uint64_t h, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s/%02x/%016llx", g_dir, (unsigned)(h >> 56), (unsigned long long)h);
+}
+
+static int64_t
+now_s(void)
+{
+    return (int64_t)time(NULL);
+}
+
+static void
+warn_store(const char *what)
+{
+    if (g_warned.exchange(1) == 0)
+        log_line("pibl: warning: cache: %s: %s (answers are served, not stored)", what,
+            strerror(errno));
+}
+
+int
+cache_key(char *buf, size_t cap, const char *host, size_t host_len, const char *target,
+    size_t target_len)
+{
+    if (host_len + target_len + 8 > cap || host_len + target_len + 8 > MAX_CACHE_KEY)
         return -1;
+    memcpy(buf, "http://", 7);
+    for (size_t i = 0; i < host_len; i++) {
+        char ch = host[i];
+        buf[7 + i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch - 'A' + 'a') : ch;
+    }
+    memcpy(buf + 7 + host_len, target, target_len);
+    buf[7 + host_len + target_len] = '\0';
+    return (int)(7 + host_len + target_len);
+}
+
+/* ---------------------------------------------------------------- index */
+
+static void
+index_put(uint64_t h, uint64_t size, int64_t last_use)
+{
+    pthread_mutex_lock(&g_index_lock);
+    auto it = g_index->find(h);
+    if (it != g_index->end())
+        g_total -= it->second.size;
+    (*g_index)[h] = { size, last_use };
+    g_total += size;
+    pthread_mutex_unlock(&g_index_lock);
+}
+
+static void
+index_drop(uint64_t h)
+{
+    pthread_mutex_lock(&g_index_lock);
+    auto it = g_index->find(h);
+    if (it != g_index->end()) {
+        g_total -= it->second.size;
+        g_index->erase(it);
+    }
+    pthread_mutex_unlock(&g_index_lock);
+}
+
+static void
+index_touch(uint64_t h)
+{
+    pthread_mutex_lock(&g_index_lock);
+    auto it = g_index->find(h);
+    if (it != g_index->end())
+        it->second.last_use = now_s();
+    pthread_mutex_unlock(&g_index_lock);
+}
+
+/*
+ * Delete least recently used entries until the total is under 90% of
+ * cache_max_bytes. Runs on the eviction thread; the lock is not held while
+ * files are unlinked.
+ */
+static void
+evict(void)
+{
+    std::vector<std::pair<int64_t, uint64_t>> order;
+
+    pthread_mutex_lock(&g_index_lock);
+    if (g_total <= g_max_bytes) {
+        pthread_mutex_unlock(&g_index_lock);
+        return;
+    }
+    uint64_t target = g_max_bytes / 10 * 9, total = g_total;
+    order.reserve(g_index->size());
+    for (auto &kv : *g_index)
+        order.push_back({ kv.second.last_use, kv.first });
+    pthread_mutex_unlock(&g_index_lock);
+
+    std::sort(order.begin(), order.end());
+    size_t n_evicted = 0;
+    for (auto &o : order) {
+        if (total <= target)
+            break;
+        char path[PATH_MAX];
+        struct stat st;
+        entry_path(o.second, path, sizeof path);
+        if (stat(path, &st) == 0 && unlink(path) == 0) {
+            total -= (uint64_t)st.st_size < total ? (uint64_t)st.st_size : total;
+            n_evicted++;
+        }
+        index_drop(o.second);
+    }
+    log_line("pibl: cache: evicted %zu entries (cache_max_bytes %llu)", n_evicted,
+        (unsigned long long)g_max_bytes);
+}
+
+static void *
+evict_main(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        usleep(EVICT_PERIOD_MS * 1000);
+        evict();
+    }
+    return NULL;
+}
+
+/* Parse a 16-hex-digit file name; returns 0 and the hash, or -1. */
+static int
+parse_hash_name(const char *name, uint64_t *h)
+{
+    uint64_t v = 0;
+
+    if (strlen(name) != 16)
+        return -1;
+    for (int i = 0; i < 16; i++) {
+        char c = name[i];
+        int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
+        if (d < 0)
+            return -1;
+        v = v * 16 + (uint64_t)d;
+    }
+    *h = v;
     return 0;
+}
+
+/* Remove temp leftovers of a crash and index the entries already there. */
+static void
+scan_folder(void)
+{
+    DIR *top = opendir(g_dir);
+    struct dirent *de;
+    size_t n_tmp = 0, n_entries = 0;
+
+    if (top == NULL)
+        return;
+    while ((de = readdir(top)) != NULL) {
+        char path[PATH_MAX];
+        if (strncmp(de->d_name, ".tmp-", 5) == 0) {
+            snprintf(path, sizeof path, "%s/%s", g_dir, de->d_name);
+            if (unlink(path) == 0)
+                n_tmp++;
+            continue;
+        }
+        if (strlen(de->d_name) != 2 || de->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "%s/%s", g_dir, de->d_name);
+        DIR *sub = opendir(path);
+        if (sub == NULL)
+            continue;
+        struct dirent *fe;
+        while ((fe = readdir(sub)) != NULL) {
+            uint64_t h;
+            struct stat st;
+            char fpath[PATH_MAX];
+            if (parse_hash_name(fe->d_name, &h) == -1)
+                continue;
+            entry_path(h, fpath, sizeof fpath);
+            if (stat(fpath, &st) == 0 && S_ISREG(st.st_mode)) {
+                index_put(h, (uint64_t)st.st_size, (int64_t)st.st_mtime);
+                n_entries++;
+            }
+        }
+        closedir(sub);
+    }
+    closedir(top);
+    log_line("pibl: cache: %zu entries (%llu bytes) in %s, %zu temp files removed", n_entries,
+        (unsigned long long)g_total, g_dir, n_tmp);
+}
+
+int
+cache_init(const struct pibl_config *cfg)
+{
+    g_ttl = cfg->ttl;
+    g_max_bytes = (uint64_t)cfg->cache_max_bytes;
+    g_max_object = (uint64_t)cfg->cache_max_object;
+    if (g_ttl == 0)
+        return 0;
+    if (strlen(cfg->cache_dir) >= sizeof g_dir) {
+        errno = ENAMETOOLONG;
+        g_ttl = 0;
+        return -1;
+    }
+    memcpy(g_dir, cfg->cache_dir, strlen(cfg->cache_dir) + 1);
+    g_index = new std::unordered_map<uint64_t, struct index_entry>();
+    if (mkdir(g_dir, 0755) == -1 && errno != EEXIST) {
+        g_ttl = 0;
+        return -1;
+    }
+    struct stat st;
+    if (stat(g_dir, &st) == -1 || !S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        g_ttl = 0;
+        return -1;
+    }
+    scan_folder();
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&t, &attr, evict_main, NULL);
+    pthread_attr_destroy(&attr);
+    return rc == 0 ? 0 : -1;
+}
+
+/* ---------------------------------------------------------------- lookup */
+
+/* Read "name: value\n" at *p; returns the value (NUL-terminated in place) or NULL. */
+static char *
+meta_field(char **p, const char *name)
+{
+    size_t nl = strlen(name);
+    char *line = *p, *end = strchr(line, '\n');
+
+    if (end == NULL || strncmp(line, name, nl) != 0 || line[nl] != ':' || line[nl + 1] != ' ')
+        return NULL;
+    *end = '\0';
+    *p = end + 1;
+    return line + nl + 2;
+}
+
+static int
+meta_number(char **p, const char *name, long long *out)
+{
+    char *v = meta_field(p, name), *end;
+
+    if (v == NULL || *v < '0' || *v > '9')
+        return -1;
+    errno = 0;
+    long long n = strtoll(v, &end, 10);
+    if (errno != 0 || *end != '\0' || n < 0)
+        return -1;
+    *out = n;
+    return 0;
+}
+
+/* Delete an entry that is damaged or no longer wanted. */
+static void
+drop_entry(const char *path, uint64_t h)
+{
+    unlink(path);
+    index_drop(h);
+}
+
+int
+cache_lookup(const char *key, size_t key_len, struct cache_entry *e)
+{
+    char meta[META_MAX + 1];
+    struct stat st;
+    long long v;
+
+    memset(e, 0, sizeof *e);
+    e->fd = -1;
+    if (g_ttl == 0)
+        return 0;
+    e->hash = hash_key(key, key_len);
+    entry_path(e->hash, e->path, sizeof e->path);
+    int fd = open(e->path, O_RDONLY | O_CLOEXEC);
+    if (fd == -1)
+        return 0;
+    ssize_t n = pread(fd, meta, META_MAX, 0);
+    if (n <= 0 || fstat(fd, &st) == -1)
+        goto bad;
+    meta[n] = '\0';
+    {
+        char *end = strstr(meta, "\n\n"), *p = meta;
+        if (end == NULL || strncmp(meta, "PIBL-CACHE 1\n", 13) != 0)
+            goto bad;
+        end[1] = '\0';
+        size_t meta_len = (size_t)(end + 2 - meta);
+        p += 13;
+        char *k = meta_field(&p, "key");
+        if (k == NULL || strlen(k) != key_len || memcmp(k, key, key_len) != 0) {
+            close(fd);                          /* another key: a collision */
+            return 0;
+        }
+        if (meta_number(&p, "lifetime", &v) == -1)
+            goto bad;
+        e->lifetime = (long)v;
+        if (meta_number(&p, "status", &v) == -1)
+            goto bad;
+        e->status = (int)v;
+        if (meta_number(&p, "head-length", &v) == -1 || v == 0 || v > 65536)
+            goto bad;
+        e->head_len = (size_t)v;
+        size_t vl = 0;
+        while (strncmp(p, "vary: ", 6) == 0) {
+            char *val = meta_field(&p, "vary");
+            if (val == NULL || vl + strlen(val) + 2 > sizeof e->vary)
+                goto bad;
+            size_t l = strlen(val);
+            memcpy(e->vary + vl, val, l);
+            vl += l;
+            e->vary[vl++] = '\n';
+        }
+        e->vary[vl] = '\0';
+        if (meta_number(&p, "body-length", &v) == -1)
+            goto bad;
+        e->body_len = (uint64_t)v;
+        e->head_off = (off_t)meta_len;
+        e->body_off = (off_t)(meta_len + e->head_len);
+        /* Truncated or padded: never serve it. */
+        if ((uint64_t)st.st_size != meta_len + e->head_len + e->body_len)
+            goto bad;
+    }
+    e->age = (long)(now_s() - (int64_t)st.st_mtime);
+    if (e->age < 0)
+        e->age = 0;
+    /* A restart with a shorter TTL shortens what is already stored. */
+    if (e->lifetime > g_ttl)
+        e->lifetime = g_ttl;
+    e->fresh = e->age < e->lifetime;
+    e->fd = fd;
+    index_touch(e->hash);
+    return 1;
+bad:
+    close(fd);
+    log_line("pibl: warning: cache: damaged entry %s removed", e->path);
+    drop_entry(e->path, e->hash);
+    e->fd = -1;
+    return 0;
+}
+
+void
+cache_release(struct cache_entry *e)
+{
+    if (e->fd != -1)
+        close(e->fd);
+    e->fd = -1;
+}
+
+int
+cache_read_head(const struct cache_entry *e, char *buf, size_t cap)
+{
+    if (e->head_len > cap)
+        return -1;
+    ssize_t n = pread(e->fd, buf, e->head_len, e->head_off);
+    return n == (ssize_t)e->head_len ? 0 : -1;
+}
+
+void
+cache_touch(const struct cache_entry *e)
+{
+    if (utimes(e->path, NULL) == -1)
+        warn_store("cannot refresh an entry");
+}
+
+int
+cache_remove(const char *key, size_t key_len)
+{
+    char path[PATH_MAX];
+    uint64_t h = hash_key(key, key_len);
+    struct cache_entry e;
+
+    if (g_ttl == 0)
+        return 0;
+    /* Check the stored key first: a colliding entry is not ours to delete. */
+    if (cache_lookup(key, key_len, &e) != 1)
+        return 0;
+    cache_release(&e);
+    entry_path(h, path, sizeof path);
+    if (unlink(path) == -1)
+        return 0;
+    index_drop(h);
+    return 1;
+}
+
+/* ---------------------------------------------------------------- store */
+
+static int
+write_all(int fd, const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, buf, len);
+        if (n == -1) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        buf += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+struct cache_writer *
+cache_store_begin(const char *key, size_t key_len, int status, long lifetime, const char *vary,
+    const char *head, size_t head_len)
+{
+    if (g_ttl == 0 || head_len > 65536)
+        return NULL;
+    struct cache_writer *w = (struct cache_writer *)calloc(1, sizeof *w);
+    if (w == NULL)
+        return NULL;
+    w->hash = hash_key(key, key_len);
+    entry_path(w->hash, w->path, sizeof w->path);
+    snprintf(w->tmp, sizeof w->tmp, "%s/.tmp-%d-%llu", g_dir, (int)getpid(),
+        (unsigned long long)g_tmp_seq.fetch_add(1));
+    w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (w->fd == -1) {
+        warn_store("cannot create a temp file");
+        free(w);
+        return NULL;
+    }
+
+    char meta[META_MAX];
+    int n = snprintf(meta, sizeof meta, "PIBL-CACHE 1\nkey: %.*s\nlifetime: %ld\nstatus: %d\n"
+        "head-length: %zu\n", (int)key_len, key, lifetime, status, head_len);
+    if (n < 0 || (size_t)n >= sizeof meta)
+        goto fail;
+    for (const char *p = vary; p != NULL && *p != '\0';) {
+        const char *nl = strchr(p, '\n');
+        size_t l = nl ? (size_t)(nl - p) : strlen(p);
+        int m = snprintf(meta + n, sizeof meta - (size_t)n, "vary: %.*s\n", (int)l, p);
+        if (m < 0 || (size_t)(n + m) >= sizeof meta)
+            goto fail;
+        n += m;
+        p += l + (nl ? 1 : 0);
+    }
+    {
+        int m = snprintf(meta + n, sizeof meta - (size_t)n, "body-length: ");
+        w->body_len_at = n + m;
+        n += m;
+        m = snprintf(meta + n, sizeof meta - (size_t)n, "%0*d\n\n", BODY_LEN_DIGITS, 0);
+        if (m < 0 || (size_t)(n + m) >= sizeof meta)
+            goto fail;
+        n += m;
+    }
+    if (write_all(w->fd, meta, (size_t)n) == -1 || write_all(w->fd, head, head_len) == -1) {
+        warn_store("cannot write a temp file");
+        goto fail;
+    }
+    return w;
+fail:
+    cache_store_abort(w);
+    return NULL;
+}
+
+int
+cache_store_write(struct cache_writer *w, const char *data, size_t len)
+{
+    if (w->body_bytes + len > g_max_object) {
+        cache_store_abort(w);
+        return -1;
+    }
+    if (write_all(w->fd, data, len) == -1) {
+        warn_store("cannot write a temp file");
+        cache_store_abort(w);
+        return -1;
+    }
+    w->body_bytes += len;
+    return 0;
+}
+
+int
+cache_store_commit(struct cache_writer *w)
+{
+    char digits[BODY_LEN_DIGITS + 1];
+    struct stat st;
+
+    snprintf(digits, sizeof digits, "%0*llu", BODY_LEN_DIGITS, (unsigned long long)w->body_bytes);
+    if (pwrite(w->fd, digits, BODY_LEN_DIGITS, w->body_len_at) != BODY_LEN_DIGITS ||
+        fstat(w->fd, &st) == -1 || close(w->fd) == -1) {
+        warn_store("cannot finish a temp file");
+        w->fd = -1;
+        cache_store_abort(w);
+        return -1;
+    }
+    w->fd = -1;
+    /* The fan-out folder is made on first use. */
+    char sub[PATH_MAX];
+    snprintf(sub, sizeof sub, "%s/%02x", g_dir, (unsigned)(w->hash >> 56));
+    if (mkdir(sub, 0755) == -1 && errno != EEXIST) {
+        warn_store("cannot make a cache folder");
+        cache_store_abort(w);
+        return -1;
+    }
+    if (rename(w->tmp, w->path) == -1) {
+        warn_store("cannot rename a temp file");
+        cache_store_abort(w);
+        return -1;
+    }
+    index_put(w->hash, (uint64_t)st.st_size, now_s());
+    g_warned.store(0);
+    free(w);
+    return 0;
+}
+
+void
+cache_store_abort(struct cache_writer *w)
+{
+    if (w == NULL)
+        return;
+    if (w->fd != -1)
+        close(w->fd);
+    unlink(w->tmp);
+    free(w);
+}
+
+/* ---------------------------------------------------------------- collapsing */
+
+int
+cache_lock(const char *key, size_t key_len, int timeout_s)
+{
+    uint64_t h = hash_key(key, key_len);
+    struct timespec deadline;
+    int waited = 0;
+
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += timeout_s;
+    pthread_mutex_lock(&g_fetch_lock);
+    for (;;) {
+        struct inflight *f;
+        for (f = g_inflight; f != NULL && f->hash != h; f = f->next)
+            ;
+        if (f == NULL)
+            break;
+        waited = 1;
+        if (pthread_cond_timedwait(&g_fetch_done, &g_fetch_lock, &deadline) == ETIMEDOUT) {
+            pthread_mutex_unlock(&g_fetch_lock);
+            return -1;
+        }
+    }
+    if (waited) {
+        pthread_mutex_unlock(&g_fetch_lock);
+        return 0;
+    }
+    struct inflight *f = (struct inflight *)malloc(sizeof *f);
+    if (f != NULL) {
+        f->hash = h;
+        f->next = g_inflight;
+        g_inflight = f;
+    }
+    pthread_mutex_unlock(&g_fetch_lock);
+    return f != NULL ? 1 : -1;
+}
+
+void
+cache_unlock(const char *key, size_t key_len)
+{
+    uint64_t h = hash_key(key, key_len);
+
+    pthread_mutex_lock(&g_fetch_lock);
+    for (struct inflight **pp = &g_inflight; *pp != NULL; pp = &(*pp)->next) {
+        if ((*pp)->hash == h) {
+            struct inflight *f = *pp;
+            *pp = f->next;
+            free(f);
+            break;
+        }
+    }
+    pthread_cond_broadcast(&g_fetch_done);
+    pthread_mutex_unlock(&g_fetch_lock);
 }

@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/sendfile.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -561,6 +562,7 @@ struct sink {
     const char *head;              /* sent with the first body bytes */
     size_t head_len;
     uint64_t bytes;                /* body bytes written */
+    struct cache_writer *cw;       /* also store the body here, or NULL */
 };
 
 /* Write len body bytes (with the pending head, in one writev). 0 or -1. */
@@ -583,6 +585,10 @@ sink_write(struct sink *k, const char *data, size_t len)
         iov[n++] = { (void *)"\r\n", 2 };
     k->head_len = 0;
     k->bytes += len;
+    /* A cache that cannot keep up (disk full, object too big) drops out;
+     * the client still gets every byte. */
+    if (k->cw != NULL && len > 0 && cache_store_write(k->cw, data, len) == -1)
+        k->cw = NULL;
     return n == 0 ? 0 : writev_all(k->fd, iov, n);
 }
 
@@ -783,6 +789,20 @@ struct exchange {
     uint64_t bytes;                /* answer body bytes sent */
     const char *err;               /* reason for the log, or NULL */
     int cache;                     /* enum cache_status */
+    /* The cache (RFC 9111); see cache_front(). */
+    char key[MAX_CACHE_KEY + 1];   /* cache key, "" when not cacheable */
+    int key_len;
+    int store_ok;                  /* the answer may be stored */
+    int invalidate;                /* unsafe method: drop the entry on success */
+    int locked;                    /* holds the collapsing lock for key */
+    int stored;                    /* the answer is being stored */
+    int revalidated;               /* origin said 304 to our conditional */
+    long age;                      /* Age of what is served from the cache */
+    long ttl_left;                 /* freshness left, s (negative: stale) */
+    const char *cs_fwd;            /* Cache-Status fwd= reason */
+    struct cache_entry stale;      /* expired entry: revalidate or stale-if-error */
+    char cond[600];                /* conditional fields for revalidation */
+    size_t cond_len;
 };
 
 static void
@@ -1137,6 +1157,7 @@ build_upstream_head(struct conn *c, struct exchange *x, const char *host, size_t
     put_joined(&b, r, "Via", x->minor == 0 ? "1.0 " PIBL_NAME : "1.1 " PIBL_NAME);
     if (x->body.kind == BODY_CHUNKED)
         puts_(&b, "Transfer-Encoding: chunked\r\n");
+    put(&b, x->cond, x->cond_len);
     if (!g_cfg->upstream_keepalive)
         puts_(&b, "Connection: close\r\n");
     put(&b, "\r\n", 2);
@@ -1269,7 +1290,7 @@ static int
 send_request(struct conn *c, struct exchange *x, struct upstream *u, long head_len)
 {
     struct source src = { c->fd, c->in, c->in_cap, c->in_off, c->in_len };
-    struct sink k = { u->fd, x->body.kind == BODY_CHUNKED, c->out, (size_t)head_len, 0 };
+    struct sink k = { u->fd, x->body.kind == BODY_CHUNKED, c->out, (size_t)head_len, 0, NULL };
 
     if (x->body.kind == BODY_NONE) {
         x->body_done = 1;
@@ -1302,13 +1323,52 @@ send_request(struct conn *c, struct exchange *x, struct upstream *u, long head_l
     }
 }
 
+/* Age, X-Cache and Cache-Status (RFC 9211) for an answer. */
+static void
+put_cache_fields(struct builder *b, const struct exchange *x)
+{
+    char line[200];
+    int n;
+
+    if (x->cache == CACHE_NONE)
+        return;
+    int from_cache = x->cache == CACHE_HIT || x->cache == CACHE_STALE || x->revalidated;
+    if (from_cache) {
+        n = snprintf(line, sizeof line, "Age: %ld\r\n", x->age);
+        put(b, line, (size_t)n);
+    }
+    n = snprintf(line, sizeof line, "X-Cache: %s\r\n", cache_status_name(x->cache));
+    put(b, line, (size_t)n);
+    if (x->cache == CACHE_HIT || x->cache == CACHE_STALE)
+        n = snprintf(line, sizeof line, "Cache-Status: %s; hit; ttl=%ld%s\r\n", PIBL_NAME,
+            x->ttl_left, x->cache == CACHE_STALE ? "; detail=stale-if-error" : "");
+    else
+        n = snprintf(line, sizeof line, "Cache-Status: %s; fwd=%s%s%s\r\n", PIBL_NAME,
+            x->cs_fwd ? x->cs_fwd : "miss", x->revalidated ? "; fwd-status=304" : "",
+            x->stored ? "; stored" : "");
+    put(b, line, (size_t)n);
+}
+
+/* Fields PIBL sets itself on answers, never copied from a stored head. */
+static int
+is_cache_field(const struct http_header *h)
+{
+    return http_name_is(h->name, h->name_len, "age") ||
+        http_name_is(h->name, h->name_len, "x-cache") ||
+        http_name_is(h->name, h->name_len, "cache-status");
+}
+
+enum { HEAD_FOR_CLIENT, HEAD_FOR_STORE };
+
 /*
- * Rewrite the backend's answer head for the client into c->out and decide
- * the framing of both sides. Returns the head length, or -1 on overflow.
+ * Rewrite an answer head into c->out: for the client (framing and
+ * Connection of this connection, cache fields) or for the cache (no
+ * framing, no Connection: those belong to each later delivery).
+ * Returns the head length, or -1 on overflow.
  */
 static long
 build_client_head(struct conn *c, struct exchange *x, const struct http_response *resp,
-    const struct conn_tokens *ct, int out_chunked)
+    const struct conn_tokens *ct, int out_chunked, int mode)
 {
     struct builder b = { c->out, c->out_cap, 0, 0 };
     char line[32];
@@ -1321,16 +1381,547 @@ build_client_head(struct conn *c, struct exchange *x, const struct http_response
         const struct http_header *h = &resp->headers[i];
         if (is_hop_by_hop(h, ct))
             continue;
+        if (mode == HEAD_FOR_STORE && (is_cache_field(h) ||
+            http_name_is(h->name, h->name_len, "content-length")))
+            continue;
         put_field(&b, h->name, h->name_len, h->value, h->value_len);
     }
-    if (out_chunked)
-        puts_(&b, "Transfer-Encoding: chunked\r\n");
+    if (mode == HEAD_FOR_CLIENT) {
+        put_cache_fields(&b, x);
+        if (out_chunked)
+            puts_(&b, "Transfer-Encoding: chunked\r\n");
+        if (!x->keep_alive)
+            puts_(&b, "Connection: close\r\n");
+        else if (x->minor == 0)
+            puts_(&b, "Connection: keep-alive\r\n");
+    }
+    put(&b, "\r\n", 2);
+    return b.overflow ? -1 : (long)b.len;
+}
+
+/* ---------------------------------------------------------------- caching */
+
+/* Cache-Control directives that matter to a shared cache (RFC 9111 5.2). */
+struct cache_ctl {
+    int no_store;
+    int no_cache;
+    int is_private;
+    int is_public;
+    long max_age;                  /* -1: absent */
+    long s_maxage;                 /* -1: absent */
+};
+
+/* delta-seconds (RFC 9111 1.2.2): digits; huge values are capped. */
+static long
+parse_delta(const char *v, size_t len)
+{
+    long n = 0;
+
+    if (len >= 2 && v[0] == '"' && v[len - 1] == '"') {
+        v++;
+        len -= 2;
+    }
+    if (len == 0)
+        return -1;
+    for (size_t i = 0; i < len; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        if (n < 2147483647L / 10)
+            n = n * 10 + (v[i] - '0');
+        else
+            n = 2147483647L;
+    }
+    return n;
+}
+
+static void
+parse_cache_control(const struct http_header *hdrs, int n, struct cache_ctl *cc)
+{
+    memset(cc, 0, sizeof *cc);
+    cc->max_age = cc->s_maxage = -1;
+    for (int i = 0; i < n; i++) {
+        if (!http_name_is(hdrs[i].name, hdrs[i].name_len, "cache-control"))
+            continue;
+        const char *p = hdrs[i].value, *end = p + hdrs[i].value_len;
+        while (p < end) {
+            while (p < end && (*p == ',' || *p == ' ' || *p == '\t'))
+                p++;
+            const char *name = p;
+            while (p < end && *p != '=' && *p != ',' && *p != ' ' && *p != '\t')
+                p++;
+            size_t nl = (size_t)(p - name);
+            const char *val = NULL;
+            size_t vl = 0;
+            if (p < end && *p == '=') {
+                val = ++p;
+                if (p < end && *p == '"') {
+                    const char *q = (const char *)memchr(p + 1, '"', (size_t)(end - p - 1));
+                    p = q ? q + 1 : end;
+                } else {
+                    while (p < end && *p != ',' && *p != ' ' && *p != '\t')
+                        p++;
+                }
+                vl = (size_t)(p - val);
+            }
+            while (p < end && *p != ',')
+                p++;
+            if (http_name_is(name, nl, "no-store"))
+                cc->no_store = 1;
+            else if (http_name_is(name, nl, "no-cache"))
+                cc->no_cache = 1;
+            else if (http_name_is(name, nl, "private"))
+                cc->is_private = 1;
+            else if (http_name_is(name, nl, "public"))
+                cc->is_public = 1;
+            else if (http_name_is(name, nl, "max-age") && val)
+                cc->max_age = parse_delta(val, vl);
+            else if (http_name_is(name, nl, "s-maxage") && val)
+                cc->s_maxage = parse_delta(val, vl);
+        }
+    }
+}
+
+/* IMF-fixdate (RFC 9110 5.6.7) to time_t; -1 when not one. */
+static time_t
+parse_http_date(const char *v, size_t len)
+{
+    char buf[64];
+    struct tm tm;
+
+    if (len == 0 || len >= sizeof buf)
+        return -1;
+    memcpy(buf, v, len);
+    buf[len] = '\0';
+    memset(&tm, 0, sizeof tm);
+    const char *end = strptime(buf, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    if (end == NULL || *end != '\0')
+        return -1;
+    return timegm(&tm);
+}
+
+static const struct http_header *
+find_field(const struct http_header *hdrs, int n, const char *name)
+{
+    for (int i = 0; i < n; i++)
+        if (http_name_is(hdrs[i].name, hdrs[i].name_len, name))
+            return &hdrs[i];
+    return NULL;
+}
+
+/* Append "name=values\n" for one request field name (lower-cased). */
+static int
+append_vary(const struct http_request *r, const char *name, size_t name_len, char *out,
+    size_t *len, size_t cap)
+{
+    struct builder b = { out, cap, *len, 0 };
+    int first = 1;
+
+    for (size_t i = 0; i < name_len; i++) {
+        char ch = (char)tolower((unsigned char)name[i]);
+        put(&b, &ch, 1);
+    }
+    put(&b, "=", 1);
+    for (int i = 0; i < r->n_headers; i++) {
+        const struct http_header *h = &r->headers[i];
+        if (h->name_len != name_len || strncasecmp(h->name, name, name_len) != 0)
+            continue;
+        if (!first)
+            put(&b, ", ", 2);
+        put(&b, h->value, h->value_len);
+        first = 0;
+    }
+    put(&b, "\n", 1);
+    if (b.overflow)
+        return -1;
+    *len = b.len;
+    return 0;
+}
+
+/*
+ * The request's values for the names in an answer's Vary fields, as
+ * "name=value\n" lines. Returns 0, or -1 for "Vary: *" or too much.
+ */
+static int
+vary_from_response(const struct http_request *r, const struct http_response *resp, char *out,
+    size_t cap)
+{
+    size_t len = 0;
+
+    out[0] = '\0';
+    for (int i = 0; i < resp->n_headers; i++) {
+        const struct http_header *h = &resp->headers[i];
+        if (!http_name_is(h->name, h->name_len, "vary"))
+            continue;
+        const char *p = h->value, *end = p + h->value_len;
+        while (p < end) {
+            while (p < end && (*p == ',' || *p == ' ' || *p == '\t'))
+                p++;
+            const char *t = p;
+            while (p < end && *p != ',' && *p != ' ' && *p != '\t')
+                p++;
+            if (p == t)
+                continue;
+            if (p - t == 1 && *t == '*')
+                return -1;
+            if (append_vary(r, t, (size_t)(p - t), out, &len, cap - 1) == -1)
+                return -1;
+        }
+    }
+    out[len] = '\0';
+    return 0;
+}
+
+/* 1 when the request carries the same values an entry was stored for. */
+static int
+vary_matches(const struct http_request *r, const char *stored)
+{
+    char now[MAX_VARY_BYTES];
+    size_t len = 0;
+
+    for (const char *p = stored; *p != '\0';) {
+        const char *eq = strchr(p, '='), *nl = strchr(p, '\n');
+        if (eq == NULL || nl == NULL || eq > nl)
+            return 0;
+        if (append_vary(r, p, (size_t)(eq - p), now, &len, sizeof now - 1) == -1)
+            return 0;
+        p = nl + 1;
+    }
+    now[len] = '\0';
+    return strcmp(now, stored) == 0;
+}
+
+/*
+ * Decide whether an answer may be stored and for how long (RFC 9111 3 and
+ * 4.2.1, capped by the launch TTL). Returns the lifetime in seconds (0:
+ * stored but revalidated before each reuse), or -1: not stored.
+ */
+static long
+storable_lifetime(const struct exchange *x, const struct http_response *resp)
+{
+    static const int cacheable[] = { 200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501 };
+    const struct http_request *r = &x->req;
+    struct cache_ctl cc;
+    size_t i;
+
+    for (i = 0; i < sizeof cacheable / sizeof cacheable[0]; i++)
+        if (cacheable[i] == resp->status)
+            break;
+    if (i == sizeof cacheable / sizeof cacheable[0])
+        return -1;
+    parse_cache_control(resp->headers, resp->n_headers, &cc);
+    if (cc.no_store || cc.is_private || find_field(resp->headers, resp->n_headers, "set-cookie"))
+        return -1;
+    if (find_field(r->headers, r->n_headers, "authorization") && !cc.is_public && cc.s_maxage < 0)
+        return -1;
+
+    long ttl = cache_ttl(), lifetime = ttl;
+    int is_explicit = 1;
+    const struct http_header *h;
+    if (cc.s_maxage >= 0) {
+        lifetime = cc.s_maxage;
+    } else if (cc.max_age >= 0) {
+        lifetime = cc.max_age;
+    } else if ((h = find_field(resp->headers, resp->n_headers, "expires")) != NULL) {
+        time_t exp = parse_http_date(h->value, h->value_len);
+        const struct http_header *d = find_field(resp->headers, resp->n_headers, "date");
+        time_t date = d ? parse_http_date(d->value, d->value_len) : -1;
+        if (date == -1)
+            date = time(NULL);
+        lifetime = exp == -1 || exp <= date ? 0 : (long)(exp - date);
+    } else {
+        is_explicit = 0;
+    }
+    if (cc.no_cache)
+        lifetime = 0;
+    if (lifetime > ttl)
+        lifetime = ttl;
+    if ((h = find_field(resp->headers, resp->n_headers, "age")) != NULL) {
+        long age = parse_delta(h->value, h->value_len);
+        if (age > 0)
+            lifetime = age >= lifetime ? 0 : lifetime - age;
+    }
+    int has_validator = find_field(resp->headers, resp->n_headers, "etag") != NULL ||
+        find_field(resp->headers, resp->n_headers, "last-modified") != NULL;
+    if (!is_explicit && !g_cfg->cache_heuristic)
+        lifetime = 0;                           /* strict shared cache: revalidate */
+    if (lifetime == 0 && !has_validator)
+        return -1;
+    return lifetime;
+}
+
+/* Weak comparison of one entity tag with a list (RFC 9110 8.8.3.2, 13.1.2). */
+static int
+etag_in_list(const char *etag, size_t etag_len, const char *list, size_t list_len)
+{
+    if (etag_len > 2 && etag[0] == 'W' && etag[1] == '/') {
+        etag += 2;
+        etag_len -= 2;
+    }
+    const char *p = list, *end = list + list_len;
+    while (p < end) {
+        while (p < end && (*p == ',' || *p == ' ' || *p == '\t'))
+            p++;
+        if (p < end && *p == '*')
+            return 1;
+        if (end - p > 2 && p[0] == 'W' && p[1] == '/')
+            p += 2;
+        const char *t = p;
+        if (p < end && *p == '"') {
+            const char *q = (const char *)memchr(p + 1, '"', (size_t)(end - p - 1));
+            p = q ? q + 1 : end;
+        } else {
+            while (p < end && *p != ',')
+                p++;
+        }
+        if ((size_t)(p - t) == etag_len && memcmp(t, etag, etag_len) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* 1 when the client's conditionals say its copy is current (RFC 9110 13.2.2). */
+static int
+client_has_current(const struct http_request *r, const struct http_response *stored)
+{
+    const struct http_header *inm = find_field(r->headers, r->n_headers, "if-none-match");
+    const struct http_header *etag = find_field(stored->headers, stored->n_headers, "etag");
+
+    if (inm != NULL)
+        return etag != NULL && etag_in_list(etag->value, etag->value_len, inm->value, inm->value_len);
+    const struct http_header *ims = find_field(r->headers, r->n_headers, "if-modified-since");
+    const struct http_header *lm = find_field(stored->headers, stored->n_headers, "last-modified");
+    if (ims == NULL || lm == NULL)
+        return 0;
+    time_t since = parse_http_date(ims->value, ims->value_len);
+    time_t modified = parse_http_date(lm->value, lm->value_len);
+    return since != -1 && modified != -1 && modified <= since;
+}
+
+/* Fields a 304 carries from the stored answer (RFC 9110 15.4.5). */
+static int
+keep_in_304(const struct http_header *h)
+{
+    static const char *const keep[] = {
+        "cache-control", "content-location", "date", "etag", "expires", "vary", "last-modified",
+    };
+    for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++)
+        if (http_name_is(h->name, h->name_len, keep[i]))
+            return 1;
+    return 0;
+}
+
+/*
+ * Answer from a cache entry: the stored head with Age, X-Cache and
+ * Cache-Status, then the body straight from the file with sendfile(), or
+ * a 304 when the client's conditionals match. x->cache says which kind of
+ * answer this is. Returns 0 (served; keep-alive per x), -1 (client gone:
+ * close), -2 (entry unreadable: the caller goes to the origin).
+ */
+static int
+serve_entry(struct conn *c, struct exchange *x, struct cache_entry *e)
+{
+    struct http_response resp;
+    struct conn_tokens none;
+    char line[64];
+
+    memset(&none, 0, sizeof none);
+    if (cache_read_head(e, c->uin, c->uin_cap) == -1 ||
+        http_parse_response(c->uin, e->head_len, &resp) == -1)
+        return -2;
+    int not_modified = client_has_current(&x->req, &resp);
+    int status = not_modified ? 304 : resp.status;
+    int has_body = !x->is_head && !not_modified && status != 204 && status != 304;
+
+    x->age = e->age;
+    x->ttl_left = e->lifetime - e->age;
+    if (g_stopping.load())
+        x->keep_alive = 0;
+    struct builder b = { c->out, c->out_cap, 0, 0 };
+    int n = snprintf(line, sizeof line, "HTTP/1.1 %d ", status);
+    put(&b, line, (size_t)n);
+    if (not_modified)
+        puts_(&b, "Not Modified");
+    else
+        put(&b, resp.reason, resp.reason_len);
+    put(&b, "\r\n", 2);
+    for (int i = 0; i < resp.n_headers; i++) {
+        const struct http_header *h = &resp.headers[i];
+        if (is_cache_field(h) || is_hop_by_hop(h, &none) || (not_modified && !keep_in_304(h)) ||
+            http_name_is(h->name, h->name_len, "content-length"))
+            continue;
+        put_field(&b, h->name, h->name_len, h->value, h->value_len);
+    }
+    if (status != 204 && status != 304) {
+        n = snprintf(line, sizeof line, "Content-Length: %llu\r\n", (unsigned long long)e->body_len);
+        put(&b, line, (size_t)n);
+    }
+    put_cache_fields(&b, x);
     if (!x->keep_alive)
         puts_(&b, "Connection: close\r\n");
     else if (x->minor == 0)
         puts_(&b, "Connection: keep-alive\r\n");
     put(&b, "\r\n", 2);
-    return b.overflow ? -1 : (long)b.len;
+    if (b.overflow)
+        return -2;
+    if (g_cfg->log_headers)
+        log_block("response from cache:", c->out, b.len);
+
+    x->status = status;
+    x->body_done = 1;
+    if (write_all(c->fd, c->out, b.len) == -1) {
+        x->err = "client went away";
+        return -1;
+    }
+    off_t off = e->body_off;
+    uint64_t left = has_body ? e->body_len : 0;
+    while (left > 0) {
+        ssize_t sent = sendfile(c->fd, e->fd, &off, left > (1u << 30) ? (1u << 30) : (size_t)left);
+        if (sent == -1 && errno == EINTR)
+            continue;
+        if (sent <= 0) {
+            x->err = sent == 0 ? "cache entry shrank" : "client went away";
+            return -1;
+        }
+        left -= (uint64_t)sent;
+        x->bytes += (uint64_t)sent;
+    }
+    return 0;
+}
+
+/* 1 when the client address is listed in purge_allow. */
+static int
+purge_allowed(const struct conn *c)
+{
+    const char *p = g_cfg->purge_allow;
+    size_t ip_len = strlen(c->peer_ip);
+
+    while (*p != '\0') {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        const char *t = p;
+        while (*p != '\0' && *p != ' ' && *p != '\t' && *p != ',')
+            p++;
+        if ((size_t)(p - t) == ip_len && memcmp(t, c->peer_ip, ip_len) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Read the stored validators of an expired entry into x->cond (RFC 9111 4.3.1). */
+static void
+prepare_revalidation(struct conn *c, struct exchange *x)
+{
+    struct http_response resp;
+    struct builder b = { x->cond, sizeof x->cond, 0, 0 };
+    const struct http_request *r = &x->req;
+
+    if (find_field(r->headers, r->n_headers, "if-none-match") ||
+        find_field(r->headers, r->n_headers, "if-modified-since") ||
+        cache_read_head(&x->stale, c->uin, c->uin_cap) == -1 ||
+        http_parse_response(c->uin, x->stale.head_len, &resp) == -1)
+        return;
+    const struct http_header *etag = find_field(resp.headers, resp.n_headers, "etag");
+    const struct http_header *lm = find_field(resp.headers, resp.n_headers, "last-modified");
+    if (etag != NULL)
+        put_field(&b, "If-None-Match", 13, etag->value, etag->value_len);
+    if (lm != NULL)
+        put_field(&b, "If-Modified-Since", 17, lm->value, lm->value_len);
+    x->cond_len = b.overflow ? 0 : b.len;
+}
+
+enum { FRONT_FORWARD, FRONT_DONE_KEEP, FRONT_DONE_CLOSE };
+
+/*
+ * The cache's part of a request, before any backend is asked: PURGE,
+ * lookups, collapsing of concurrent misses and the decisions for later
+ * (store, invalidate, revalidate). Returns FRONT_FORWARD to go on to a
+ * backend, or FRONT_DONE_* when the answer was given here.
+ */
+static int
+cache_front(struct conn *c, struct exchange *x, const char *host, size_t host_len,
+    const char *path, size_t path_len)
+{
+    const struct http_request *r = &x->req;
+    int is_get = http_name_is(r->method, r->method_len, "GET");
+    int is_purge = http_name_is(r->method, r->method_len, "PURGE");
+
+    x->cache = CACHE_BYPASS;
+    x->cs_fwd = "bypass";
+    if (host != NULL)
+        x->key_len = cache_key(x->key, sizeof x->key, host, host_len, path, path_len);
+    if (host == NULL || x->key_len <= 0) {
+        x->key_len = 0;
+        return is_purge ? (send_error(c, x, 404, "not in cache", 1), FRONT_DONE_KEEP) : FRONT_FORWARD;
+    }
+    if (is_purge) {
+        if (!purge_allowed(c)) {
+            send_error(c, x, 403, "PURGE not allowed from this address", 1);
+            return FRONT_DONE_KEEP;
+        }
+        int removed = cache_remove(x->key, (size_t)x->key_len);
+        send_error(c, x, removed ? 200 : 404, removed ? "purged" : "not in cache", 1);
+        x->err = NULL;
+        return FRONT_DONE_KEEP;
+    }
+    if (!is_get && !x->is_head) {
+        static const char *const unsafe[] = { "POST", "PUT", "DELETE", "PATCH" };
+        for (size_t i = 0; i < sizeof unsafe / sizeof unsafe[0]; i++)
+            if (http_name_is(r->method, r->method_len, unsafe[i]))
+                x->invalidate = 1;
+        x->cs_fwd = "method";
+        return FRONT_FORWARD;
+    }
+    if (x->body.kind != BODY_NONE)
+        return FRONT_FORWARD;
+
+    struct cache_ctl cc;
+    parse_cache_control(r->headers, r->n_headers, &cc);
+    const struct http_header *pragma = find_field(r->headers, r->n_headers, "pragma");
+    if (!find_field(r->headers, r->n_headers, "cache-control") && pragma != NULL &&
+        http_name_is(pragma->value, pragma->value_len, "no-cache"))
+        cc.no_cache = 1;
+    x->store_ok = is_get && !cc.no_store;
+    if (cc.no_store || cc.no_cache) {
+        x->cs_fwd = "request";                  /* ask the origin; no-cache refreshes */
+        return FRONT_FORWARD;
+    }
+
+    int tried_lock = 0;
+    for (;;) {
+        struct cache_entry e;
+        x->cache = CACHE_MISS;
+        x->cs_fwd = "uri-miss";
+        if (cache_lookup(x->key, (size_t)x->key_len, &e) == 1) {
+            if (!vary_matches(r, e.vary)) {
+                x->cs_fwd = "vary-miss";
+                cache_release(&e);
+            } else if (e.fresh) {
+                x->cache = CACHE_HIT;
+                int rc = serve_entry(c, x, &e);
+                cache_release(&e);
+                if (rc != -2)
+                    return rc == 0 ? FRONT_DONE_KEEP : FRONT_DONE_CLOSE;
+                x->cache = CACHE_MISS;
+            } else {
+                x->cache = CACHE_EXPIRED;
+                x->cs_fwd = "stale";
+                cache_release(&x->stale);
+                x->stale = e;
+            }
+        }
+        /* One fetch per key at a time; the others wait for its entry. */
+        if (!is_get || tried_lock)
+            break;
+        tried_lock = 1;
+        int lk = cache_lock(x->key, (size_t)x->key_len, g_cfg->cache_lock_timeout);
+        if (lk == 1)
+            x->locked = 1;
+        if (lk != 0)
+            break;
+    }
+    if (x->stale.fd != -1)
+        prepare_revalidation(c, x);
+    return FRONT_FORWARD;
 }
 
 /*
@@ -1387,6 +1978,35 @@ relay_response(struct conn *c, struct exchange *x, struct upstream *u, size_t le
         return x->keep_alive ? 0 : -1;
     }
     scan_connection(resp.headers, resp.n_headers, &ct);
+
+    /* Our conditional request was answered 304: the stored body is current. */
+    if (x->stale.fd != -1 && x->cond_len > 0 && resp.status == 304) {
+        cache_touch(&x->stale);
+        x->stale.age = 0;
+        x->revalidated = 1;
+        *reuse = resp.minor_version == 1 && !ct.close && len == (size_t)head_len;
+        rr_mark_up(u->backend);
+        int rc = serve_entry(c, x, &x->stale);
+        if (rc == -2) {
+            *reuse = 0;
+            send_error(c, x, 502, "cache entry unreadable after revalidation", 1);
+        }
+        return rc == -1 ? -1 : 0;
+    }
+
+    struct cache_writer *cw = NULL;
+    if (x->store_ok && x->key_len > 0) {
+        char vary[MAX_VARY_BYTES];
+        long lifetime = storable_lifetime(x, &resp);
+        if (lifetime >= 0 && vary_from_response(&x->req, &resp, vary, sizeof vary) == 0) {
+            long sl = build_client_head(c, x, &resp, &ct, 0, HEAD_FOR_STORE);
+            if (sl > 0)
+                cw = cache_store_begin(x->key, (size_t)x->key_len, resp.status, lifetime, vary,
+                    c->out, (size_t)sl);
+            x->stored = cw != NULL;
+        }
+    }
+
     int out_chunked = 0;
     if (bi.kind == BODY_CHUNKED || bi.kind == BODY_CLOSE) {
         if (x->minor == 1)
@@ -1396,8 +2016,9 @@ relay_response(struct conn *c, struct exchange *x, struct upstream *u, size_t le
     }
     if (g_stopping.load())
         x->keep_alive = 0;
-    long out_len = build_client_head(c, x, &resp, &ct, out_chunked);
+    long out_len = build_client_head(c, x, &resp, &ct, out_chunked, HEAD_FOR_CLIENT);
     if (out_len == -1) {
+        cache_store_abort(cw);
         send_error(c, x, 502, "backend answer head too large", 1);
         return x->keep_alive ? 0 : -1;
     }
@@ -1407,9 +2028,14 @@ relay_response(struct conn *c, struct exchange *x, struct upstream *u, size_t le
     }
     x->status = resp.status;
     struct source src = { u->fd, c->uin, c->uin_cap, (size_t)head_len, len - (size_t)head_len };
-    struct sink k = { c->fd, out_chunked, c->out, (size_t)out_len, 0 };
+    struct sink k = { c->fd, out_chunked, c->out, (size_t)out_len, 0, cw };
     int rc = relay_body(&src, &bi, &k, c->relay, RELAY_BUF_BYTES, 0);
     x->bytes = k.bytes;
+    /* Only a whole answer becomes an entry; a cut one leaves nothing. */
+    if (rc == RELAY_OK && k.cw != NULL)
+        cache_store_commit(k.cw);
+    else
+        cache_store_abort(k.cw);
     if (rc == RELAY_OK) {
         *reuse = resp.minor_version == 1 && !ct.close && bi.kind != BODY_CLOSE && src.len == 0;
         rr_mark_up(u->backend);
@@ -1529,6 +2155,16 @@ forward(struct conn *c, struct exchange *x, const char *host, size_t host_len, c
     }
     if (fail_status == 503)
         x->backend = -1;
+    /* stale-if-error (RFC 5861): an expired entry beats an error page. */
+    if (x->stale.fd != -1 && x->stale.age - x->stale.lifetime <= g_cfg->cache_stale_if_error) {
+        x->cache = CACHE_STALE;
+        int rc = serve_entry(c, x, &x->stale);
+        if (rc != -2) {
+            x->err = fail_why;
+            return rc == 0 ? 0 : -1;
+        }
+        x->cache = CACHE_EXPIRED;
+    }
     send_error(c, x, fail_status, fail_why, 1);
     return x->keep_alive && x->body_done ? 0 : -1;
 }
@@ -1560,6 +2196,7 @@ serve_one(struct conn *c)
     struct exchange x;
 
     memset(&x, 0, sizeof x);
+    x.stale.fd = -1;
     x.backend = -1;
     x.minor = 1;
     x.t_start = now_us();
@@ -1598,7 +2235,19 @@ serve_one(struct conn *c)
     c->in_off += (size_t)head_len;
     c->in_len -= (size_t)head_len;
 
-    int keep = forward(c, &x, host, host_len, path, path_len, &ct);
+    x.body_done = x.body.kind == BODY_NONE;
+
+    int keep;
+    int front = cache_enabled() ? cache_front(c, &x, host, host_len, path, path_len) : FRONT_FORWARD;
+    if (front == FRONT_FORWARD)
+        keep = forward(c, &x, host, host_len, path, path_len, &ct);
+    else
+        keep = front == FRONT_DONE_KEEP ? 0 : -1;
+    if (x.locked)
+        cache_unlock(x.key, (size_t)x.key_len);
+    if (x.invalidate && x.key_len > 0 && x.status >= 200 && x.status < 400)
+        cache_remove(x.key, (size_t)x.key_len);
+    cache_release(&x.stale);
     log_exchange(c, &x);
     if (keep == -1 || !x.keep_alive || !x.body_done)
         return -1;

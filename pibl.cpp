@@ -56,7 +56,7 @@ static const struct key_spec g_keys[] = {
     { "backend",            K_BACKEND, 0,                       0, 0 },
     { "log_file",           K_STRING,  CFG(log_file),           0, PATH_MAX },
     { "log_headers",        K_BOOL,    CFG(log_headers),        0, 1 },
-    { "cache_dir",          K_STRING,  CFG(cache_dir),          0, PATH_MAX },
+    { "cache_dir",          K_STRING,  CFG(cache_dir),          0, PATH_MAX - 64 },
     { "connect_timeout",    K_INT,     CFG(connect_timeout),    1, 3600 },
     { "backend_timeout",    K_INT,     CFG(backend_timeout),    1, 86400 },
     { "client_timeout",     K_INT,     CFG(client_timeout),     1, 3600 },
@@ -68,6 +68,12 @@ static const struct key_spec g_keys[] = {
     { "max_body_bytes",     K_LONG,    CFG(max_body_bytes),     0, (1LL << 62) },
     { "upstream_keepalive", K_BOOL,    CFG(upstream_keepalive), 0, 1 },
     { "shutdown_timeout",   K_INT,     CFG(shutdown_timeout),   0, 3600 },
+    { "cache_heuristic",    K_BOOL,    CFG(cache_heuristic),    0, 1 },
+    { "cache_max_bytes",    K_LONG,    CFG(cache_max_bytes),    0, (1LL << 62) },
+    { "cache_max_object",   K_LONG,    CFG(cache_max_object),   0, (1LL << 62) },
+    { "cache_stale_if_error", K_INT,   CFG(cache_stale_if_error), 0, 31536000 },
+    { "cache_lock_timeout", K_INT,     CFG(cache_lock_timeout), 0, 3600 },
+    { "purge_allow",        K_STRING,  CFG(purge_allow),        0, 512 },
 };
 
 void
@@ -89,6 +95,12 @@ pibl_config_defaults(struct pibl_config *cfg)
     cfg->max_body_bytes = 1LL << 30;
     cfg->upstream_keepalive = 1;
     cfg->shutdown_timeout = 10;
+    cfg->cache_heuristic = 1;
+    cfg->cache_max_bytes = 1LL << 30;
+    cfg->cache_max_object = 256LL << 20;
+    cfg->cache_stale_if_error = 300;
+    cfg->cache_lock_timeout = 5;
+    snprintf(cfg->purge_allow, sizeof cfg->purge_allow, "127.0.0.1 ::1");
 }
 
 /* Cut leading and trailing blanks in place; returns the new start. */
@@ -547,7 +559,7 @@ main(int argc, char **argv)
         fprintf(stderr, "pibl: cannot start: %s\n", strerror(errno));
         return 1;
     }
-    if (cache_init(g_cfg.cache_dir, g_cfg.ttl) == -1)
+    if (cache_init(&g_cfg) == -1)
         log_line("pibl: warning: cache folder %s unusable: %s; caching off", g_cfg.cache_dir,
             strerror(errno));
     http_init(&g_cfg, n_fds);

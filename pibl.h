@@ -27,6 +27,8 @@
 #define MAX_HOST_NAME        256      /* backend host name */
 #define THREAD_STACK_BYTES   (256 * 1024)
 #define LOG_LINE_MAX         4096     /* one log line, truncated past this */
+#define MAX_CACHE_KEY        4096     /* longer keys are not cached */
+#define MAX_VARY_BYTES       1024     /* request values an entry varies on */
 
 /* ---------------------------------------------------------------- pibl.cpp */
 
@@ -49,6 +51,12 @@ struct pibl_config {
     long long max_body_bytes;      /* request body cap -> 413, 0 = none */
     int upstream_keepalive;        /* 1: pool idle backend connections */
     int shutdown_timeout;          /* s, grace for in-flight exchanges */
+    int cache_heuristic;           /* 1: reuse answers without freshness info */
+    long long cache_max_bytes;     /* whole cache, LRU eviction past it */
+    long long cache_max_object;    /* one entry */
+    int cache_stale_if_error;      /* s past expiry served when backends fail */
+    int cache_lock_timeout;        /* s a collapsed request waits */
+    char purge_allow[512];         /* client IPs allowed to PURGE */
     long ttl;                      /* cache TTL from the command line */
 };
 
@@ -217,13 +225,91 @@ void http_reject(int fd, int status, const char *why);
 
 /* ---------------------------------------------------------------- cache.cpp */
 
-/* Cache status of one exchange, for the log line. */
+/* Cache status of one exchange, for the log line and X-Cache. */
 enum cache_status { CACHE_NONE, CACHE_HIT, CACHE_MISS, CACHE_EXPIRED, CACHE_STALE, CACHE_BYPASS };
 
-/* Name of a cache status for the log ("-", "HIT", ...). */
+/* A stored entry found by cache_lookup, open for reading. */
+struct cache_entry {
+    int fd;                        /* -1: none */
+    uint64_t hash;
+    char path[PATH_MAX];
+    long lifetime;                 /* s, capped by the launch TTL */
+    long age;                      /* s since stored or revalidated (mtime) */
+    int fresh;                     /* age < lifetime */
+    int status;
+    off_t head_off;                /* stored head: file offset and length */
+    size_t head_len;
+    off_t body_off;                /* body: file offset and length */
+    uint64_t body_len;
+    char vary[MAX_VARY_BYTES];     /* "name=value\n" lines it was stored for */
+};
+
+struct cache_writer;
+
+/* Name of a cache status ("-", "HIT", ...). */
 const char *cache_status_name(int status);
 
-/* Prepare the cache folder; ttl 0 turns the cache off. Returns 0 or -1. */
-int cache_init(const char *dir, long ttl);
+/*
+ * Prepare the cache folder (made if missing), delete temp files a crash
+ * left, index the entries and start the eviction thread. TTL 0: cache off.
+ * Returns 0, or -1 (errno set) when the folder is unusable: cache off.
+ */
+int cache_init(const struct pibl_config *cfg);
+
+/* 1 when the cache is on. */
+int cache_enabled(void);
+
+/* Launch TTL in seconds. */
+long cache_ttl(void);
+
+/* Build the key "http://host/target" (host lower-cased) into buf.
+ * Returns its length, or -1 when it is longer than MAX_CACHE_KEY. */
+int cache_key(char *buf, size_t cap, const char *host, size_t host_len, const char *target,
+    size_t target_len);
+
+/*
+ * Open the entry for key. Returns 1 with e filled (fresh or not; the caller
+ * must cache_release it), 0 when there is none. A damaged entry is deleted
+ * and reported as none. Blocks on disk only.
+ */
+int cache_lookup(const char *key, size_t key_len, struct cache_entry *e);
+
+/* Close an entry from cache_lookup (safe on an empty one). */
+void cache_release(struct cache_entry *e);
+
+/* Read the stored head into buf. Returns 0, or -1 if it does not fit. */
+int cache_read_head(const struct cache_entry *e, char *buf, size_t cap);
+
+/* Mark the entry fresh again (mtime = now) after a 304 from the origin. */
+void cache_touch(const struct cache_entry *e);
+
+/* Delete the entry for key. Returns 1 if one was deleted, 0 if none. */
+int cache_remove(const char *key, size_t key_len);
+
+/*
+ * Start storing an answer: a temp file gets the meta block and head. vary
+ * holds "name=value\n" lines (or ""). Returns NULL when it cannot store
+ * (logged once); the caller then just serves without storing.
+ */
+struct cache_writer *cache_store_begin(const char *key, size_t key_len, int status, long lifetime,
+    const char *vary, const char *head, size_t head_len);
+
+/* Append body bytes. Returns 0, or -1 after abandoning the entry (too big,
+ * disk full): the writer is freed and must not be used again. */
+int cache_store_write(struct cache_writer *w, const char *data, size_t len);
+
+/* Make the entry visible (rename). Frees w. Returns 0 or -1. */
+int cache_store_commit(struct cache_writer *w);
+
+/* Drop an unfinished entry. Frees w. Safe on NULL. */
+void cache_store_abort(struct cache_writer *w);
+
+/*
+ * Request collapsing. Returns 1 when the caller is the one to fetch key
+ * (it must cache_unlock it), 0 after waiting for another fetch of the same
+ * key to finish (look up again), -1 after timeout_s of waiting.
+ */
+int cache_lock(const char *key, size_t key_len, int timeout_s);
+void cache_unlock(const char *key, size_t key_len);
 
 #endif
