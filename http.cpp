@@ -43,6 +43,8 @@
 #define POOL_MAX            128    /* idle upstream connections per backend */
 #define MAX_INTERIM         8      /* 1xx answers relayed before the final one */
 #define HEAD_EXTRA_BYTES    1024   /* room for the fields PIBL adds to a head */
+#define LINGER_MS           1000   /* draining input before closing after an error */
+#define LINGER_MAX_BYTES    (1 << 20)
 
 /* ---------------------------------------------------------------- parsing */
 
@@ -73,10 +75,8 @@ http_name_is(const char *name, size_t name_len, const char *want)
 long
 http_find_head_end(const char *buf, size_t len, size_t *scan)
 {
-    size_t i = *scan;
+    size_t i = *scan, from = *scan;
 
-    if (i < len && memchr(buf + i, '\0', len - i) != NULL)
-        return -1;
     while (i < len) {
         const char *nl = (const char *)memchr(buf + i, '\n', len - i);
         if (nl == NULL)
@@ -84,10 +84,16 @@ http_find_head_end(const char *buf, size_t len, size_t *scan)
         size_t at = (size_t)(nl - buf);
         if (at == 0 || buf[at - 1] != '\r')
             return -1;                          /* bare LF */
-        if (at >= 3 && buf[at - 2] == '\n' && buf[at - 3] == '\r')
+        if (at >= 3 && buf[at - 2] == '\n' && buf[at - 3] == '\r') {
+            /* Only the head itself is checked: body bytes may hold NULs. */
+            if (memchr(buf + from, '\0', at + 1 - from) != NULL)
+                return -1;
             return (long)(at + 1);
+        }
         i = at + 1;
     }
+    if (from < len && memchr(buf + from, '\0', len - from) != NULL)
+        return -1;
     *scan = len;
     return -2;
 }
@@ -768,6 +774,7 @@ struct conn {
     size_t uin_cap;
     char *relay;                   /* RELAY_BUF_BYTES for bodies */
     int rcv_ms;                    /* SO_RCVTIMEO in force on fd */
+    int linger;                    /* an error answer may sit before unread input */
 };
 
 /* One request/answer exchange; copies what the log needs from the head. */
@@ -861,6 +868,7 @@ send_error(struct conn *c, struct exchange *x, int status, const char *why, int 
     x->status = status;
     x->err = why;
     x->bytes = x->is_head ? 0 : (uint64_t)bl;
+    c->linger = !x->keep_alive;
     struct iovec iov[2] = { { head, (size_t)hl }, { body, x->is_head ? 0 : (size_t)bl } };
     return writev_all(c->fd, iov, 2);
 }
@@ -2045,8 +2053,9 @@ relay_response(struct conn *c, struct exchange *x, struct upstream *u, size_t le
         x->err = "client went away";
         return -1;
     }
-    /* The backend broke off: close the client so a cut body never looks whole. */
-    rr_mark_down(u->backend);
+    /* The backend broke off: close the client so a cut body never looks
+     * whole. No down mark: if the backend really died, the next connect()
+     * to it fails and marks it; a single broken answer is not an outage. */
     x->err = rc == RELAY_SRC_BAD ? "bad chunked framing from backend" :
         rc == RELAY_SRC_ERR ? "backend timed out mid-answer" : "backend closed mid-answer";
     return -1;
@@ -2295,6 +2304,22 @@ http_serve(int fd, const struct sockaddr_storage *peer)
             uint8_t busy = ST_BUSY;
             if (!st->compare_exchange_strong(busy, ST_IDLE))
                 break;
+        }
+    }
+
+    /* After an error answer the client may still be sending: closing with
+     * unread input would reset the connection and could destroy the answer
+     * in flight, so read and drop for a bounded time first (a lingering
+     * close, as nginx and Apache do). */
+    if (c.linger && shutdown(fd, SHUT_WR) == 0) {
+        int64_t until = now_ms() + LINGER_MS;
+        size_t drained = 0;
+        set_rcv(&c, LINGER_MS);
+        while (drained < LINGER_MAX_BYTES && now_ms() < until) {
+            ssize_t r = recv(fd, c.relay ? c.relay : &ch, c.relay ? RELAY_BUF_BYTES : 1, 0);
+            if (r <= 0 && !(r == -1 && errno == EINTR))
+                break;
+            drained += r > 0 ? (size_t)r : 0;
         }
     }
 

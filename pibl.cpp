@@ -535,7 +535,7 @@ main(int argc, char **argv)
             fprintf(stderr, "pibl: %s\n", err);
             return 2;
         }
-        printf("pibl: %s: OK (%d backends, port %d)\n", argv[2], g_cfg.n_backends, g_cfg.port);
+        printf("pibl: %s: OK\n", argv[2]);
         return 0;
     }
     if (argc != 3 || argv[1][0] == '-') {

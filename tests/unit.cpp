@@ -116,6 +116,10 @@ test_head_end(void)
     CHECK(http_find_head_end(nul, sizeof nul - 1, &scan) == -1, "NUL refused");
     scan = 0;
     CHECK(http_find_head_end("GET / HT", 8, &scan) == -2, "incomplete");
+    scan = 0;
+    const char body_nul[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n\0\0";
+    CHECK(http_find_head_end(body_nul, sizeof body_nul - 1, &scan) == (long)sizeof body_nul - 3,
+        "NUL in the body after the head is not the head's business");
 }
 
 /* ------------------------------------------------------------ response heads */
