@@ -6,8 +6,7 @@ CXXFLAGS ?= -O2 -g
 CXXFLAGS += -std=c++17 -Wall -Wextra -pthread
 LDFLAGS  += -pthread
 
-PIBL_SRCS = pibl.cpp http.cpp cache.cpp rr.cpp log.cpp
-LIB_SRCS  = http.cpp cache.cpp rr.cpp log.cpp
+PIBL_SRCS = pibl.cpp http.cpp cache.cpp rr.cpp log.cpp health.cpp admin.cpp
 HDRS      = pibl.h
 
 all: pibl pibl-origin

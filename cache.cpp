@@ -691,3 +691,31 @@ cache_unlock(const char *key, size_t key_len)
     pthread_cond_broadcast(&g_fetch_done);
     pthread_mutex_unlock(&g_fetch_lock);
 }
+
+/* ---------------------------------------------------------------- counters */
+
+static std::atomic<uint64_t> g_hits, g_lookups;
+
+void
+cache_note(int status)
+{
+    if (status == CACHE_BYPASS)
+        return;
+    g_lookups.fetch_add(1, std::memory_order_relaxed);
+    if (status == CACHE_HIT || status == CACHE_STALE)
+        g_hits.fetch_add(1, std::memory_order_relaxed);
+}
+
+void
+cache_get_stats(struct cache_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    st->hits = g_hits.load();
+    st->lookups = g_lookups.load();
+    if (g_index == NULL)
+        return;
+    pthread_mutex_lock(&g_index_lock);
+    st->entries = g_index->size();
+    st->bytes = g_total;
+    pthread_mutex_unlock(&g_index_lock);
+}

@@ -384,7 +384,9 @@ http_chunked_step(struct http_chunked *ck, const char *p, size_t len, size_t *da
 
 /* ---------------------------------------------------------------- I/O */
 
-static const struct pibl_config *g_cfg;
+/* The config this thread's current request runs under (see pibl_config_now). */
+static thread_local const struct pibl_config *g_cfg;
+static std::atomic<uint64_t> g_requests;   /* exchanges logged */
 
 /*
  * Per client fd: IDLE while waiting for a request, BUSY inside one. On a
@@ -840,6 +842,9 @@ log_exchange(const struct conn *c, const struct exchange *x)
     char ts[40];
     double ms = (double)(now_us() - x->t_start) / 1000.0;
 
+    g_requests.fetch_add(1, std::memory_order_relaxed);
+    if (x->cache != CACHE_NONE)
+        cache_note(x->cache);
     log_timestamp(ts, sizeof ts);
     log_line("%s %s \"%s %s HTTP/1.%d\" host=%s backend=%s status=%d bytes=%llu ms=%.2f cache=%s%s%s%s",
         ts, c->peer, x->method[0] ? x->method : "-", x->target[0] ? x->target : "-", x->minor,
@@ -1207,7 +1212,7 @@ pool_put(int b, int fd)
     struct pool *p = &g_pools[b];
 
     pthread_mutex_lock(&p->lock);
-    if (p->n < POOL_MAX && !g_stopping.load()) {
+    if (p->n < POOL_MAX && !g_stopping.load() && rr_is_active(b)) {
         p->fds[p->n++] = fd;
         fd = -1;
     }
@@ -2071,7 +2076,7 @@ forward(struct conn *c, struct exchange *x, const char *host, size_t host_len, c
 {
     uint64_t tried = 0;
     int fail_status = 503;
-    const char *fail_why = "no backend available";
+    const char *fail_why = "no backend available: every backend is marked down";
 
     for (int attempt = 0; attempt <= rr_count(); attempt++) {
         int b = rr_next(tried);
@@ -2091,6 +2096,7 @@ forward(struct conn *c, struct exchange *x, const char *host, size_t host_len, c
             log_block("request to backend:", c->out, (size_t)head_len);
         }
         struct upstream u = { -1, b, 0 };
+        int64_t t_sent = now_us();
         if (g_cfg->upstream_keepalive)
             u.fd = pool_get(b);
         u.reused = u.fd != -1;
@@ -2100,6 +2106,7 @@ forward(struct conn *c, struct exchange *x, const char *host, size_t host_len, c
             rr_mark_down(b);
             fail_status = 502;
             fail_why = errno == ETIMEDOUT ? "backend connect timed out" : "backend unreachable";
+            rr_record(b, 0, 0, fail_why);
             continue;                           /* nothing was sent: try the next */
         }
 
@@ -2138,6 +2145,7 @@ forward(struct conn *c, struct exchange *x, const char *host, size_t host_len, c
         }
         if (hr == HEAD_OK) {
             int reuse;
+            rr_record(b, 1, now_us() - t_sent, NULL);
             int keep = relay_response(c, x, &u, len, rh_len, &reuse);
             if (reuse && g_cfg->upstream_keepalive && keep == 0) {
                 pool_put(b, u.fd);
@@ -2152,6 +2160,7 @@ forward(struct conn *c, struct exchange *x, const char *host, size_t host_len, c
             continue;
         }
         if (hr == HEAD_BAD || hr == HEAD_CUT) {
+            rr_record(b, 0, 0, hr == HEAD_BAD ? "invalid answer" : "closed mid-head");
             send_error(c, x, 502, hr == HEAD_BAD ? "invalid answer from backend" :
                 "backend closed mid-head", 1);
             return x->keep_alive && x->body_done ? 0 : -1;
@@ -2159,6 +2168,7 @@ forward(struct conn *c, struct exchange *x, const char *host, size_t host_len, c
         rr_mark_down(b);
         fail_status = hr == HEAD_NONE_TIMEOUT ? 504 : 502;
         fail_why = hr == HEAD_NONE_TIMEOUT ? "backend timed out" : "backend closed without answering";
+        rr_record(b, 0, 0, fail_why);
         if (!x->retryable)
             break;                              /* a POST is never sent twice */
     }
@@ -2204,6 +2214,7 @@ serve_one(struct conn *c)
 {
     struct exchange x;
 
+    g_cfg = pibl_config_now();                 /* one config for the whole exchange */
     memset(&x, 0, sizeof x);
     x.stale.fd = -1;
     x.backend = -1;
@@ -2273,6 +2284,7 @@ http_serve(int fd, const struct sockaddr_storage *peer)
     char ip[INET6_ADDRSTRLEN] = "?";
     int port = 0;
 
+    g_cfg = pibl_config_now();
     memset(&c, 0, sizeof c);
     c.fd = fd;
     if (peer->ss_family == AF_INET) {
@@ -2335,10 +2347,26 @@ http_serve(int fd, const struct sockaddr_storage *peer)
     close(fd);
 }
 
-int
-http_init(const struct pibl_config *cfg, int n_fds)
+void
+http_pool_flush(int b)
 {
-    g_cfg = cfg;
+    struct pool *p = &g_pools[b];
+
+    pthread_mutex_lock(&p->lock);
+    while (p->n > 0)
+        close(p->fds[--p->n]);
+    pthread_mutex_unlock(&p->lock);
+}
+
+uint64_t
+http_requests_total(void)
+{
+    return g_requests.load(std::memory_order_relaxed);
+}
+
+int
+http_init(int n_fds)
+{
     g_n_fds = n_fds;
     g_state = new std::atomic<uint8_t>[n_fds];
     for (int i = 0; i < n_fds; i++)

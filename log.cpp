@@ -39,6 +39,8 @@ static int g_file_fd = -1;         /* log file, -1 if it could not be opened */
 static int g_stdout_ok = 1;        /* cleared after EPIPE on stdout */
 static int g_file_warned;          /* a write error was reported once */
 static pthread_t g_writer;
+static char g_reopen_path[PATH_MAX];   /* set by log_reopen, under g_lock */
+static int g_reopen;                   /* the writer should reopen the file */
 
 /* Write all of buf to fd, retrying EINTR and short writes. Returns 0 or -1. */
 static int
@@ -82,8 +84,29 @@ writer_main(void *arg)
     (void)arg;
     pthread_mutex_lock(&g_lock);
     for (;;) {
-        while (g_queue_len == 0 && !g_stopping)
+        while (g_queue_len == 0 && !g_stopping && !g_reopen)
             pthread_cond_wait(&g_have_lines, &g_lock);
+        if (g_reopen) {
+            /* Only this thread writes the file, so it alone swaps it. */
+            char path[PATH_MAX];
+            memcpy(path, g_reopen_path, sizeof path);
+            g_reopen = 0;
+            pthread_mutex_unlock(&g_lock);
+            int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+            if (fd == -1) {
+                char msg[PATH_MAX + 128];
+                int n = snprintf(msg, sizeof msg, "pibl: warning: cannot reopen log file %s: %s\n",
+                    path, strerror(errno));
+                write_all(STDERR_FILENO, msg, n > 0 && (size_t)n < sizeof msg ? (size_t)n : 0);
+            } else {
+                if (g_file_fd != -1)
+                    close(g_file_fd);
+                g_file_fd = fd;
+                g_file_warned = 0;
+            }
+            pthread_mutex_lock(&g_lock);
+            continue;
+        }
         if (g_queue_len == 0 && g_stopping)
             break;
         char *buf = g_queue;
@@ -207,6 +230,18 @@ log_timestamp(char *buf, size_t len)
         cached_sec = ts.tv_sec;
     }
     snprintf(buf, len, "%s.%03ldZ", cached, ts.tv_nsec / 1000000);
+}
+
+void
+log_reopen(const char *path)
+{
+    if (!g_started)
+        return;
+    pthread_mutex_lock(&g_lock);
+    snprintf(g_reopen_path, sizeof g_reopen_path, "%s", path);
+    g_reopen = 1;
+    pthread_cond_signal(&g_have_lines);
+    pthread_mutex_unlock(&g_lock);
 }
 
 void

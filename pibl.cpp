@@ -39,7 +39,7 @@
 
 /* ---------------------------------------------------------------- config */
 
-enum key_type { K_INT, K_LONG, K_BOOL, K_STRING, K_BACKEND, K_ADDR };
+enum key_type { K_INT, K_LONG, K_BOOL, K_STRING, K_BACKEND, K_ADDR, K_PATH };
 
 struct key_spec {
     const char *name;
@@ -74,6 +74,12 @@ static const struct key_spec g_keys[] = {
     { "cache_stale_if_error", K_INT,   CFG(cache_stale_if_error), 0, 31536000 },
     { "cache_lock_timeout", K_INT,     CFG(cache_lock_timeout), 0, 3600 },
     { "purge_allow",        K_STRING,  CFG(purge_allow),        0, 512 },
+    { "admin_listen",       K_ADDR,    CFG(admin_listen),       0, 64 },
+    { "admin_port",         K_INT,     CFG(admin_port),         0, 65535 },
+    { "health_check",       K_PATH,    CFG(health_check),       0, 256 },
+    { "health_interval",    K_INT,     CFG(health_interval),    1, 3600 },
+    { "health_fall",        K_INT,     CFG(health_fall),        1, 100 },
+    { "health_rise",        K_INT,     CFG(health_rise),        1, 100 },
 };
 
 void
@@ -101,6 +107,45 @@ pibl_config_defaults(struct pibl_config *cfg)
     cfg->cache_stale_if_error = 300;
     cfg->cache_lock_timeout = 5;
     snprintf(cfg->purge_allow, sizeof cfg->purge_allow, "127.0.0.1 ::1");
+    snprintf(cfg->admin_listen, sizeof cfg->admin_listen, "127.0.0.1");
+    cfg->admin_port = -1;
+    cfg->health_interval = 2;
+    cfg->health_fall = 3;
+    cfg->health_rise = 2;
+}
+
+static int parse_number(const char *s, long long min, long long max, long long *out);
+
+/*
+ * "host:port [weight=N]": resolve the backend into the next slot of cfg.
+ * Returns 0, or -1 with the reason in err.
+ */
+static int
+add_backend(struct pibl_config *cfg, char *value, char *err, size_t err_len)
+{
+    char *spec = value, *rest = value;
+    long long weight = 1;
+
+    while (*rest != '\0' && *rest != ' ' && *rest != '\t')
+        rest++;
+    if (*rest != '\0') {
+        *rest++ = '\0';
+        while (*rest == ' ' || *rest == '\t')
+            rest++;
+        if (strncmp(rest, "weight=", 7) != 0 || parse_number(rest + 7, 1, MAX_WEIGHT, &weight) == -1) {
+            snprintf(err, err_len, "backend \"%s\": expected \"weight=N\" (N from 1 to %d) after "
+                "the address, got \"%.40s\"", spec, MAX_WEIGHT, rest);
+            return -1;
+        }
+    }
+    if (cfg->n_backends >= MAX_BACKENDS) {
+        snprintf(err, err_len, "too many backends (at most %d)", MAX_BACKENDS);
+        return -1;
+    }
+    if (rr_resolve(spec, (int)weight, &cfg->backends[cfg->n_backends], err, err_len) == -1)
+        return -1;
+    cfg->n_backends++;
+    return 0;
 }
 
 /* Cut leading and trailing blanks in place; returns the new start. */
@@ -144,7 +189,7 @@ parse_bool(const char *s)
 
 /* Apply one "key = value"; returns 0 or -1 with the reason in err. */
 static int
-apply_key(struct pibl_config *cfg, const struct key_spec *k, const char *value, char *err, size_t err_len)
+apply_key(struct pibl_config *cfg, const struct key_spec *k, char *value, char *err, size_t err_len)
 {
     char *field = (char *)cfg + k->offset;
     long long v;
@@ -186,9 +231,13 @@ apply_key(struct pibl_config *cfg, const struct key_spec *k, const char *value, 
         memcpy(field, value, strlen(value) + 1);
         return 0;
     case K_BACKEND:
-        if (rr_add(value, err, err_len) == -1)
+        return add_backend(cfg, value, err, err_len);
+    case K_PATH:
+        if (value[0] != '/' || strlen(value) >= (size_t)k->max || strpbrk(value, " \t") != NULL) {
+            snprintf(err, err_len, "%s: \"%s\" must be a path starting with /", k->name, value);
             return -1;
-        cfg->n_backends++;
+        }
+        memcpy(field, value, strlen(value) + 1);
         return 0;
     }
     return -1;
@@ -203,7 +252,6 @@ pibl_config_load(const char *path, struct pibl_config *cfg, char *err, size_t er
     FILE *f = fopen(path, "r");
 
     pibl_config_defaults(cfg);
-    rr_reset();
     if (f == NULL) {
         snprintf(err, err_len, "%s: cannot open: %s", path, strerror(errno));
         return -1;
@@ -270,15 +318,42 @@ done:
 
 /* ---------------------------------------------------------------- serving */
 
+/* The live config. Swapped whole on reload; old ones are never freed, since
+ * a request that started under one may still be reading it. */
+static std::atomic<const struct pibl_config *> g_cfg_now;
+static std::atomic<int> g_n_active;        /* client connections being served */
+static time_t g_started;                   /* for the uptime */
+
+const struct pibl_config *
+pibl_config_now(void)
+{
+    return g_cfg_now.load(std::memory_order_acquire);
+}
+
+int
+pibl_open_connections(void)
+{
+    return g_n_active.load();
+}
+
+time_t
+pibl_start_time(void)
+{
+    return g_started;
+}
+
 #ifndef PIBL_NO_MAIN   /* unit tests link the config parser alone */
 
-static struct pibl_config g_cfg;
+#define MAX_ADMIN_CONNS    32      /* concurrent status page clients */
+
+static const char *g_config_path;          /* for reloads */
 static int g_wake[2] = { -1, -1 };         /* signal -> select() */
-static std::atomic<int> g_n_active;        /* client connections being served */
+static std::atomic<int> g_n_admin;         /* status page connections */
 static pthread_attr_t g_thread_attr;
 
 struct conn_arg {
     int fd;
+    int admin;                     /* 1: a status page client */
     struct sockaddr_storage peer;
 };
 
@@ -328,26 +403,26 @@ raise_fd_limit(void)
     return rl.rlim_cur > MAX_FDS ? MAX_FDS : (int)rl.rlim_cur;
 }
 
-/* Bind and listen; prints the bound address. Returns the fd or -1. */
+/* Bind and listen on addr:port; writes "addr:port" into bound. Returns the fd or -1. */
 static int
-open_listener(const struct pibl_config *cfg, char *bound, size_t bound_len)
+open_listener(const char *addr, int port, char *bound, size_t bound_len)
 {
     struct sockaddr_storage ss;
     socklen_t len;
     int one = 1, fd;
 
     memset(&ss, 0, sizeof ss);
-    if (strchr(cfg->listen_addr, ':') != NULL) {
+    if (strchr(addr, ':') != NULL) {
         struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
         s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons((uint16_t)cfg->port);
-        inet_pton(AF_INET6, cfg->listen_addr, &s6->sin6_addr);
+        s6->sin6_port = htons((uint16_t)port);
+        inet_pton(AF_INET6, addr, &s6->sin6_addr);
         len = sizeof *s6;
     } else {
         struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
         s4->sin_family = AF_INET;
-        s4->sin_port = htons((uint16_t)cfg->port);
-        inet_pton(AF_INET, cfg->listen_addr, &s4->sin_addr);
+        s4->sin_port = htons((uint16_t)port);
+        inet_pton(AF_INET, addr, &s4->sin_addr);
         len = sizeof *s4;
     }
     fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -361,10 +436,14 @@ open_listener(const struct pibl_config *cfg, char *bound, size_t bound_len)
         errno = e;
         return -1;
     }
-    int port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port :
+    if (fd >= FD_SETSIZE) {                    /* never FD_SET such an fd */
+        close(fd);
+        errno = EMFILE;
+        return -1;
+    }
+    int bound_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port :
         ((struct sockaddr_in *)&ss)->sin_port);
-    snprintf(bound, bound_len, strchr(cfg->listen_addr, ':') ? "[%s]:%d" : "%s:%d",
-        cfg->listen_addr, port);
+    snprintf(bound, bound_len, strchr(addr, ':') ? "[%s]:%d" : "%s:%d", addr, bound_port);
     return fd;
 }
 
@@ -373,22 +452,29 @@ conn_main(void *arg)
 {
     struct conn_arg *ca = (struct conn_arg *)arg;
 
-    http_serve(ca->fd, &ca->peer);
+    if (ca->admin) {
+        admin_serve(ca->fd);
+        g_n_admin.fetch_sub(1);
+    } else {
+        http_serve(ca->fd, &ca->peer);
+        g_n_active.fetch_sub(1);
+    }
     free(ca);
-    g_n_active.fetch_sub(1);
     return NULL;
 }
 
 /* Hand a new client to a thread of its own, or turn it away with a 503. */
 static void
-start_connection(int fd, const struct sockaddr_storage *peer)
+start_connection(int fd, const struct sockaddr_storage *peer, int admin)
 {
     int one = 1;
+    std::atomic<int> *count = admin ? &g_n_admin : &g_n_active;
+    int limit = admin ? MAX_ADMIN_CONNS : pibl_config_now()->max_connections;
 
-    if (g_n_active.load() >= g_cfg.max_connections) {
+    if (count->load() >= limit) {
         http_reject(fd, 503, "too many connections");
-        log_line("pibl: warning: max_connections (%d) reached, a client got 503",
-            g_cfg.max_connections);
+        log_line("pibl: warning: %s (%d) reached, a client got 503",
+            admin ? "status page connection limit" : "max_connections", limit);
         return;
     }
     struct conn_arg *ca = (struct conn_arg *)malloc(sizeof *ca);
@@ -398,12 +484,13 @@ start_connection(int fd, const struct sockaddr_storage *peer)
     }
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     ca->fd = fd;
+    ca->admin = admin;
     ca->peer = *peer;
-    g_n_active.fetch_add(1);
+    count->fetch_add(1);
     pthread_t t;
     int rc = pthread_create(&t, &g_thread_attr, conn_main, ca);
     if (rc != 0) {
-        g_n_active.fetch_sub(1);
+        count->fetch_sub(1);
         free(ca);
         http_reject(fd, 503, "cannot start a thread");
         log_line("pibl: warning: cannot start a connection thread: %s", strerror(rc));
@@ -416,7 +503,7 @@ start_connection(int fd, const struct sockaddr_storage *peer)
  * clients wait in the backlog) instead of spinning on EMFILE.
  */
 static int
-accept_all(int lfd)
+accept_all(int lfd, int admin)
 {
     static time_t last_warning;
 
@@ -435,15 +522,64 @@ accept_all(int lfd)
             }
             return 0;                           /* EAGAIN and the rest */
         }
-        start_connection(fd, &peer);
+        start_connection(fd, &peer, admin);
     }
+}
+
+/*
+ * SIGHUP: read the config file again. A config with any error is refused
+ * with a log line and the running one stays. What cannot change without a
+ * restart (listening addresses, the cache folder) keeps its old value, with
+ * a warning. Open connections are not touched: requests already started
+ * finish under the config they started with.
+ */
+static void
+reload(void)
+{
+    const struct pibl_config *cur = pibl_config_now();
+    struct pibl_config *next = (struct pibl_config *)malloc(sizeof *next);
+    char err[1024];
+    int removed[MAX_BACKENDS], n_removed;
+
+    if (next == NULL)
+        return;
+    if (pibl_config_load(g_config_path, next, err, sizeof err) == -1) {
+        log_line("pibl: reload refused: %s (the running config stays)", err);
+        free(next);
+        return;
+    }
+    next->ttl = cur->ttl;
+    if (strcmp(next->listen_addr, cur->listen_addr) != 0 || next->port != cur->port ||
+        strcmp(next->admin_listen, cur->admin_listen) != 0 || next->admin_port != cur->admin_port ||
+        strcmp(next->cache_dir, cur->cache_dir) != 0)
+        log_line("pibl: warning: reload: listen, port, admin_listen, admin_port and cache_dir "
+            "change only on restart; kept as they were");
+    memcpy(next->listen_addr, cur->listen_addr, sizeof next->listen_addr);
+    next->port = cur->port;
+    memcpy(next->admin_listen, cur->admin_listen, sizeof next->admin_listen);
+    next->admin_port = cur->admin_port;
+    memcpy(next->cache_dir, cur->cache_dir, sizeof next->cache_dir);
+    if (rr_configure(next, removed, &n_removed) == -1) {
+        log_line("pibl: reload refused: no free backend slot (at most %d)", MAX_BACKENDS);
+        free(next);
+        return;
+    }
+    g_cfg_now.store(next, std::memory_order_release);
+    for (int i = 0; i < n_removed; i++)
+        http_pool_flush(removed[i]);
+    if (strcmp(next->log_file, cur->log_file) != 0)
+        log_reopen(next->log_file);
+    log_line("pibl: reloaded %s: %d backends, %d removed", g_config_path, next->n_backends,
+        n_removed);
 }
 
 /* Stop accepting, let in-flight exchanges finish (bounded), then exit. */
 static void
-shut_down(int lfd, int sig)
+shut_down(int lfd, int afd, int sig)
 {
     close(lfd);
+    if (afd != -1)
+        close(afd);
     log_line("pibl: signal %d: stopping, %d connection(s) open", sig, g_n_active.load());
     struct timespec t0, t;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -452,7 +588,7 @@ shut_down(int lfd, int sig)
         if (g_n_active.load() == 0)
             break;
         clock_gettime(CLOCK_MONOTONIC, &t);
-        if (t.tv_sec - t0.tv_sec >= g_cfg.shutdown_timeout) {
+        if (t.tv_sec - t0.tv_sec >= pibl_config_now()->shutdown_timeout) {
             log_line("pibl: shutdown_timeout reached, %d connection(s) cut", g_n_active.load());
             break;
         }
@@ -463,12 +599,15 @@ shut_down(int lfd, int sig)
     _exit(0);
 }
 
+/* The select() loop: listeners and the signal pipe; fds opened at start-up only. */
 static void
-serve(int lfd)
+serve(int lfd, int afd)
 {
     int maxfd = lfd > g_wake[0] ? lfd : g_wake[0];
     struct timespec paused_until = { 0, 0 };
 
+    if (afd > maxfd)
+        maxfd = afd;
     for (;;) {
         fd_set rfds;
         struct timeval tv = { 1, 0 };
@@ -479,15 +618,17 @@ serve(int lfd)
             (now.tv_sec == paused_until.tv_sec && now.tv_nsec < paused_until.tv_nsec);
         FD_ZERO(&rfds);
         FD_SET(g_wake[0], &rfds);
+        if (afd != -1)
+            FD_SET(afd, &rfds);
         if (!paused)
             FD_SET(lfd, &rfds);
         else
             tv = { 0, ACCEPT_BACKOFF_MS * 1000 };
         int n = select(maxfd + 1, &rfds, NULL, NULL, &tv);
+        admin_tick();
         if (n == -1) {
-            if (errno == EINTR)
-                continue;
-            log_line("pibl: select: %s", strerror(errno));
+            if (errno != EINTR)
+                log_line("pibl: select: %s", strerror(errno));
             continue;
         }
         if (FD_ISSET(g_wake[0], &rfds)) {
@@ -495,11 +636,16 @@ serve(int lfd)
             ssize_t got = read(g_wake[0], sigs, sizeof sigs);
             for (ssize_t i = 0; i < got; i++) {
                 if (sigs[i] == SIGINT || sigs[i] == SIGTERM)
-                    shut_down(lfd, sigs[i]);
-                log_line("pibl: signal %d ignored", sigs[i]);
+                    shut_down(lfd, afd, sigs[i]);
+                else if (sigs[i] == SIGHUP)
+                    reload();
+                else if (sigs[i] == SIGUSR1)
+                    log_reopen(pibl_config_now()->log_file);
             }
         }
-        if (!paused && FD_ISSET(lfd, &rfds) && accept_all(lfd) == -1) {
+        if (afd != -1 && FD_ISSET(afd, &rfds))
+            accept_all(afd, 1);
+        if (!paused && FD_ISSET(lfd, &rfds) && accept_all(lfd, 0) == -1) {
             clock_gettime(CLOCK_MONOTONIC, &paused_until);
             paused_until.tv_nsec += ACCEPT_BACKOFF_MS * 1000000L;
             if (paused_until.tv_nsec >= 1000000000L) {
@@ -517,13 +663,16 @@ usage(FILE *f)
         "usage: pibl CONFIG TTL    run the proxy; TTL = cache lifetime in seconds (0 = no cache)\n"
         "       pibl -t CONFIG     check the config file and exit\n"
         "       pibl -h            this help\n"
+        "signals: SIGHUP reloads CONFIG, SIGUSR1 reopens the log file, SIGTERM stops\n"
         "example: ./pibl pibl.cfg 60\n");
 }
 
 int
 main(int argc, char **argv)
 {
-    char err[1024], bound[96];
+    static struct pibl_config cfg;
+    char err[1024], bound[96], admin_bound[96];
+    int removed[MAX_BACKENDS], n_removed;
     long long ttl;
 
     if (argc == 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
@@ -531,7 +680,7 @@ main(int argc, char **argv)
         return 0;
     }
     if (argc == 3 && strcmp(argv[1], "-t") == 0) {
-        if (pibl_config_load(argv[2], &g_cfg, err, sizeof err) == -1) {
+        if (pibl_config_load(argv[2], &cfg, err, sizeof err) == -1) {
             fprintf(stderr, "pibl: %s\n", err);
             return 2;
         }
@@ -547,41 +696,58 @@ main(int argc, char **argv)
         fprintf(stderr, "pibl: TTL \"%s\": expected whole seconds from 0 to 31536000\n", argv[2]);
         return 2;
     }
-    if (pibl_config_load(argv[1], &g_cfg, err, sizeof err) == -1) {
+    if (pibl_config_load(argv[1], &cfg, err, sizeof err) == -1) {
         fprintf(stderr, "pibl: %s\n", err);
         return 2;
     }
-    g_cfg.ttl = (long)ttl;
-    rr_set_down_time(g_cfg.down_time);
+    g_config_path = argv[1];
+    cfg.ttl = (long)ttl;
+    g_started = time(NULL);
+    g_cfg_now.store(&cfg);
+    rr_configure(&cfg, removed, &n_removed);
 
     int n_fds = raise_fd_limit();
-    if (install_signals() == -1 || log_open(g_cfg.log_file) == -1) {
+    if (install_signals() == -1 || log_open(cfg.log_file) == -1) {
         fprintf(stderr, "pibl: cannot start: %s\n", strerror(errno));
         return 1;
     }
-    if (cache_init(&g_cfg) == -1)
-        log_line("pibl: warning: cache folder %s unusable: %s; caching off", g_cfg.cache_dir,
+    if (cache_init(&cfg) == -1)
+        log_line("pibl: warning: cache folder %s unusable: %s; caching off", cfg.cache_dir,
             strerror(errno));
-    http_init(&g_cfg, n_fds);
+    http_init(n_fds);
     pthread_attr_init(&g_thread_attr);
     pthread_attr_setdetachstate(&g_thread_attr, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&g_thread_attr, THREAD_STACK_BYTES);
 
-    int lfd = open_listener(&g_cfg, bound, sizeof bound);
+    int lfd = open_listener(cfg.listen_addr, cfg.port, bound, sizeof bound);
     if (lfd == -1) {
-        fprintf(stderr, "pibl: cannot listen on %s port %d: %s\n", g_cfg.listen_addr, g_cfg.port,
+        fprintf(stderr, "pibl: cannot listen on %s port %d: %s\n", cfg.listen_addr, cfg.port,
             strerror(errno));
         log_close();
         return 1;
     }
-    if (lfd >= FD_SETSIZE || g_wake[0] >= FD_SETSIZE) {
-        fprintf(stderr, "pibl: listening descriptor above FD_SETSIZE\n");
+    int afd = -1;
+    if (cfg.admin_port >= 0) {
+        afd = open_listener(cfg.admin_listen, cfg.admin_port, admin_bound, sizeof admin_bound);
+        if (afd == -1) {
+            fprintf(stderr, "pibl: cannot listen on %s port %d (admin): %s\n", cfg.admin_listen,
+                cfg.admin_port, strerror(errno));
+            log_close();
+            return 1;
+        }
+    }
+    if (g_wake[0] >= FD_SETSIZE) {
+        fprintf(stderr, "pibl: signal pipe above FD_SETSIZE\n");
         return 1;
     }
+    health_start();
     log_line("pibl: listening on %s, %d backends", bound, rr_count());
-    log_line("pibl: cache %s (TTL %ld s, folder %s), log file %s", g_cfg.ttl > 0 ? "on" : "off",
-        g_cfg.ttl, g_cfg.cache_dir, g_cfg.log_file);
-    serve(lfd);
+    if (afd != -1)
+        log_line("pibl: status page on http://%s/ (JSON /status.json, Prometheus /metrics)",
+            admin_bound);
+    log_line("pibl: cache %s (TTL %ld s, folder %s), log file %s", cfg.ttl > 0 ? "on" : "off",
+        cfg.ttl, cfg.cache_dir, cfg.log_file);
+    serve(lfd, afd);
     return 0;
 }
 #endif

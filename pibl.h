@@ -13,12 +13,14 @@
 #include <sys/types.h>
 #include <sys/socket.h>
 #include <limits.h>
+#include <time.h>
 
 #define PIBL_NAME            "pibl"
 #define PIBL_VERSION         "1.0"
 
 /* Compile-time limits. Runtime limits are config keys (struct pibl_config). */
-#define MAX_BACKENDS         64       /* backend lines in a config */
+#define MAX_BACKENDS         64       /* backends in a config, and slots over reloads */
+#define MAX_WEIGHT           100      /* backend weight=N */
 #define MAX_HEADERS          100      /* header fields in one head */
 #define MAX_CONN_TOKENS      16       /* names listed in one Connection header */
 #define MAX_CONFIG_LINE      1024     /* bytes in one config line */
@@ -32,11 +34,23 @@
 
 /* ---------------------------------------------------------------- pibl.cpp */
 
-/* The configuration: read once at start-up, never changed while serving. */
+/* One "backend = host:port [weight=N]" line, resolved. */
+struct backend_conf {
+    char name[MAX_HOST_NAME + 8];  /* "host:port" as written */
+    int weight;                    /* 1..MAX_WEIGHT */
+    struct sockaddr_storage addr;  /* first getaddrinfo answer */
+    socklen_t addr_len;
+};
+
+/*
+ * The configuration. Immutable once loaded: a reload (SIGHUP) builds a new
+ * one and swaps the pointer, so a request sees one config from start to end.
+ */
 struct pibl_config {
     char listen_addr[64];          /* address to bind, IPv4 or IPv6 literal */
     int port;                      /* listening port, 0 = any free port */
     int n_backends;                /* backend lines seen */
+    struct backend_conf backends[MAX_BACKENDS];
     char log_file[PATH_MAX];       /* exchange log, appended */
     int log_headers;               /* 1: also log whole header blocks */
     char cache_dir[PATH_MAX];      /* cache folder, relative to the cwd */
@@ -57,6 +71,12 @@ struct pibl_config {
     int cache_stale_if_error;      /* s past expiry served when backends fail */
     int cache_lock_timeout;        /* s a collapsed request waits */
     char purge_allow[512];         /* client IPs allowed to PURGE */
+    char admin_listen[64];         /* status page address */
+    int admin_port;                /* status page port; -1 = no status page */
+    char health_check[256];        /* path probed by health checks; "" = none */
+    int health_interval;           /* s between probes */
+    int health_fall;               /* failed probes that take a backend out */
+    int health_rise;               /* good probes that put it back */
     long ttl;                      /* cache TTL from the command line */
 };
 
@@ -70,40 +90,83 @@ int pibl_config_load(const char *path, struct pibl_config *cfg, char *err, size_
 /* Set every key of cfg to its documented default (no backends). */
 void pibl_config_defaults(struct pibl_config *cfg);
 
+/* The live config (replaced whole by a reload; never freed). */
+const struct pibl_config *pibl_config_now(void);
+
+/* Client connections open now, and when PIBL started. */
+int pibl_open_connections(void);
+time_t pibl_start_time(void);
+
 /* ---------------------------------------------------------------- rr.cpp */
 
+/* Counters of one backend, for the status page. */
+struct rr_stats {
+    const char *name;
+    int weight;
+    int passive_down;              /* skipped after a failure, for down_time */
+    int health_down;               /* taken out by health checks */
+    uint64_t requests;             /* exchanges sent to it */
+    uint64_t failures;             /* of those, failed */
+    const char *last_error;        /* NULL if none */
+    double avg_ms;                 /* latency to the answer head */
+    double p99_ms;
+};
+
 /*
- * Resolve "host:port" or "[v6]:port" with getaddrinfo and append it to the
- * backend table. Start-up only. Returns 0, or -1 with the reason in err.
+ * Resolve "host:port" or "[v6]:port" with getaddrinfo into out.
+ * Returns 0, or -1 with the reason in err.
  */
-int rr_add(const char *spec, char *err, size_t err_len);
+int rr_resolve(const char *spec, int weight, struct backend_conf *out, char *err, size_t err_len);
 
-/* Forget every backend (tests and config re-reads at start-up). */
-void rr_reset(void);
+/*
+ * Make cfg's backend list the live rotation (start-up and reload). Slots
+ * leaving the rotation are listed in removed[] (the caller drops their idle
+ * connections). Returns 0, or -1 when no slot is free.
+ */
+int rr_configure(const struct pibl_config *cfg, int *removed, int *n_removed);
 
-/* Number of backends in the table. */
+/* Number of backends in the rotation. */
 int rr_count(void);
 
-/* Set how long a failed backend is skipped, in seconds. */
-void rr_set_down_time(int seconds);
+/* The rotation's slots in config order; returns how many. */
+int rr_active_slots(int *slots, int max);
 
 /*
- * Pick the next backend in strict round robin, skipping those marked down
- * and those already in the tried mask (bit i = backend i). Returns the index,
- * or -1 when every backend is down or tried. Never blocks.
+ * Pick the next backend by smooth weighted round robin (strict round robin
+ * when weights are equal), skipping those marked down and those in the
+ * tried mask (bit i = slot i). Returns the slot, or -1 when none is left.
+ * Never blocks on I/O.
  */
 int rr_next(uint64_t tried);
 
-/* Mark backend i down for the configured down time / record a success. */
+/* Passive marks: down for down_time after a failure / up after a success. */
 void rr_mark_down(int i);
 void rr_mark_up(int i);
 
-/* 1 if backend i is currently marked down. */
+/* Active mark from health checks (1 = out of rotation). */
+void rr_set_health(int i, int down);
+
+/* Backends in the rotation other than i that are not marked down. */
+int rr_others_up(int i);
+
+/* 1 if slot i is marked down (either way). */
 int rr_is_down(int i);
 
-/* Address of backend i for connect(), and its printable "host:port" name. */
+/* 1 if slot i is in the current config. */
+int rr_is_active(int i);
+
+/* Address of slot i for connect(), and its printable "host:port" name. */
 const struct sockaddr *rr_addr(int i, socklen_t *len);
 const char *rr_name(int i);
+
+/* Count one exchange with slot i: ok or failed (with a static reason). */
+void rr_record(int i, int ok, int64_t latency_us, const char *error);
+
+/* Note a failure seen outside a request (a health probe): last error only. */
+void rr_set_error(int i, const char *error);
+
+/* Read slot i's counters. */
+void rr_stats(int i, struct rr_stats *st);
 
 /* ---------------------------------------------------------------- log.cpp */
 
@@ -129,6 +192,10 @@ void log_timestamp(char *buf, size_t len);
 
 /* Flush what is queued and stop the writer thread. */
 void log_close(void);
+
+/* Reopen the log file at path (SIGUSR1 after logrotate, or a reload that
+ * names another file); done by the writer thread between two writes. */
+void log_reopen(const char *path);
 
 /* ---------------------------------------------------------------- http.cpp */
 
@@ -209,7 +276,13 @@ long long http_parse_content_length(const char *v, size_t len);
 int http_name_is(const char *name, size_t name_len, const char *want);
 
 /* Set up connection bookkeeping for up to n_fds descriptors. Start-up only. */
-int http_init(const struct pibl_config *cfg, int n_fds);
+int http_init(int n_fds);
+
+/* Close the idle pooled connections to backend slot b (it left the config). */
+void http_pool_flush(int b);
+
+/* Exchanges answered since start. */
+uint64_t http_requests_total(void);
 
 /*
  * Serve one client connection until it closes: read requests, forward them,
@@ -304,6 +377,20 @@ int cache_store_commit(struct cache_writer *w);
 /* Drop an unfinished entry. Frees w. Safe on NULL. */
 void cache_store_abort(struct cache_writer *w);
 
+/* Counters for the status page. */
+struct cache_stats {
+    uint64_t entries;
+    uint64_t bytes;
+    uint64_t hits;                 /* HIT and STALE answers */
+    uint64_t lookups;              /* answers with any cache status but BYPASS */
+};
+
+/* Count one answer with this cache status. */
+void cache_note(int status);
+
+/* Read the counters. */
+void cache_get_stats(struct cache_stats *st);
+
 /*
  * Request collapsing. Returns 1 when the caller is the one to fetch key
  * (it must cache_unlock it), 0 after waiting for another fetch of the same
@@ -311,5 +398,18 @@ void cache_store_abort(struct cache_writer *w);
  */
 int cache_lock(const char *key, size_t key_len, int timeout_s);
 void cache_unlock(const char *key, size_t key_len);
+
+/* ---------------------------------------------------------------- admin.cpp */
+
+/* Serve one status page client (HTML /, JSON /status.json, /metrics); closes fd. */
+void admin_serve(int fd);
+
+/* Called about once a second by the select() loop: samples the request rate. */
+void admin_tick(void);
+
+/* ---------------------------------------------------------------- health.cpp */
+
+/* Start the active health check thread (it idles while health_check is unset). */
+int health_start(void);
 
 #endif

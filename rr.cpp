@@ -1,34 +1,53 @@
 /*
- * rr.cpp - the backend table, strict round robin and passive up/down marks.
+ * rr.cpp - the backend table, smooth weighted round robin, up/down marks and
+ * per-backend counters.
  *
- * The table is filled at start-up (rr_add, from the config parser) and is
- * read-only afterwards; the only mutable state is the round-robin counter
- * and one "down until" time per backend, both atomics, so picking a backend
- * takes no lock. This file never opens a socket: it only names addresses.
+ * The config names the backends (resolved by rr_resolve while it is read);
+ * rr_configure() makes that list the live one, at start-up and on reload.
+ * A backend keeps its slot, marks and counters across reloads as long as its
+ * name stays in the config; a removed one leaves rotation at once, and its
+ * slot is reused only by a later reload.
  *
- * Limits: at most MAX_BACKENDS backends.
+ * Picking is nginx's smooth weighted round robin under one short mutex (no
+ * I/O inside): with equal weights it is strict round robin in config order,
+ * and with weights 5 1 1 it gives A A B A C A A rather than bursts. A backend
+ * marked down (passive: a failed connect or timeout, for down_time; active:
+ * health checks) is left out of the rotation and its turns go to the others.
+ *
+ * This file never opens a socket: it only names addresses and keeps score.
+ * Limits: MAX_BACKENDS slots in all, weights 1..MAX_WEIGHT.
  */
 #include "pibl.h"
 
 #include <atomic>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#define LAT_BUCKETS 64             /* latency histogram, half-octave buckets */
+
 struct backend {
-    struct sockaddr_storage addr;  /* resolved once at start-up */
-    socklen_t addr_len;
-    char name[MAX_HOST_NAME + 8];  /* "host:port" as written in the config */
-    std::atomic<int64_t> down_until; /* monotonic ms; 0 = up */
+    struct backend_conf conf;      /* name, weight, address */
+    int active;                    /* in the current config */
+    int current;                   /* smooth WRR score, under g_lock */
+    std::atomic<int64_t> down_until;   /* passive mark: monotonic ms, 0 = up */
+    std::atomic<int> health_down;      /* active mark from health checks */
+    std::atomic<uint64_t> n_requests;
+    std::atomic<uint64_t> n_failures;
+    std::atomic<uint64_t> latency_sum_us;
+    std::atomic<uint64_t> latency_hist[LAT_BUCKETS];
+    std::atomic<const char *> last_error;  /* a static string, or NULL */
 };
 
 static struct backend g_backends[MAX_BACKENDS];
-static int g_n_backends;                       /* entries in g_backends */
-static std::atomic<uint64_t> g_next;           /* round-robin counter */
-static int g_down_ms = 5000;                   /* how long a mark lasts */
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;  /* order and WRR scores */
+static int g_order[MAX_BACKENDS];  /* active slots in config order */
+static int g_n_order;
+static std::atomic<int> g_down_ms{5000};
 
 static int64_t
 now_ms(void)
@@ -85,57 +104,105 @@ split_host_port(const char *spec, char *host, size_t host_len, char *port, size_
 }
 
 int
-rr_add(const char *spec, char *err, size_t err_len)
+rr_resolve(const char *spec, int weight, struct backend_conf *out, char *err, size_t err_len)
 {
     char host[MAX_HOST_NAME], port[8];
     struct addrinfo hints, *res = NULL;
-    int rc;
 
-    if (g_n_backends >= MAX_BACKENDS) {
-        snprintf(err, err_len, "too many backends (at most %d)", MAX_BACKENDS);
+    if (strlen(spec) >= sizeof out->name) {
+        snprintf(err, err_len, "backend \"%.40s...\": name too long", spec);
         return -1;
     }
     if (split_host_port(spec, host, sizeof host, port, sizeof port, err, err_len) == -1)
         return -1;
-
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_NUMERICSERV;
-    rc = getaddrinfo(host, port, &hints, &res);
+    int rc = getaddrinfo(host, port, &hints, &res);
     if (rc != 0) {
         snprintf(err, err_len, "backend \"%s\": cannot resolve \"%s\": %s", spec, host,
             gai_strerror(rc));
         return -1;
     }
-
-    struct backend *b = &g_backends[g_n_backends];
-    memcpy(&b->addr, res->ai_addr, res->ai_addrlen);
-    b->addr_len = res->ai_addrlen;
-    snprintf(b->name, sizeof b->name, "%s", spec);
-    b->down_until.store(0);
+    memset(out, 0, sizeof *out);
+    memcpy(&out->addr, res->ai_addr, res->ai_addrlen);
+    out->addr_len = res->ai_addrlen;
+    out->weight = weight;
+    snprintf(out->name, sizeof out->name, "%s", spec);
     freeaddrinfo(res);
-    g_n_backends++;
     return 0;
 }
 
-void
-rr_reset(void)
+/* Start a slot afresh for a backend it did not hold before. */
+static void
+slot_reset(struct backend *b, const struct backend_conf *bc)
 {
-    g_n_backends = 0;
-    g_next.store(0);
+    b->conf = *bc;
+    b->current = 0;
+    b->down_until.store(0);
+    b->health_down.store(0);
+    b->n_requests.store(0);
+    b->n_failures.store(0);
+    b->latency_sum_us.store(0);
+    for (int i = 0; i < LAT_BUCKETS; i++)
+        b->latency_hist[i].store(0);
+    b->last_error.store(NULL);
+}
+
+int
+rr_configure(const struct pibl_config *cfg, int *removed, int *n_removed)
+{
+    int order[MAX_BACKENDS], n = 0, keep[MAX_BACKENDS] = { 0 };
+
+    *n_removed = 0;
+    pthread_mutex_lock(&g_lock);
+    /* Same name: same slot (marks, counters and pooled connections stay). */
+    for (int i = 0; i < cfg->n_backends; i++) {
+        const struct backend_conf *bc = &cfg->backends[i];
+        int slot = -1;
+        for (int s = 0; s < MAX_BACKENDS && slot == -1; s++)
+            if (g_backends[s].conf.name[0] != '\0' && !keep[s] &&
+                strcmp(g_backends[s].conf.name, bc->name) == 0)
+                slot = s;
+        if (slot != -1) {
+            g_backends[slot].conf = *bc;   /* weight or address may change */
+            keep[slot] = 1;
+        }
+        order[n++] = slot;
+    }
+    /* New names take free slots, then slots of backends being removed. */
+    for (int i = 0; i < n; i++) {
+        if (order[i] != -1)
+            continue;
+        for (int pass = 0; pass < 2 && order[i] == -1; pass++)
+            for (int s = 0; s < MAX_BACKENDS && order[i] == -1; s++)
+                if (!keep[s] && (pass == 1 || g_backends[s].conf.name[0] == '\0'))
+                    order[i] = s;
+        if (order[i] == -1) {
+            pthread_mutex_unlock(&g_lock);
+            return -1;
+        }
+        keep[order[i]] = 1;
+        slot_reset(&g_backends[order[i]], &cfg->backends[i]);
+    }
+    for (int s = 0; s < MAX_BACKENDS; s++) {
+        if (g_backends[s].active && !keep[s])
+            removed[(*n_removed)++] = s;
+        g_backends[s].active = keep[s];
+        g_backends[s].current = 0;
+    }
+    memcpy(g_order, order, sizeof(int) * (size_t)n);
+    g_n_order = n;
+    g_down_ms.store(cfg->down_time * 1000);
+    pthread_mutex_unlock(&g_lock);
+    return 0;
 }
 
 int
 rr_count(void)
 {
-    return g_n_backends;
-}
-
-void
-rr_set_down_time(int seconds)
-{
-    g_down_ms = seconds * 1000;
+    return g_n_order;
 }
 
 int
@@ -143,38 +210,40 @@ rr_is_down(int i)
 {
     int64_t until = g_backends[i].down_until.load(std::memory_order_relaxed);
 
+    if (g_backends[i].health_down.load(std::memory_order_relaxed))
+        return 1;
     return until != 0 && now_ms() < until;
 }
 
-/*
- * Each pick, and each skip of a down backend, consumes one tick of the
- * shared counter, so with backends A B C and B down the order is A C A C:
- * the survivors share B's turns instead of C getting two in a row.
- */
 int
 rr_next(uint64_t tried)
 {
-    int n = g_n_backends;
+    struct backend *best = NULL;
+    int best_slot = -1, total = 0;
 
-    for (int attempt = 0; attempt < n; attempt++) {
-        int i = (int)(g_next.fetch_add(1, std::memory_order_relaxed) % (uint64_t)n);
-        if ((tried >> i) & 1)
+    pthread_mutex_lock(&g_lock);
+    for (int k = 0; k < g_n_order; k++) {
+        int s = g_order[k];
+        struct backend *b = &g_backends[s];
+        if (((tried >> s) & 1) || rr_is_down(s))
             continue;
-        if (rr_is_down(i))
-            continue;
-        return i;
+        b->current += b->conf.weight;
+        total += b->conf.weight;
+        if (best == NULL || b->current > best->current) {
+            best = b;
+            best_slot = s;
+        }
     }
-    /* The counter may have raced past a live backend: sweep once in order. */
-    for (int i = 0; i < n; i++)
-        if (!((tried >> i) & 1) && !rr_is_down(i))
-            return i;
-    return -1;
+    if (best != NULL)
+        best->current -= total;
+    pthread_mutex_unlock(&g_lock);
+    return best_slot;
 }
 
 void
 rr_mark_down(int i)
 {
-    g_backends[i].down_until.store(now_ms() + g_down_ms);
+    g_backends[i].down_until.store(now_ms() + g_down_ms.load());
 }
 
 void
@@ -184,15 +253,124 @@ rr_mark_up(int i)
         g_backends[i].down_until.store(0);
 }
 
+void
+rr_set_health(int i, int down)
+{
+    g_backends[i].health_down.store(down);
+}
+
+int
+rr_others_up(int i)
+{
+    int up = 0;
+
+    pthread_mutex_lock(&g_lock);
+    for (int k = 0; k < g_n_order; k++)
+        if (g_order[k] != i && !rr_is_down(g_order[k]))
+            up++;
+    pthread_mutex_unlock(&g_lock);
+    return up;
+}
+
+int
+rr_active_slots(int *slots, int max)
+{
+    pthread_mutex_lock(&g_lock);
+    int n = g_n_order < max ? g_n_order : max;
+    memcpy(slots, g_order, sizeof(int) * (size_t)n);
+    pthread_mutex_unlock(&g_lock);
+    return n;
+}
+
 const struct sockaddr *
 rr_addr(int i, socklen_t *len)
 {
-    *len = g_backends[i].addr_len;
-    return (const struct sockaddr *)&g_backends[i].addr;
+    *len = g_backends[i].conf.addr_len;
+    return (const struct sockaddr *)&g_backends[i].conf.addr;
 }
 
 const char *
 rr_name(int i)
 {
-    return g_backends[i].name;
+    return g_backends[i].conf.name;
+}
+
+int
+rr_is_active(int i)
+{
+    return g_backends[i].active;
+}
+
+/* Half-octave bucket of a latency: 1 us, 1.4, 2, 2.8, 4 ... */
+static int
+latency_bucket(uint64_t us)
+{
+    if (us < 1)
+        us = 1;
+    int msb = 63 - __builtin_clzll(us);
+    int half = msb > 0 ? (int)((us >> (msb - 1)) & 1) : 0;
+    int b = msb * 2 + half;
+    return b < LAT_BUCKETS ? b : LAT_BUCKETS - 1;
+}
+
+/* Upper bound of bucket b in microseconds. */
+static double
+bucket_top(int b)
+{
+    double v = (double)(1ULL << (b / 2));
+    return b % 2 ? v * 2.0 : v * 1.5;
+}
+
+void
+rr_record(int i, int ok, int64_t latency_us, const char *error)
+{
+    struct backend *b = &g_backends[i];
+
+    b->n_requests.fetch_add(1, std::memory_order_relaxed);
+    if (!ok) {
+        b->n_failures.fetch_add(1, std::memory_order_relaxed);
+        if (error != NULL)
+            b->last_error.store(error, std::memory_order_relaxed);
+        return;
+    }
+    uint64_t us = latency_us > 0 ? (uint64_t)latency_us : 0;
+    b->latency_sum_us.fetch_add(us, std::memory_order_relaxed);
+    b->latency_hist[latency_bucket(us)].fetch_add(1, std::memory_order_relaxed);
+}
+
+void
+rr_set_error(int i, const char *error)
+{
+    g_backends[i].last_error.store(error, std::memory_order_relaxed);
+}
+
+void
+rr_stats(int i, struct rr_stats *st)
+{
+    struct backend *b = &g_backends[i];
+    uint64_t hist[LAT_BUCKETS], n_ok = 0;
+
+    memset(st, 0, sizeof *st);
+    st->name = b->conf.name;
+    st->weight = b->conf.weight;
+    st->passive_down = b->down_until.load() != 0 && now_ms() < b->down_until.load();
+    st->health_down = b->health_down.load();
+    st->requests = b->n_requests.load();
+    st->failures = b->n_failures.load();
+    st->last_error = b->last_error.load();
+    for (int k = 0; k < LAT_BUCKETS; k++) {
+        hist[k] = b->latency_hist[k].load();
+        n_ok += hist[k];
+    }
+    if (n_ok == 0)
+        return;
+    st->avg_ms = (double)b->latency_sum_us.load() / (double)n_ok / 1000.0;
+    uint64_t want = n_ok - n_ok / 100, seen = 0;   /* 99th percentile */
+    for (int k = 0; k < LAT_BUCKETS; k++) {
+        seen += hist[k];
+        if (seen >= want) {
+            st->p99_ms = bucket_top(k) / 1000.0;
+            break;
+        }
+    }
 }

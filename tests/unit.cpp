@@ -286,6 +286,9 @@ static const struct cfg_case g_cfg_cases[] = {
     { "backend = 127.0.0.1:1\nupstream_keepalive = maybe\n", ":2: upstream_keepalive" },
     { "backend = 127.0.0.1:1\nport = 1\nport = 2\n", ":3: port set twice" },
     { "backend = 127.0.0.1:1\nlisten = 1.2.3\n", ":2: listen" },
+    { "backend = 127.0.0.1:1 weight=101\n", ":1: backend" },
+    { "backend = 127.0.0.1:1\nhealth_check = healthz\n", ":2: health_check" },
+    { "backend = 127.0.0.1:1 weight=3\nhealth_check = /healthz\nadmin_port = 0\n", NULL },
 };
 
 static void
@@ -317,35 +320,76 @@ test_config(void)
 
 /* ------------------------------------------------------------ round robin */
 
+/* Load a config from text and make its backends the live rotation. */
+static int
+configure_text(const char *text, struct pibl_config *cfg)
+{
+    char err[512];
+    int removed[MAX_BACKENDS], n_removed;
+
+    if (load_text(text, cfg, err, sizeof err) != 0) {
+        printf("config: %s\n", err);
+        return -1;
+    }
+    return rr_configure(cfg, removed, &n_removed);
+}
+
+/* The next n picks as a string of slot digits. */
+static void
+picks(char *out, int n)
+{
+    for (int i = 0; i < n; i++)
+        out[i] = (char)('0' + rr_next(0));
+    out[n] = '\0';
+}
+
 static void
 test_round_robin(void)
 {
-    char err[256];
-    char seq[32];
+    static struct pibl_config cfg;
+    char seq[64];
 
-    rr_reset();
-    rr_set_down_time(60);
-    rr_add("127.0.0.1:1", err, sizeof err);
-    rr_add("127.0.0.1:2", err, sizeof err);
-    rr_add("127.0.0.1:3", err, sizeof err);
-    for (int i = 0; i < 6; i++)
-        seq[i] = (char)('0' + rr_next(0));
-    seq[6] = '\0';
+    CHECK(configure_text("down_time = 60\nbackend = 127.0.0.1:1\nbackend = 127.0.0.1:2\n"
+        "backend = 127.0.0.1:3\n", &cfg) == 0, "configure three backends");
+    picks(seq, 6);
     CHECK(strcmp(seq, "012012") == 0, "strict order, got %s", seq);
 
     rr_mark_down(1);
-    for (int i = 0; i < 4; i++)
-        seq[i] = (char)('0' + rr_next(0));
-    seq[4] = '\0';
-    CHECK(strchr(seq, '1') == NULL, "down backend skipped, got %s", seq);
+    picks(seq, 4);
+    CHECK(strcmp(seq, "0202") == 0, "down backend skipped, turns shared, got %s", seq);
     CHECK(rr_next(1 | 4) == -1, "tried + down: none left");
     rr_mark_up(1);
     CHECK(rr_next(1 | 4) == 1, "marked up again");
+    rr_set_health(2, 1);
+    CHECK(rr_is_down(2) && rr_others_up(2) == 2, "health mark counts as down");
+    rr_set_health(2, 0);
 
-    rr_set_down_time(0);
-    rr_mark_down(0);
-    CHECK(!rr_is_down(0), "down_time 0 never skips");
-    rr_reset();
+    /* Weights: 5 1 1 spreads smoothly, 7 picks per cycle, no burst of 5. */
+    CHECK(configure_text("backend = 127.0.0.1:1 weight=5\nbackend = 127.0.0.1:2\n"
+        "backend = 127.0.0.1:3 weight=1\n", &cfg) == 0, "configure weights");
+    picks(seq, 14);
+    int count[3] = { 0, 0, 0 };
+    for (int i = 0; i < 14; i++)
+        count[seq[i] - '0']++;
+    CHECK(count[0] == 10 && count[1] == 2 && count[2] == 2, "weights 5:1:1, got %s", seq);
+    /* nginx's smooth order for 5 1 1 is a a b a c a a, not a a a a a b c. */
+    CHECK(strncmp(seq, "0010200", 7) == 0, "smooth order, got %s", seq);
+
+    /* Reload: a kept name keeps its slot; a removed one leaves rotation. */
+    CHECK(configure_text("backend = 127.0.0.1:3\nbackend = 127.0.0.1:9\n", &cfg) == 0,
+        "reconfigure");
+    CHECK(rr_count() == 2 && strcmp(rr_name(2), "127.0.0.1:3") == 0 && !rr_is_active(0) &&
+        !rr_is_active(1), "slots after reload");
+    picks(seq, 4);
+    CHECK(strchr(seq, '0') == NULL && strchr(seq, '1') == NULL, "removed slots unused, got %s", seq);
+
+    CHECK(configure_text("down_time = 0\nbackend = 127.0.0.1:1\n", &cfg) == 0, "down_time 0");
+    int s0 = rr_next(0);
+    rr_mark_down(s0);
+    CHECK(!rr_is_down(s0), "down_time 0 never skips");
+
+    CHECK(configure_text("backend = 127.0.0.1:1 weight=0\n", &cfg) == -1, "weight 0 refused");
+    CHECK(configure_text("backend = 127.0.0.1:1 wait=2\n", &cfg) == -1, "bad option refused");
 }
 
 int

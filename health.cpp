@@ -1,0 +1,166 @@
+/*
+ * health.cpp - active health checks: a thread that asks every backend for
+ * health_check (a path) each health_interval seconds and takes a backend
+ * out of the rotation after health_fall failed probes in a row, and puts it
+ * back after health_rise good ones.
+ *
+ * A probe is one HTTP/1.1 GET on a fresh connection with Connection: close;
+ * a 2xx or 3xx status line is good, anything else (refused, timeout after
+ * connect_timeout, 4xx/5xx, garbage) is a failure. The passive marks of the
+ * request path (rr_mark_down) apply as well; the two are independent.
+ *
+ * It never takes out the last backend still up: with no alternative, a
+ * failing backend stays in rotation (logged), so that a health path that is
+ * wrong or a flapping check cannot turn every request into a 503.
+ * Limits: reads at most PROBE_READ bytes of each answer.
+ */
+#include "pibl.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#define PROBE_READ 64
+
+static int g_fails[MAX_BACKENDS];          /* failed probes in a row */
+static int g_goods[MAX_BACKENDS];          /* good probes in a row */
+static int g_kept_warned[MAX_BACKENDS];    /* "last backend kept" said once */
+static char g_names[MAX_BACKENDS][MAX_HOST_NAME + 8];  /* who held the slot */
+
+static void
+set_timeouts(int fd, int seconds)
+{
+    struct timeval tv = { seconds, 0 };
+
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+}
+
+/*
+ * Probe slot i once. Returns 1 when it answered 2xx/3xx, 0 otherwise with
+ * *why naming the failure (a static string).
+ */
+static int
+probe(const struct pibl_config *cfg, int i, const char **why)
+{
+    char req[512], ans[PROBE_READ + 1];
+    socklen_t alen;
+    const struct sockaddr *sa = rr_addr(i, &alen);
+    size_t got = 0;
+    int ok = 0;
+
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
+        *why = "health check: no socket";
+        return 0;
+    }
+    set_timeouts(fd, cfg->connect_timeout);
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: pibl-health-check\r\n"
+        "Connection: close\r\n\r\n", cfg->health_check, rr_name(i));
+    if (connect(fd, sa, alen) == -1) {
+        *why = errno == EINPROGRESS ? "health check: connect timed out" : "health check: refused";
+        goto done;
+    }
+    if (n < 0 || (size_t)n >= sizeof req || send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
+        *why = "health check: send failed";
+        goto done;
+    }
+    while (got < 12) {
+        ssize_t r = recv(fd, ans + got, PROBE_READ - got, 0);
+        if (r == -1 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    ans[got] = '\0';
+    if (got < 12 || strncmp(ans, "HTTP/1.", 7) != 0 || ans[8] != ' ') {
+        *why = got == 0 ? "health check: no answer" : "health check: bad answer";
+        goto done;
+    }
+    ok = ans[9] == '2' || ans[9] == '3';
+    if (!ok)
+        *why = "health check: error status";
+done:
+    close(fd);
+    return ok;
+}
+
+/* Apply one probe result to slot i, logging every change of state. */
+static void
+account(const struct pibl_config *cfg, int i, int ok, const char *why)
+{
+    if (ok) {
+        g_fails[i] = 0;
+        g_kept_warned[i] = 0;
+        struct rr_stats st;
+        rr_stats(i, &st);
+        if (++g_goods[i] >= cfg->health_rise && st.health_down) {
+            rr_set_health(i, 0);
+            rr_mark_up(i);
+            log_line("pibl: health: backend %s is back (%d good probes of %s)", rr_name(i),
+                g_goods[i], cfg->health_check);
+        }
+        return;
+    }
+    g_goods[i] = 0;
+    rr_set_error(i, why);
+    if (++g_fails[i] < cfg->health_fall)
+        return;
+    if (rr_others_up(i) == 0) {
+        if (!g_kept_warned[i])
+            log_line("pibl: health: backend %s fails (%s) but it is the last one up: kept in "
+                "rotation", rr_name(i), why);
+        g_kept_warned[i] = 1;
+        return;
+    }
+    if (!rr_is_down(i))
+        log_line("pibl: health: backend %s taken out after %d failed probes (%s)", rr_name(i),
+            g_fails[i], why);
+    rr_set_health(i, 1);
+}
+
+static void *
+health_main(void *arg)
+{
+    int slots[MAX_BACKENDS];
+
+    (void)arg;
+    for (;;) {
+        const struct pibl_config *cfg = pibl_config_now();
+        int n = rr_active_slots(slots, MAX_BACKENDS);
+        for (int k = 0; k < n; k++) {
+            int i = slots[k];
+            if (strcmp(g_names[i], rr_name(i)) != 0) {   /* a new backend in this slot */
+                snprintf(g_names[i], sizeof g_names[i], "%s", rr_name(i));
+                g_fails[i] = g_goods[i] = g_kept_warned[i] = 0;
+            }
+            if (cfg->health_check[0] == '\0') {
+                rr_set_health(i, 0);            /* checks turned off by a reload */
+                continue;
+            }
+            const char *why = NULL;
+            int ok = probe(cfg, i, &why);
+            account(cfg, i, ok, why);
+        }
+        sleep((unsigned)(cfg->health_check[0] != '\0' ? cfg->health_interval : 1));
+    }
+    return NULL;
+}
+
+int
+health_start(void)
+{
+    pthread_t t;
+    pthread_attr_t attr;
+
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&t, &attr, health_main, NULL);
+    pthread_attr_destroy(&attr);
+    return rc == 0 ? 0 : -1;
+}
