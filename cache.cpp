@@ -506,22 +506,6 @@ cache_remove(const char *key, size_t key_len)
 
 /* ---------------------------------------------------------------- store */
 
-static int
-write_all(int fd, const char *buf, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, buf, len);
-        if (n == -1) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        buf += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 struct cache_writer *
 cache_store_begin(const char *key, size_t key_len, int status, long lifetime, const char *vary,
     const char *head, size_t head_len)
@@ -565,7 +549,7 @@ cache_store_begin(const char *key, size_t key_len, int status, long lifetime, co
             goto fail;
         n += m;
     }
-    if (write_all(w->fd, meta, (size_t)n) == -1 || write_all(w->fd, head, head_len) == -1) {
+    if (pibl_write_all(w->fd, meta, (size_t)n) == -1 || pibl_write_all(w->fd, head, head_len) == -1) {
         warn_store("cannot write a temp file");
         goto fail;
     }
@@ -582,7 +566,7 @@ cache_store_write(struct cache_writer *w, const char *data, size_t len)
         cache_store_abort(w);
         return -1;
     }
-    if (write_all(w->fd, data, len) == -1) {
+    if (pibl_write_all(w->fd, data, len) == -1) {
         warn_store("cannot write a temp file");
         cache_store_abort(w);
         return -1;

@@ -406,24 +406,6 @@ struct pool {
 };
 static struct pool g_pools[MAX_BACKENDS];
 
-static int64_t
-now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t
-now_us(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static void
 set_timeout(int fd, int opt, int ms)
 {
@@ -840,7 +822,7 @@ static void
 log_exchange(const struct conn *c, const struct exchange *x)
 {
     char ts[40];
-    double ms = (double)(now_us() - x->t_start) / 1000.0;
+    double ms = (double)(pibl_now_us() - x->t_start) / 1000.0;
 
     g_requests.fetch_add(1, std::memory_order_relaxed);
     if (x->cache != CACHE_NONE)
@@ -900,8 +882,8 @@ read_head(struct conn *c, struct exchange *x)
         }
         if (c->in_len > 0) {
             if (deadline == 0) {
-                deadline = now_ms() + (int64_t)g_cfg->client_timeout * 1000;
-                x->t_start = now_us();
+                deadline = (pibl_now_us() / 1000) + (int64_t)g_cfg->client_timeout * 1000;
+                x->t_start = pibl_now_us();
                 uint8_t idle = ST_IDLE;
                 st->compare_exchange_strong(idle, ST_BUSY);
                 if (st->load() != ST_BUSY)
@@ -926,7 +908,7 @@ read_head(struct conn *c, struct exchange *x)
                 return 0;
             set_rcv(c, g_cfg->keepalive_timeout * 1000);
         } else {
-            int64_t left = deadline - now_ms();
+            int64_t left = deadline - (pibl_now_us() / 1000);
             if (left <= 0)
                 return -408;
             set_rcv(c, (int)left);
@@ -2096,7 +2078,7 @@ forward(struct conn *c, struct exchange *x, const char *host, size_t host_len, c
             log_block("request to backend:", c->out, (size_t)head_len);
         }
         struct upstream u = { -1, b, 0 };
-        int64_t t_sent = now_us();
+        int64_t t_sent = pibl_now_us();
         if (g_cfg->upstream_keepalive)
             u.fd = pool_get(b);
         u.reused = u.fd != -1;
@@ -2145,7 +2127,7 @@ forward(struct conn *c, struct exchange *x, const char *host, size_t host_len, c
         }
         if (hr == HEAD_OK) {
             int reuse;
-            rr_record(b, 1, now_us() - t_sent, NULL);
+            rr_record(b, 1, pibl_now_us() - t_sent, NULL);
             int keep = relay_response(c, x, &u, len, rh_len, &reuse);
             if (reuse && g_cfg->upstream_keepalive && keep == 0) {
                 pool_put(b, u.fd);
@@ -2219,7 +2201,7 @@ serve_one(struct conn *c)
     x.stale.fd = -1;
     x.backend = -1;
     x.minor = 1;
-    x.t_start = now_us();
+    x.t_start = pibl_now_us();
 
     long head_len = read_head(c, &x);
     if (head_len == 0)
@@ -2324,10 +2306,10 @@ http_serve(int fd, const struct sockaddr_storage *peer)
      * in flight, so read and drop for a bounded time first (a lingering
      * close, as nginx and Apache do). */
     if (c.linger && shutdown(fd, SHUT_WR) == 0) {
-        int64_t until = now_ms() + LINGER_MS;
+        int64_t until = (pibl_now_us() / 1000) + LINGER_MS;
         size_t drained = 0;
         set_rcv(&c, LINGER_MS);
-        while (drained < LINGER_MAX_BYTES && now_ms() < until) {
+        while (drained < LINGER_MAX_BYTES && (pibl_now_us() / 1000) < until) {
             ssize_t r = recv(fd, c.relay ? c.relay : &ch, c.relay ? RELAY_BUF_BYTES : 1, 0);
             if (r <= 0 && !(r == -1 && errno == EINTR))
                 break;

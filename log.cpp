@@ -42,34 +42,17 @@ static pthread_t g_writer;
 static char g_reopen_path[PATH_MAX];   /* set by log_reopen, under g_lock */
 static int g_reopen;                   /* the writer should reopen the file */
 
-/* Write all of buf to fd, retrying EINTR and short writes. Returns 0 or -1. */
-static int
-write_all(int fd, const char *buf, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, buf, len);
-        if (n == -1) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        buf += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 static void
 write_out(const char *buf, size_t len)
 {
-    if (g_stdout_ok && write_all(STDOUT_FILENO, buf, len) == -1 && errno != EAGAIN)
+    if (g_stdout_ok && pibl_write_all(STDOUT_FILENO, buf, len) == -1 && errno != EAGAIN)
         g_stdout_ok = 0;
-    if (g_file_fd != -1 && write_all(g_file_fd, buf, len) == -1) {
+    if (g_file_fd != -1 && pibl_write_all(g_file_fd, buf, len) == -1) {
         if (!g_file_warned) {
             char msg[160];
             int n = snprintf(msg, sizeof msg, "pibl: warning: cannot write the log file: %s\n",
                 strerror(errno));
-            write_all(STDERR_FILENO, msg, (size_t)n);
+            pibl_write_all(STDERR_FILENO, msg, (size_t)n);
             g_file_warned = 1;
         }
     } else if (g_file_fd != -1) {
@@ -97,7 +80,7 @@ writer_main(void *arg)
                 char msg[PATH_MAX + 128];
                 int n = snprintf(msg, sizeof msg, "pibl: warning: cannot reopen log file %s: %s\n",
                     path, strerror(errno));
-                write_all(STDERR_FILENO, msg, n > 0 && (size_t)n < sizeof msg ? (size_t)n : 0);
+                pibl_write_all(STDERR_FILENO, msg, n > 0 && (size_t)n < sizeof msg ? (size_t)n : 0);
             } else {
                 if (g_file_fd != -1)
                     close(g_file_fd);

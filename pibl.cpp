@@ -342,6 +342,31 @@ pibl_start_time(void)
     return g_started;
 }
 
+int64_t
+pibl_now_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int
+pibl_write_all(int fd, const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, buf, len);
+        if (n == -1) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        buf += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
 #ifndef PIBL_NO_MAIN   /* unit tests link the config parser alone */
 
 #define MAX_ADMIN_CONNS    32      /* concurrent status page clients */

@@ -97,6 +97,13 @@ const struct pibl_config *pibl_config_now(void);
 int pibl_open_connections(void);
 time_t pibl_start_time(void);
 
+/* Monotonic clock in microseconds. */
+int64_t pibl_now_us(void);
+
+/* Write all of buf to a file or pipe, retrying EINTR and short writes.
+ * Returns 0, or -1 with errno set. (Sockets use http.cpp's writev_all.) */
+int pibl_write_all(int fd, const char *buf, size_t len);
+
 /* ---------------------------------------------------------------- rr.cpp */
 
 /* Counters of one backend, for the status page. */

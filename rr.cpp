@@ -49,15 +49,6 @@ static int g_order[MAX_BACKENDS];  /* active slots in config order */
 static int g_n_order;
 static std::atomic<int> g_down_ms{5000};
 
-static int64_t
-now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /*
  * Split spec into host and port. Accepts "host:port" and "[v6addr]:port".
  * Returns 0, or -1 with the reason in err.
@@ -212,7 +203,7 @@ rr_is_down(int i)
 
     if (g_backends[i].health_down.load(std::memory_order_relaxed))
         return 1;
-    return until != 0 && now_ms() < until;
+    return until != 0 && pibl_now_us() / 1000 < until;
 }
 
 int
@@ -243,7 +234,7 @@ rr_next(uint64_t tried)
 void
 rr_mark_down(int i)
 {
-    g_backends[i].down_until.store(now_ms() + g_down_ms.load());
+    g_backends[i].down_until.store(pibl_now_us() / 1000 + g_down_ms.load());
 }
 
 void
@@ -353,7 +344,7 @@ rr_stats(int i, struct rr_stats *st)
     memset(st, 0, sizeof *st);
     st->name = b->conf.name;
     st->weight = b->conf.weight;
-    st->passive_down = b->down_until.load() != 0 && now_ms() < b->down_until.load();
+    st->passive_down = b->down_until.load() != 0 && pibl_now_us() / 1000 < b->down_until.load();
     st->health_down = b->health_down.load();
     st->requests = b->n_requests.load();
     st->failures = b->n_failures.load();
