@@ -22,5 +22,5 @@ for i in 1 2 3; do
 done
 ./pibl pibl.cfg "$ttl" &
 pids+=($!)
-echo "run: PIBL on http://localhost:8080/ (web servers on 8081-8083); Ctrl-C to stop"
+echo "run: PIBL on http://localhost:8080/ (web servers on 8081-8083, status page on http://127.0.0.1:8090/); Ctrl-C to stop"
 wait -n "${pids[@]}" || true
