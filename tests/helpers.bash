@@ -167,6 +167,7 @@ start_origin() {
     [ -d "$root" ] || make_root "$root"
     mkdir -p "$dir/uploads"
     : >"$dir/req.log"
+    rm -f "$dir/stdout"   # a restarted origin must not be read by its old line
     "$ORIGIN_BIN" -p "$want_port" -a 127.0.0.1 -n "$name" -r "$root" -l "$dir/req.log" -u "$dir/uploads" \
         >"$dir/stdout" 2>"$dir/stderr" 3>&- &
     pid=$!
@@ -222,6 +223,9 @@ write_pibl_config() {
 # `pibl: listening on ADDR:PORT, N backends` in PIBL_OUT and sets PIBL_PORT, PIBL_PID.
 start_pibl() {
     write_pibl_config "$PIBL_CFG" "$@"
+    # Empty the output first: a restarted pibl must not be mistaken for the
+    # previous one by its old "listening" line.
+    : >"$PIBL_OUT"
     (cd "$BATS_TEST_TMPDIR" && exec "$PIBL_BIN" "$PIBL_CFG" "${PIBL_TTL:-0}") >"$PIBL_OUT" 2>"$PIBL_ERR" 3>&- &
     PIBL_PID=$!
     track_pid "$PIBL_PID"
