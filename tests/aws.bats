@@ -1,0 +1,611 @@
+#!/usr/bin/env bats
+# aws.bats - offline tests of scripts/aws-deploy.sh, aws-status.sh and aws-destroy.sh.
+#
+# What it does: puts tests/aws-stub first on PATH, so `aws` is a stand-in that
+# records every call and answers like EC2 from a state folder (key pairs,
+# security groups, instances, client tokens), and `curl` answers 200 without any
+# network. Then it checks the calls the scripts make (rules, IMDSv2, tags,
+# counts, client tokens), re-runs, the destroy order, a deploy after a destroy,
+# the failures a user meets first, and the rendered user-data: each script is
+# decompressed and run in dry-run mode under a scratch root, which recreates the
+# web app (compared byte for byte with www/), builds PIBL, checks the generated
+# pibl.cfg with ./pibl -t and validates the systemd unit.
+# One optional test drives the real AWS CLI against a local EC2 emulator
+# (moto_server on 127.0.0.1) when one is installed.
+# What it refuses: any real network address. Every address the stub hands out
+# is private (172.31.0.0/16) or documentation-only (203.0.113.0/24), and only
+# the curl stub ever sees them.
+
+REPO="$(cd "$BATS_TEST_DIRNAME/.." && pwd)"
+DEPLOY="$REPO/scripts/aws-deploy.sh"
+STATUS="$REPO/scripts/aws-status.sh"
+DESTROY="$REPO/scripts/aws-destroy.sh"
+PIBL="$REPO/pibl"
+
+setup() {
+    export AWS_STUB_DIR="$BATS_TEST_TMPDIR/aws-state"
+    mkdir -p "$AWS_STUB_DIR" "$BATS_TEST_TMPDIR/home"
+    export HOME="$BATS_TEST_TMPDIR/home"
+    export PATH="$BATS_TEST_DIRNAME/aws-stub:$PATH"
+    export PIBL_POLL_SECONDS=0 PIBL_DELETE_TRIES=3
+    unset AWS_ENDPOINT_URL AWS_REGION AWS_DEFAULT_REGION AWS_PROFILE \
+        PIBL_PROJECT PIBL_PORT PIBL_TTL PIBL_GIT_URL PIBL_GIT_REF PIBL_KEY_NAME \
+        PIBL_CLIENT_CIDR PIBL_INSTANCE_TYPE PIBL_OS PIBL_AMI_PARAM PIBL_AWS_CLI
+    SRC="$BATS_TEST_TMPDIR/src"
+    WWW="$BATS_TEST_TMPDIR/www"
+    make_fixture_source "$SRC"
+    make_fixture_www "$WWW"
+    export PIBL_SOURCE_DIR="$SRC" PIBL_WWW_DIR="$WWW"
+}
+
+teardown() {
+    if [ -n "${MOTO_PID:-}" ]; then
+        kill -- "-$MOTO_PID" 2>/dev/null || kill "$MOTO_PID" 2>/dev/null || true
+        wait "$MOTO_PID" 2>/dev/null || true
+    fi
+}
+
+# make_fixture_source DIR - a tiny source tree that builds a `pibl` accepting -t.
+make_fixture_source() {
+    mkdir -p "$1"
+    printf 'pibl: main.cpp\n\t$(CXX) -o pibl main.cpp\n' >"$1/Makefile"
+    cat >"$1/main.cpp" <<'EOF'
+#include <stdio.h>
+#include <string.h>
+int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "-t") == 0) { printf("pibl: %s: OK\n", argv[2]); return 0; }
+    return 2;
+}
+EOF
+}
+
+# make_fixture_www DIR - a site with the awkward cases: a sub-folder, a binary
+# file with NUL bytes, a file without a final newline, a name with a space.
+make_fixture_www() {
+    mkdir -p "$1/css" "$1/img"
+    printf '<!doctype html>\n<title>PIBL</title>\n<h1>PIBL</h1>\n' >"$1/index.html"
+    printf 'body { color: #333; }\n' >"$1/css/style.css"
+    printf '\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x01' >"$1/img/logo.png"
+    printf 'no newline at the end' >"$1/plain.txt"
+    printf 'spaced\n' >"$1/with space.html"
+}
+
+# calls_of PATTERN - the recorded aws calls matching an extended regex.
+calls_of() {
+    grep -E -- "$1" "$AWS_STUB_DIR/calls" || true
+}
+
+# n_calls PATTERN - how many recorded aws calls match.
+n_calls() {
+    calls_of "$1" | grep -c . || true
+}
+
+# ids_with_role ROLE - instance ids the stub holds with that Role tag.
+ids_with_role() {
+    grep -l "^tag:Role=$1\$" "$AWS_STUB_DIR"/inst/i-* 2>/dev/null | xargs -r -n 1 basename | sort
+}
+
+# live_count - instances not terminated.
+live_count() {
+    grep -L '^state=terminated$' "$AWS_STUB_DIR"/inst/i-* 2>/dev/null | grep -c . || true
+}
+
+# line_no PATTERN - the number of the first recorded call matching PATTERN.
+line_no() {
+    grep -n -E -- "$1" "$AWS_STUB_DIR/calls" | head -n 1 | cut -d : -f 1
+}
+
+# userdata_of ROLE - the user-data (gzip) of the first instance with that role.
+userdata_of() {
+    echo "$AWS_STUB_DIR/userdata/$(ids_with_role "$1" | head -n 1)"
+}
+
+# dry_run_userdata GZ ROOT - run a rendered user-data script in dry-run mode
+# under the scratch root ROOT (no packages, users or systemd).
+dry_run_userdata() {
+    mkdir -p "$2"
+    gzip -dc "$1" >"$2.sh"
+    PIBL_UD_ROOT="$2" PIBL_UD_DRY_RUN=1 bash "$2.sh"
+}
+
+# verify_unit FILE ROOT - validate a rendered unit: systemd-analyze verify when
+# present (after pointing its paths into ROOT, since verify checks that the
+# binary exists), otherwise a structural check. Echoes which one ran.
+verify_unit() {
+    local unit=$1 root=$2 dir out
+    dir=$(mktemp -d "$BATS_TEST_TMPDIR/unit.XXXX")
+    sed -e "s|/opt/pibl/bin/pibl|$root/opt/pibl/bin/pibl|g" -e "s|/var/lib/pibl|$root/var/lib/pibl|g" \
+        "$unit" >"$dir/pibl.service"
+    if command -v systemd-analyze >/dev/null 2>&1; then
+        echo "unit check: systemd-analyze verify"
+        out=$(systemd-analyze verify "$dir/pibl.service" 2>&1) || { echo "$out"; return 1; }
+        # verify only warns (exit 0) about unknown keys: any output is a failure.
+        [ -z "$out" ] || { echo "$out"; return 1; }
+    else
+        echo "unit check: structural (systemd-analyze not installed)"
+        awk '
+            /^[ \t]*(#|$)/ { next }
+            /^\[(Unit|Service|Install)\]$/ { sec = $0; seen[sec] = 1; next }
+            /^\[/ { print "unknown section " $0; bad = 1; next }
+            sec == "" || $0 !~ /^[A-Za-z]+=/ { print "bad line: " $0; bad = 1 }
+            END {
+                if (!seen["[Unit]"] || !seen["[Service]"] || !seen["[Install]"]) { print "missing section"; bad = 1 }
+                exit bad
+            }' "$dir/pibl.service" || return 1
+        grep -Eq '^ExecStart=/[^ ]+ pibl\.cfg [0-9]+$' "$dir/pibl.service"
+        grep -q '^WantedBy=multi-user.target$' "$dir/pibl.service"
+    fi
+}
+
+@test "deploy -h explains every flag and its environment variable, with no AWS call" {
+    run "$DEPLOY" -h
+    [ "$status" -eq 0 ]
+    for word in --region AWS_REGION --instance-type PIBL_INSTANCE_TYPE --key-name PIBL_KEY_NAME \
+        --client-cidr PIBL_CLIENT_CIDR --ttl PIBL_TTL --project PIBL_PROJECT --git-url AWS_ENDPOINT_URL; do
+        [[ "$output" == *"$word"* ]] || { echo "help lacks $word"; return 1; }
+    done
+    [ ! -s "$AWS_STUB_DIR/calls" ]
+    run "$DESTROY" -h
+    [ "$status" -eq 0 ] && [[ "$output" == *--project* ]]
+    run "$STATUS" -h
+    [ "$status" -eq 0 ] && [[ "$output" == *--region* ]]
+}
+
+@test "missing credentials: a clear message after the one sts call, nothing created" {
+    touch "$AWS_STUB_DIR/no-credentials"
+    run "$DEPLOY"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"credentials were not accepted"* ]]
+    [[ "$output" == *"aws configure"* ]]
+    [[ "$output" == *AWS_ACCESS_KEY_ID* ]]
+    [ "$(grep -c . "$AWS_STUB_DIR/calls")" -eq 1 ]
+    [ "$(n_calls 'sts get-caller-identity')" -eq 1 ]
+    run "$DESTROY"
+    [ "$status" -ne 0 ] && [[ "$output" == *"credentials"* ]]
+    run "$STATUS"
+    [ "$status" -ne 0 ] && [[ "$output" == *"credentials"* ]]
+}
+
+@test "missing AWS CLI: says so and how to install it" {
+    PIBL_AWS_CLI=/nonexistent/aws run "$DEPLOY"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"AWS CLI"*"not installed"* ]]
+    [ ! -s "$AWS_STUB_DIR/calls" ]
+}
+
+@test "bad flags are refused before any AWS call" {
+    for args in "--client-cidr 10.0.0.0" "--client-cidr 300.1.1.1/32" "--ttl -1" "--ttl 31536001" \
+        "--port 0" "--port 22" "--project Bad_Name" "--os plan9" "--git-url ssh://host/repo" "--bogus"; do
+        # shellcheck disable=SC2086
+        run "$DEPLOY" $args
+        [ "$status" -ne 0 ] || { echo "accepted: $args"; return 1; }
+        [[ "$output" == *error* ]]
+    done
+    [ ! -s "$AWS_STUB_DIR/calls" ]
+}
+
+@test "no default VPC: a clear message, nothing created" {
+    touch "$AWS_STUB_DIR/no-default-vpc"
+    run "$DEPLOY"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"no default VPC"*"create-default-vpc"* ]]
+    [ "$(n_calls 'create-|import-|run-instances|authorize')" -eq 0 ]
+}
+
+@test "deploy makes the expected calls: credentials first, rules, IMDSv2, tags, counts" {
+    run "$DEPLOY" --region eu-west-1 --client-cidr 198.51.100.0/24 --port 8081 --project demo \
+        --instance-type t3.small --ttl 120
+    echo "$output"
+    [ "$status" -eq 0 ]
+    # The credentials are checked before any EC2 call; every call names the region.
+    [ "$(line_no .)" -eq "$(line_no 'sts get-caller-identity')" ]
+    [ "$(n_calls .)" -eq "$(n_calls -- '--region eu-west-1 ')" ]
+    [ "$(n_calls 'ec2 describe-vpcs --filters Name=is-default,Values=true')" -eq 1 ]
+    [ "$(n_calls 'ssm get-parameter --name /aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64')" -eq 1 ]
+    [ "$(n_calls 'import-key-pair --key-name demo-key .*Key=Project,Value=demo')" -eq 1 ]
+    [ -f "$HOME/.ssh/demo-key.pem" ]
+    [ "$(stat -c %a "$HOME/.ssh/demo-key.pem")" = 600 ]
+    # Two groups, tagged with project and role.
+    [ "$(n_calls 'create-security-group --group-name demo-pibl .*Key=Project,Value=demo},\{Key=Role,Value=pibl}')" -eq 1 ]
+    [ "$(n_calls 'create-security-group --group-name demo-web .*Key=Project,Value=demo},\{Key=Role,Value=web}')" -eq 1 ]
+    local sg_pibl sg_web
+    sg_pibl=$(grep -l '^name=demo-pibl$' "$AWS_STUB_DIR"/sg/* | xargs basename)
+    sg_web=$(grep -l '^name=demo-web$' "$AWS_STUB_DIR"/sg/* | xargs basename)
+    # PIBL: its port and SSH from the client CIDR, nothing else.
+    [ "$(n_calls "authorize-security-group-ingress --group-id $sg_pibl --protocol tcp --port 8081 --cidr 198.51.100.0/24$")" -eq 1 ]
+    [ "$(n_calls "authorize-security-group-ingress --group-id $sg_pibl --protocol tcp --port 22 --cidr 198.51.100.0/24$")" -eq 1 ]
+    [ "$(n_calls "authorize-security-group-ingress --group-id $sg_pibl ")" -eq 2 ]
+    # Web servers: HTTP from PIBL's group only, never from a CIDR.
+    [ "$(n_calls "authorize-security-group-ingress --group-id $sg_web --protocol tcp --port 80 --source-group $sg_pibl$")" -eq 1 ]
+    [ "$(n_calls "authorize-security-group-ingress --group-id $sg_web .*--cidr")" -eq 0 ]
+    [ "$(grep -c '^rule=' "$AWS_STUB_DIR/sg/$sg_web")" -eq 1 ]
+    # Three web servers in one launch, one PIBL; IMDSv2, tags, client tokens.
+    [ "$(n_calls run-instances)" -eq 2 ]
+    [ "$(n_calls "run-instances .*--instance-type t3.small --count 3 --key-name demo-key --security-group-ids $sg_web ")" -eq 1 ]
+    [ "$(n_calls "run-instances .*--count 1 --key-name demo-key --security-group-ids $sg_pibl ")" -eq 1 ]
+    [ "$(n_calls 'run-instances .*--metadata-options HttpTokens=required,HttpEndpoint=enabled')" -eq 2 ]
+    [ "$(n_calls 'run-instances .*ResourceType=instance,Tags=\[\{Key=Name,Value=demo-web},\{Key=Project,Value=demo},\{Key=Role,Value=web}\]')" -eq 1 ]
+    [ "$(n_calls 'run-instances .*ResourceType=instance,Tags=\[\{Key=Name,Value=demo-pibl},\{Key=Project,Value=demo},\{Key=Role,Value=pibl},\{Key=Port,Value=8081}')" -eq 1 ]
+    [ "$(n_calls 'run-instances .*ResourceType=volume,Tags=')" -eq 2 ]
+    [ "$(n_calls "run-instances .*--client-token demo-web-$sg_pibl-0 ")" -eq 1 ]
+    [ "$(n_calls "run-instances .*--client-token demo-pibl-$sg_pibl-0 ")" -eq 1 ]
+    [ "$(n_calls 'run-instances .*--user-data fileb://')" -eq 2 ]
+    [ "$(ids_with_role web | wc -l)" -eq 3 ]
+    [ "$(ids_with_role pibl | wc -l)" -eq 1 ]
+    # Web servers run before PIBL is launched (it needs their private IPs).
+    [ "$(line_no 'wait instance-running')" -lt "$(line_no 'run-instances .*Role,Value=pibl')" ]
+    [ "$(n_calls 'wait instance-running')" -eq 2 ]
+    # PIBL's Backends tag lists the three private IPs on port 80.
+    local backends
+    backends=$(for id in $(ids_with_role web); do sed -n 's/^private=//p' "$AWS_STUB_DIR/inst/$id"; done |
+        sed 's/$/:80/' | paste -sd ' ')
+    grep -qxF "tag:Backends=$backends" "$AWS_STUB_DIR/inst/$(ids_with_role pibl)"
+    # It waited on the public URL and printed how to use it.
+    local pub
+    pub=$(sed -n 's/^public_if_running=//p' "$AWS_STUB_DIR/inst/$(ids_with_role pibl)")
+    grep -q "http://$pub:8081/" "$AWS_STUB_DIR/curl-calls"
+    [[ "$output" == *"URL:        http://$pub:8081/"* ]]
+    [[ "$output" == *"ssh -i $HOME/.ssh/demo-key.pem ec2-user@$pub"* ]]
+    [[ "$output" == *"tail -f /var/lib/pibl/pibl.log"* ]]
+    [[ "$output" == *"journalctl -u pibl -f"* ]]
+}
+
+@test "a re-run creates nothing new and gives the same URL" {
+    run "$DEPLOY"
+    [ "$status" -eq 0 ]
+    local first_url=${output##*URL:        }
+    first_url=${first_url%%$'\n'*}
+    : >"$AWS_STUB_DIR/calls"
+    run "$DEPLOY"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [ "$(n_calls 'create-|import-|run-instances|terminate|delete')" -eq 0 ]
+    [[ "$output" == *"URL:        $first_url"* ]]
+    [[ "$output" == *"rule exists"* ]]
+    [ "$(live_count)" -eq 4 ]
+    [ "$(ls "$AWS_STUB_DIR/sg" | wc -l)" -eq 2 ]
+    [ "$(ls "$AWS_STUB_DIR/kp" | wc -l)" -eq 1 ]
+}
+
+@test "client tokens: a launch repeated before EC2 lists it returns the same instances" {
+    run "$DEPLOY"
+    [ "$status" -eq 0 ]
+    touch "$AWS_STUB_DIR/hide-instances-once"     # the next listing misses the web servers
+    : >"$AWS_STUB_DIR/calls"
+    run "$DEPLOY"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [ "$(n_calls 'run-instances .*--count 3 ')" -eq 1 ]   # it did ask again...
+    [ "$(live_count)" -eq 4 ]                              # ...and got the same three
+}
+
+@test "destroy removes everything in dependency order and is safe to re-run" {
+    run "$DEPLOY"
+    [ "$status" -eq 0 ]
+    local sg_pibl sg_web
+    sg_pibl=$(grep -l '^name=pibl-pibl$' "$AWS_STUB_DIR"/sg/* | xargs basename)
+    sg_web=$(grep -l '^name=pibl-web$' "$AWS_STUB_DIR"/sg/* | xargs basename)
+    : >"$AWS_STUB_DIR/calls"
+    run "$DESTROY"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [ "$(line_no .)" -eq "$(line_no 'sts get-caller-identity')" ]
+    local t w dw dp dk
+    t=$(line_no 'terminate-instances')
+    w=$(line_no 'wait instance-terminated')
+    dw=$(line_no "delete-security-group --group-id $sg_web")
+    dp=$(line_no "delete-security-group --group-id $sg_pibl")
+    dk=$(line_no 'delete-key-pair --key-name pibl-key')
+    [ -n "$t" ] && [ -n "$w" ] && [ -n "$dw" ] && [ -n "$dp" ] && [ -n "$dk" ]
+    [ "$t" -lt "$w" ] && [ "$w" -lt "$dw" ] && [ "$dw" -lt "$dp" ] && [ "$dp" -lt "$dk" ]
+    # All four instances in the one terminate call.
+    for id in $(ids_with_role web) $(ids_with_role pibl); do
+        calls_of terminate-instances | grep -q " $id"
+    done
+    [ "$(live_count)" -eq 0 ]
+    [ -z "$(ls "$AWS_STUB_DIR/sg")" ] && [ -z "$(ls "$AWS_STUB_DIR/kp")" ]
+    # The local private key stays (it may serve other regions).
+    [ -f "$HOME/.ssh/pibl-key.pem" ]
+    : >"$AWS_STUB_DIR/calls"
+    run "$DESTROY"
+    [ "$status" -eq 0 ]
+    [ "$(n_calls 'terminate|delete')" -eq 0 ]
+    [[ "$output" == *"no instances"* ]]
+}
+
+@test "destroy retries a group that is still in use for a moment" {
+    run "$DEPLOY"
+    [ "$status" -eq 0 ]
+    echo "An error occurred (DependencyViolation) when calling the DeleteSecurityGroup operation: resource has a dependent object" \
+        >"$AWS_STUB_DIR/fail-once/delete-security-group"
+    run "$DESTROY"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"still in use, retrying"* ]]
+    [ -z "$(ls "$AWS_STUB_DIR/sg")" ]
+}
+
+@test "destroy leaves a key pair the user brought (no project tag)" {
+    ssh-keygen -q -t ed25519 -N '' -f "$BATS_TEST_TMPDIR/mine" >/dev/null
+    aws ec2 import-key-pair --key-name mine --public-key-material "fileb://$BATS_TEST_TMPDIR/mine.pub" \
+        --query KeyPairId --output text >/dev/null
+    run "$DEPLOY" --key-name mine
+    [ "$status" -eq 0 ]
+    [ "$(n_calls 'import-key-pair')" -eq 1 ]          # only ours, above
+    [ "$(n_calls 'run-instances .*--key-name mine ')" -eq 2 ]
+    run "$DESTROY"
+    [ "$status" -eq 0 ]
+    [ -f "$AWS_STUB_DIR/kp/mine" ]
+}
+
+@test "deploy after destroy builds a fresh deployment (new groups, new client tokens)" {
+    run "$DEPLOY"
+    [ "$status" -eq 0 ]
+    local old_tokens new_tokens
+    old_tokens=$(calls_of run-instances | grep -o -- '--client-token [^ ]*' | sort)
+    run "$DESTROY"
+    [ "$status" -eq 0 ]
+    : >"$AWS_STUB_DIR/calls"
+    run "$DEPLOY"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    new_tokens=$(calls_of run-instances | grep -o -- '--client-token [^ ]*' | sort)
+    [ "$(echo "$new_tokens" | wc -l)" -eq 2 ]
+    [ -z "$(comm -12 <(echo "$old_tokens") <(echo "$new_tokens"))" ]
+    [ "$(live_count)" -eq 4 ]
+    [ "$(ls "$AWS_STUB_DIR/inst" | wc -l)" -eq 8 ]    # 4 terminated + 4 new
+    # The same local key is imported again.
+    [ "$(n_calls 'import-key-pair --key-name pibl-key')" -eq 1 ]
+}
+
+@test "AWS_ENDPOINT_URL goes to every call as --endpoint-url" {
+    export AWS_ENDPOINT_URL=http://127.0.0.1:4566
+    run "$DEPLOY"
+    [ "$status" -eq 0 ]
+    run "$STATUS"
+    [ "$status" -eq 0 ]
+    run "$DESTROY"
+    [ "$status" -eq 0 ]
+    [ "$(n_calls .)" -gt 20 ]
+    [ "$(n_calls .)" -eq "$(n_calls '^aws --endpoint-url http://127.0.0.1:4566 ')" ]
+}
+
+@test "status lists instances and says whether PIBL answers" {
+    run "$STATUS"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"(none)"* ]] && [[ "$output" == *"PIBL: not running"* ]]
+    run "$DEPLOY" --port 8090
+    [ "$status" -eq 0 ]
+    run "$STATUS"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [ "$(grep -c '^  web .* running ' <<<"$output")" -eq 3 ]
+    [ "$(grep -c '^  pibl .* running ' <<<"$output")" -eq 1 ]
+    [[ "$output" == *"backends: 172.31."* ]]
+    [[ "$output" =~ PIBL:\ http://203\.0\.113\.[0-9]+:8090/\ answers ]]
+    echo 1 >"$AWS_STUB_DIR/curl-failures"
+    run "$STATUS"
+    [ "$status" -eq 1 ] && [[ "$output" == *"does not answer"* ]]
+}
+
+@test "deploy waits until PIBL answers, and says so when it never does" {
+    echo 3 >"$AWS_STUB_DIR/curl-failures"
+    run "$DEPLOY"
+    [ "$status" -eq 0 ]
+    [ "$(grep -c . "$AWS_STUB_DIR/curl-calls")" -eq 4 ]
+    echo 1000 >"$AWS_STUB_DIR/curl-failures"
+    run "$DEPLOY" --wait-timeout 0
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"did not answer"* ]] && [[ "$output" == *"URL:"* ]]
+}
+
+@test "a stopped instance of the project is reported, not duplicated" {
+    run "$DEPLOY"
+    [ "$status" -eq 0 ]
+    sed -i 's/^state=running$/state=stopped/' "$AWS_STUB_DIR/inst/$(ids_with_role web | head -n 1)"
+    : >"$AWS_STUB_DIR/calls"
+    run "$DEPLOY"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"is stopped"* ]]
+    [ "$(n_calls run-instances)" -eq 0 ]
+}
+
+@test "web user-data: the same bytes for the three, and it installs exactly www/" {
+    local www=$WWW
+    run "$DEPLOY"
+    [ "$status" -eq 0 ]
+    local ids
+    mapfile -t ids < <(ids_with_role web)
+    [ "${#ids[@]}" -eq 3 ]
+    cmp "$AWS_STUB_DIR/userdata/${ids[0]}" "$AWS_STUB_DIR/userdata/${ids[1]}"
+    cmp "$AWS_STUB_DIR/userdata/${ids[0]}" "$AWS_STUB_DIR/userdata/${ids[2]}"
+    [ "$(wc -c <"$(userdata_of web)")" -le 16384 ]
+    gzip -dc "$(userdata_of web)" | grep -q '^install_packages nginx$'
+    local root=$BATS_TEST_TMPDIR/web-root
+    run dry_run_userdata "$(userdata_of web)" "$root"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    local docroot
+    docroot=$(dirname "$(find "$root" -name index.html | head -n 1)")
+    diff -r "$www" "$docroot"
+    grep -q 'add_header X-Backend' "$root/etc/nginx/conf.d/pibl-backend.conf"
+}
+
+@test "web user-data built from the repository's www/ installs the same files" {
+    [ -d "$REPO/www" ] || skip "no www/ in the repository yet"
+    export PIBL_WWW_DIR="$REPO/www"
+    run "$DEPLOY"
+    [ "$status" -eq 0 ]
+    [ "$(wc -c <"$(userdata_of web)")" -le 16384 ]
+    local root=$BATS_TEST_TMPDIR/web-root
+    run dry_run_userdata "$(userdata_of web)" "$root"
+    [ "$status" -eq 0 ]
+    local docroot
+    docroot=$(dirname "$(find "$root" -name index.html -path '*html/index.html' | head -n 1)")
+    diff -r "$REPO/www" "$docroot"
+}
+
+@test "PIBL user-data: builds, writes a pibl.cfg that ./pibl -t accepts, and a valid unit" {
+    run "$DEPLOY" --ttl 45 --port 8080
+    [ "$status" -eq 0 ]
+    local ud root=$BATS_TEST_TMPDIR/pibl-root
+    ud=$(userdata_of pibl)
+    [ "$(wc -c <"$ud")" -le 16384 ]
+    run dry_run_userdata "$ud" "$root"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"pibl: $root/var/lib/pibl/pibl.cfg: OK"* ]]
+    [ -x "$root/opt/pibl/bin/pibl" ]
+    # pibl.cfg: the three private IPs in launch order, the port, relative log and cache.
+    local cfg=$root/var/lib/pibl/pibl.cfg
+    cat "$cfg"
+    for id in $(ids_with_role web); do
+        grep -qx "backend = $(sed -n 's/^private=//p' "$AWS_STUB_DIR/inst/$id"):80" "$cfg"
+    done
+    [ "$(grep -c '^backend = ' "$cfg")" -eq 3 ]
+    grep -qx 'port = 8080' "$cfg"
+    grep -qx 'log_file = pibl.log' "$cfg"
+    grep -qx 'cache_dir = cache' "$cfg"
+    if [ -x "$PIBL" ]; then
+        run "$PIBL" -t "$cfg"
+        echo "$output"
+        [ "$status" -eq 0 ]
+    else
+        echo "# $PIBL not built: pibl -t of the generated config not run" >&3
+    fi
+    # The unit: TTL from the deployment, restart on failure, cwd where cache/ and the log live.
+    local unit=$root/etc/systemd/system/pibl.service
+    grep -qx 'ExecStart=/opt/pibl/bin/pibl pibl.cfg 45' "$unit"
+    grep -qx 'Restart=on-failure' "$unit"
+    grep -qx 'WorkingDirectory=/var/lib/pibl' "$unit"
+    grep -qx 'ExecReload=/bin/kill -HUP $MAINPID' "$unit"
+    grep -q '^LimitNOFILE=' "$unit"
+    run verify_unit "$unit" "$root"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    echo "# $(head -n 1 <<<"$output")" >&3
+}
+
+@test "PIBL user-data from the real source fits in 16 KB, builds and passes pibl -t" {
+    local f
+    for f in pibl.cpp pibl.h Makefile; do
+        [ -f "$REPO/$f" ] || skip "the C++ sources are not in the repository yet"
+    done
+    # A checkout of the real source whose origin is a local bare repository,
+    # so the git path (taken when the source is too big to ship) clones without
+    # any network.
+    local work=$BATS_TEST_TMPDIR/checkout bare=$BATS_TEST_TMPDIR/origin.git
+    mkdir -p "$work"
+    cp "$REPO"/Makefile "$REPO"/*.cpp "$REPO"/*.h "$work"/
+    [ ! -f "$REPO/pibl.cfg" ] || cp "$REPO/pibl.cfg" "$work"/
+    git -C "$work" init -q -b main
+    git -C "$work" -c user.name=t -c user.email=t@t add -A
+    git -C "$work" -c user.name=t -c user.email=t@t commit -q -m source
+    git clone -q --bare "$work" "$bare"
+    git -C "$work" remote add origin "file://$bare"
+    run "$DEPLOY" --source-dir "$work"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    local ud
+    ud=$(userdata_of pibl)
+    echo "# PIBL user-data: $(wc -c <"$ud") bytes gzipped; $(grep -o 'PIBL source: [a-z]*' <<<"$output")" >&3
+    [ "$(wc -c <"$ud")" -le 16384 ]
+    [ "$(wc -c <"$(userdata_of web)")" -le 16384 ]
+    local root=$BATS_TEST_TMPDIR/pibl-root
+    run dry_run_userdata "$ud" "$root"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [ -x "$root/opt/pibl/bin/pibl" ]
+    run "$root/opt/pibl/bin/pibl" -t "$root/var/lib/pibl/pibl.cfg"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [ "$output" = "pibl: $root/var/lib/pibl/pibl.cfg: OK" ]
+}
+
+@test "source too big to ship and no origin to clone: fails before AWS, naming --git-url" {
+    # ~40 KB of incompressible text in a source file.
+    { echo '/*'; head -c 30000 /dev/urandom | base64; echo '*/'; } >"$SRC/big.h"
+    run "$DEPLOY"
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"over EC2's 16384-byte"* ]] && [[ "$output" == *"--git-url"* ]]
+    [ ! -s "$AWS_STUB_DIR/calls" ]
+    # With --git-url the PIBL instance clones instead.
+    run "$DEPLOY" --git-url https://example.invalid/pibl.git --git-ref main
+    [ "$status" -eq 0 ]
+    gzip -dc "$(userdata_of pibl)" | grep -q "^git_url=https://example.invalid/pibl.git$"
+    gzip -dc "$(userdata_of pibl)" | grep -q '^git clone --depth 1 --branch "$git_ref" "$git_url" "$src"$'
+}
+
+@test "a web app too big to ship is cloned from the origin remote, and installs the same files" {
+    # The fixture tree becomes a git checkout whose origin is a local bare repository.
+    local work=$BATS_TEST_TMPDIR/checkout bare=$BATS_TEST_TMPDIR/origin.git
+    mkdir -p "$work"
+    cp -R "$SRC"/. "$work"/
+    cp -R "$WWW" "$work/www"
+    head -c 40000 /dev/urandom >"$work/www/noise.bin"
+    git -C "$work" init -q -b main
+    git -C "$work" -c user.name=t -c user.email=t@t add -A
+    git -C "$work" -c user.name=t -c user.email=t@t commit -q -m site
+    git clone -q --bare "$work" "$bare"
+    git -C "$work" remote add origin "file://$bare"
+    run "$DEPLOY" --source-dir "$work" --www-dir "$work/www"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"web app: git"* ]]
+    [[ "$output" == *"will clone file://$bare (branch or tag main)"* ]]
+    [ "$(wc -c <"$(userdata_of web)")" -le 16384 ]
+    local root=$BATS_TEST_TMPDIR/web-root
+    run dry_run_userdata "$(userdata_of web)" "$root"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    local docroot
+    docroot=$(dirname "$(find "$root" -name index.html | head -n 1)")
+    diff -r "$work/www" "$docroot"
+}
+
+@test "the scripts are shellcheck-clean" {
+    command -v shellcheck >/dev/null || skip "shellcheck not installed"
+    run shellcheck -x "$REPO"/scripts/aws-*.sh "$REPO"/scripts/cluster-rehearsal.sh \
+        "$BATS_TEST_DIRNAME"/aws-stub/aws "$BATS_TEST_DIRNAME"/aws-stub/curl
+    echo "$output"
+    [ "$status" -eq 0 ]
+}
+
+@test "the real AWS CLI against a local EC2 emulator (moto_server on 127.0.0.1), when installed" {
+    command -v moto_server >/dev/null 2>&1 || skip "moto_server not installed: emulator run skipped"
+    command -v python3 >/dev/null 2>&1 || skip "python3 not installed"
+    local real_aws
+    real_aws=$(PATH=${PATH#"$BATS_TEST_DIRNAME/aws-stub:"} command -v aws) || skip "the AWS CLI is not installed"
+    local port
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    setsid moto_server -H 127.0.0.1 -p "$port" >"$BATS_TEST_TMPDIR/moto.log" 2>&1 3>&- &
+    MOTO_PID=$!
+    export AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
+    export PIBL_AWS_CLI=$real_aws AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
+    local _
+    for _ in $(seq 1 40); do
+        "$real_aws" --endpoint-url "$AWS_ENDPOINT_URL" --region us-east-1 sts get-caller-identity >/dev/null 2>&1 && break
+        sleep 0.5
+    done
+    # The curl stub stays on PATH: the emulator's public IPs are never contacted.
+    run "$DEPLOY" --no-wait
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"web: launched"* ]] && [[ "$output" == *"pibl: launched"* ]]
+    run "$DEPLOY" --no-wait
+    [ "$status" -eq 0 ]
+    [[ "$output" != *"web: launched"* ]] && [[ "$output" != *"pibl: launched"* ]]
+    run "$STATUS" --no-probe
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [ "$(grep -c ' running ' <<<"$output")" -eq 4 ]
+    run "$DESTROY"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    run "$STATUS" --no-probe
+    [ "$status" -eq 1 ]
+    [ "$(grep -c ' running ' <<<"$output")" -eq 0 ]
+    [[ "$output" == *"Security groups: (none)"* ]] && [[ "$output" == *"Key pairs: (none)"* ]]
+    [ ! -s "$AWS_STUB_DIR/curl-calls" ]
+}
