@@ -1,0 +1,781 @@
+#!/usr/bin/env bash
+# scripts/bench.sh - PIBL's benchmark (issue 4): PIBL against nginx and
+# HAProxy, on the same three origins, with wrk.
+#
+# What it does: generates small.html (1434 bytes) and big.bin (128 KiB) in a
+# temporary folder, starts three ./pibl-origin replicas serving them (the same
+# origins for every proxy), and for each scenario starts a fresh PIBL, nginx
+# and HAProxy (equivalent configs: round robin over the three origins,
+# keep-alive upstreams, access log to a file, stdout to /dev/null), then runs
+# wrk against them alternating proxies (A B C A B C ...) so machine drift
+# hits all of them alike. Per scenario and proxy it prints requests/s, p50
+# and p99 latency (median over rounds), the proxy's CPU microseconds per
+# request (utime+stime from /proc/PID/stat around each run, all rounds
+# pooled), peak RSS (VmHWM, nginx: master + children) and PIBL's ratios to
+# each reference, then checks the issue's targets.
+#
+# Scenarios: 1.4 KB and 128 KB, each a miss (PIBL TTL 0, no nginx/HAProxy
+# cache) and a cache hit (PIBL TTL 60, nginx proxy_cache, HAProxy's RAM cache;
+# warmed first), at 64 and 1000 connections; 10000 idle keep-alive
+# connections (scripts/idle-conns.c) held while 64 others run the 1.4 KB miss;
+# one 1 GiB response streamed through each proxy with curl (peak RSS).
+#
+# What it refuses: it installs nothing (nginx or HAProxy missing: skipped with
+# a note; wrk missing: exit 2), listens and connects on 127.0.0.1 only, kills
+# only the PIDs it started (and nginx's children, found by parent PID) and
+# writes only to its temporary folder and bench-out/ (raw wrk outputs, the
+# results as TSV and the table).
+# Limits: every wait is bounded; wrk and curl run under `timeout`.
+#
+# Usage: scripts/bench.sh [--quick]
+#   --quick   PIBL only, one 2 s run of the 1.4 KB miss at 16 connections:
+#             proves the script works (make test); exits 0 when wrk completed
+#             requests without errors.
+# Environment: BENCH_SECONDS (10) per wrk run, BENCH_ROUNDS (2) runs per
+# proxy, BENCH_IDLE (10000) idle connections, BENCH_STREAM_BYTES (1 GiB),
+# BENCH_ONLY (regex of scenario names to run), BENCH_PROXIES ("pibl nginx
+# haproxy"), BENCH_OUT (bench-out).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PIBL_BIN=$ROOT/pibl
+ORIGIN_BIN=$ROOT/pibl-origin
+OUT=${BENCH_OUT:-$ROOT/bench-out}
+DUR=${BENCH_SECONDS:-10}
+ROUNDS=${BENCH_ROUNDS:-2}
+IDLE_N=${BENCH_IDLE:-10000}
+STREAM_BYTES=${BENCH_STREAM_BYTES:-1073741824}
+ONLY=${BENCH_ONLY:-}
+WANTED=${BENCH_PROXIES:-pibl nginx haproxy}
+SMALL_BYTES=1434
+BIG_BYTES=131072
+HIT_TTL=60
+WAIT_TRIES=100                  # x 0.1 s for a process to be ready
+QUICK=0
+RUN_START=$(date -u '+%Y-%m-%d %H:%M UTC')
+
+PIDS=()                         # servers we started (killed at exit)
+JOBS=()                         # clients we started (killed first at exit)
+TMP=""
+PROXIES=()                      # proxies that take part: pibl [nginx] [haproxy]
+ORIGIN_PORTS=()
+declare -A PORT=() PID=()       # per proxy, for the current scenario
+
+usage() {
+    sed -n '/^# Usage:/,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+}
+
+die() {
+    echo "bench: $*" >&2
+    exit 2
+}
+
+note() {
+    echo "bench: $*" >&2
+}
+
+# ------------------------------------------------------------ processes
+
+# children_of PID: the PIDs whose parent is PID (read from /proc, by number).
+children_of() {
+    local f line fields
+    for f in /proc/[0-9]*/stat; do
+        read -r line 2>/dev/null < "$f" || continue
+        read -r -a fields <<< "${line##*) }"
+        if [ "${fields[1]}" = "$1" ]; then
+            f=${f#/proc/}
+            echo "${f%/stat}"
+        fi
+    done
+}
+
+# stop_pid PID: TERM, up to 5 s to exit, then KILL; reap it when it is ours.
+stop_pid() {
+    local pid=$1 i
+    if ! kill -TERM "$pid" 2>/dev/null; then
+        wait "$pid" 2>/dev/null || true
+        return 0
+    fi
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# stop_proxy NAME: stop the proxy of this scenario (nginx: its children too).
+stop_proxy() {
+    local pid=${PID[$1]:-} kids=() k
+    [ -n "$pid" ] || return 0
+    if [ "$1" = nginx ]; then
+        mapfile -t kids < <(children_of "$pid")
+    fi
+    stop_pid "$pid"
+    for k in "${kids[@]}"; do
+        kill -KILL "$k" 2>/dev/null || true
+    done
+    untrack "$pid"
+    PID[$1]=""
+}
+
+untrack() {
+    local kept=() p
+    for p in "${PIDS[@]}"; do
+        [ "$p" = "$1" ] || kept+=("$p")
+    done
+    PIDS=("${kept[@]}")
+}
+
+# wait_job PID: wait for a background job we started, tracked meanwhile so
+# that a signal (which interrupts `wait`, not a foreground child) stops it.
+wait_job() {
+    JOBS+=("$1")
+    wait "$1" || true
+    untrack_job "$1"
+}
+
+untrack_job() {
+    local kept=() p
+    for p in "${JOBS[@]}"; do
+        [ "$p" = "$1" ] || kept+=("$p")
+    done
+    JOBS=("${kept[@]}")
+}
+
+cleanup() {
+    local p
+    trap - EXIT INT TERM
+    # Clients first, so that no proxy waits for their exchanges to finish.
+    for p in "${JOBS[@]}"; do
+        kill -TERM "$p" 2>/dev/null || true
+    done
+    for p in "${JOBS[@]}"; do
+        stop_pid "$p"
+    done
+    for p in "${PROXIES[@]}"; do
+        stop_proxy "$p"
+    done
+    for p in "${PIDS[@]}"; do
+        stop_pid "$p"
+    done
+    if [ -n "$TMP" ]; then
+        rm -rf "$TMP"
+    fi
+}
+
+# free_port: a TCP port nobody listens on at 127.0.0.1 (the kernel picks it
+# through python3 when present, else random ports are probed).
+free_port() {
+    local p i
+    if command -v python3 > /dev/null; then
+        python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+        return
+    fi
+    for ((i = 0; i < 50; i++)); do
+        p=$((20000 + RANDOM % 30000))
+        if ! (exec 3<> "/dev/tcp/127.0.0.1/$p") 2> /dev/null; then
+            echo "$p"
+            return
+        fi
+    done
+    die "no free port found"
+}
+
+# wait_http PORT PID: until http://127.0.0.1:PORT/small.html answers 200
+# (bounded), failing early when PID died.
+wait_http() {
+    local i code
+    for ((i = 0; i < WAIT_TRIES; i++)); do
+        kill -0 "$2" 2>/dev/null || return 1
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$1/small.html" || true)
+        [ "$code" = 200 ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# ------------------------------------------------------------ /proc probes
+
+# cpu_ticks PID...: utime + stime of these processes (all their threads).
+cpu_ticks() {
+    local total=0 pid line fields
+    for pid in "$@"; do
+        read -r line 2>/dev/null < "/proc/$pid/stat" || continue
+        read -r -a fields <<< "${line##*) }"
+        total=$((total + fields[11] + fields[12]))
+    done
+    echo "$total"
+}
+
+# status_kb FIELD PID...: sum of a /proc/PID/status field (VmHWM, VmRSS), kB.
+status_kb() {
+    local field=$1 total=0 pid v
+    shift
+    for pid in "$@"; do
+        v=$(awk -v f="$field:" '$1 == f { print $2 }' "/proc/$pid/status" 2>/dev/null || true)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+# proxy_pids NAME: the processes that make up a proxy (nginx: master + children).
+proxy_pids() {
+    local pid=${PID[$1]}
+    echo "$pid"
+    if [ "$1" = nginx ]; then
+        children_of "$pid"
+    fi
+}
+
+proxy_cpu() {
+    local pids
+    mapfile -t pids < <(proxy_pids "$1")
+    cpu_ticks "${pids[@]}"
+}
+
+proxy_kb() {
+    local pids
+    mapfile -t pids < <(proxy_pids "$2")
+    status_kb "$1" "${pids[@]}"
+}
+
+# ------------------------------------------------------------ set-up
+
+make_files() {
+    local www=$TMP/www head='<!doctype html><html><head><title>PIBL bench</title></head><body><p>'
+    local tail='</p></body></html>' filler
+    mkdir -p "$www"
+    filler=$(printf 'PIBL benchmark page, 1434 bytes of HTML. %.0s' {1..40})
+    printf '%s%s%s\n' "$head" "${filler:0:$((SMALL_BYTES - ${#head} - ${#tail} - 1))}" "$tail" > "$www/small.html"
+    head -c "$BIG_BYTES" /dev/urandom > "$www/big.bin"
+    [ "$(wc -c < "$www/small.html")" -eq "$SMALL_BYTES" ] || die "small.html has the wrong size"
+}
+
+start_origins() {
+    local i j port line
+    for i in 1 2 3; do
+        "$ORIGIN_BIN" -p 0 -r "$TMP/www" -n "o$i" > "$TMP/o$i.out" 2> "$TMP/o$i.err" &
+        PIDS+=($!)
+        port=""
+        for ((j = 0; j < WAIT_TRIES; j++)); do
+            line=$(head -n 1 "$TMP/o$i.out" 2>/dev/null || true)
+            if [[ $line =~ listening\ on\ 127\.0\.0\.1:([0-9]+) ]]; then
+                port=${BASH_REMATCH[1]}
+                break
+            fi
+            sleep 0.1
+        done
+        [ -n "$port" ] || die "origin o$i did not start: $(cat "$TMP/o$i.err")"
+        ORIGIN_PORTS+=("$port")
+    done
+}
+
+# start_pibl TTL: a fresh PIBL (working folder $TMP/pibl, cache under it).
+start_pibl() {
+    local dir=$TMP/pibl p
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    PORT[pibl]=$(free_port)
+    {
+        echo "# written by scripts/bench.sh"
+        echo "listen = 127.0.0.1"
+        echo "port = ${PORT[pibl]}"
+        for p in "${ORIGIN_PORTS[@]}"; do
+            echo "backend = 127.0.0.1:$p"
+        done
+        echo "log_file = $dir/pibl.log"
+        echo "cache_dir = cache"
+        echo "keepalive_timeout = 300"
+        echo "max_connections = 12000"
+    } > "$dir/pibl.cfg"
+    (cd "$dir" && exec "$PIBL_BIN" pibl.cfg "$1") > /dev/null 2> "$dir/stderr" &
+    PID[pibl]=$!
+    PIDS+=("${PID[pibl]}")
+}
+
+# start_nginx CACHE(0|1): a fresh nginx in the foreground, 2 workers.
+start_nginx() {
+    local dir=$TMP/nginx p user="" cache=""
+    rm -rf "$dir"
+    mkdir -p "$dir/tmp"
+    PORT[nginx]=$(free_port)
+    # As root the workers would run as nobody and could not enter $TMP.
+    if [ "$(id -u)" -eq 0 ]; then
+        user="user root;"
+    fi
+    if [ "$1" -eq 1 ]; then
+        cache="proxy_cache bench; proxy_cache_valid 200 ${HIT_TTL}s; proxy_cache_lock on;
+            add_header X-Cache \$upstream_cache_status;"
+    fi
+    cat > "$dir/nginx.conf" <<EOF
+# written by scripts/bench.sh
+$user
+worker_processes 2;
+worker_rlimit_nofile 20000;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 16000; }
+http {
+    access_log $dir/access.log;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    keepalive_timeout 300s;
+    keepalive_requests 1000000;
+    proxy_cache_path $dir/cache levels=1:2 keys_zone=bench:16m max_size=1g inactive=10m use_temp_path=off;
+    upstream origins {
+$(for p in "${ORIGIN_PORTS[@]}"; do echo "        server 127.0.0.1:$p;"; done)
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:${PORT[nginx]} backlog=4096;
+        location / {
+            proxy_pass http://origins;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto http;
+            proxy_set_header Via "1.1 nginx";
+            $cache
+        }
+    }
+}
+EOF
+    nginx -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf" -g 'daemon off;' > /dev/null 2> "$dir/stderr" &
+    PID[nginx]=$!
+    PIDS+=("${PID[nginx]}")
+}
+
+# start_haproxy CACHE(0|1): a fresh HAProxy in the foreground, 2 threads, its
+# log on stdout (a file), its RAM cache for the hit rows.
+start_haproxy() {
+    local dir=$TMP/haproxy p i=0 cache_use="" cache_section=""
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    PORT[haproxy]=$(free_port)
+    if [ "$1" -eq 1 ]; then
+        cache_section="cache bench
+    total-max-size 16
+    max-object-size 1048576
+    max-age $HIT_TTL"
+        cache_use="    http-request cache-use bench
+    http-response cache-store bench"
+    fi
+    {
+        cat <<EOF
+# written by scripts/bench.sh
+global
+    nbthread 2
+    # maxconn 12000 would want 24000 descriptors (client + server side each);
+    # idle clients need only one, so a lower descriptor limit is a warning.
+    maxconn 12000
+    no strict-limits
+    log stdout format raw local0
+defaults
+    mode http
+    log global
+    option httplog
+    option forwardfor
+    http-reuse always
+    timeout connect 3s
+    timeout client 300s
+    timeout server 30s
+    timeout http-keep-alive 300s
+    timeout http-request 10s
+$cache_section
+frontend fe
+    bind 127.0.0.1:${PORT[haproxy]}
+    default_backend origins
+backend origins
+    balance roundrobin
+    http-request set-header X-Forwarded-Proto http
+    http-request add-header Via "1.1 haproxy"
+$cache_use
+EOF
+        for p in "${ORIGIN_PORTS[@]}"; do
+            i=$((i + 1))
+            echo "    server o$i 127.0.0.1:$p"
+        done
+    } > "$dir/haproxy.cfg"
+    haproxy -db -f "$dir/haproxy.cfg" > "$dir/access.log" 2> "$dir/stderr" &
+    PID[haproxy]=$!
+    PIDS+=("${PID[haproxy]}")
+}
+
+# start_proxies CACHE(0|1): fresh instances of every proxy, ready to serve.
+start_proxies() {
+    local p
+    for p in "${PROXIES[@]}"; do
+        case $p in
+            pibl) start_pibl "$([ "$1" -eq 1 ] && echo "$HIT_TTL" || echo 0)" ;;
+            nginx) start_nginx "$1" ;;
+            haproxy) start_haproxy "$1" ;;
+        esac
+        if ! wait_http "${PORT[$p]}" "${PID[$p]}"; then
+            cat "$TMP/$p/stderr" >&2 2>/dev/null || true
+            die "$p did not start"
+        fi
+    done
+}
+
+stop_proxies() {
+    local p
+    for p in "${PROXIES[@]}"; do
+        if [ -s "$TMP/$p/stderr" ]; then
+            cp "$TMP/$p/stderr" "$OUT/$SCEN-$p.stderr"
+        fi
+        stop_proxy "$p"
+    done
+}
+
+# warm PATH: fill every proxy's cache, then check that it answers from it.
+warm() {
+    local p i h
+    for p in "${PROXIES[@]}"; do
+        for ((i = 0; i < 3; i++)); do
+            curl -s -o /dev/null --max-time 5 "http://127.0.0.1:${PORT[$p]}$1" || true
+        done
+        [ "$p" = haproxy ] && continue   # HAProxy's cache adds no header to check
+        h=$(curl -s -o /dev/null -D - --max-time 5 "http://127.0.0.1:${PORT[$p]}$1" | tr -d '\r' |
+            awk 'tolower($1) == "x-cache:" { print $2 }' || true)
+        [ "$h" = HIT ] || note "$SCEN: $p does not answer $1 from its cache (X-Cache: ${h:-none})"
+    done
+}
+
+# ------------------------------------------------------------ measuring
+
+# run_wrk PROXY ROUND CONNS PATH: one wrk run; appends a line to results.tsv:
+# scenario proxy round req/s p50_ms p99_ms requests errors cpu_ticks.
+run_wrk() {
+    local p=$1 round=$2 conns=$3 path=$4 raw before after
+    raw=$OUT/$SCEN-$p-r$round.txt
+    before=$(proxy_cpu "$p")
+    timeout $((DUR + 30)) wrk -t2 -c"$conns" -d"${DUR}s" --timeout 2s --latency \
+        "http://127.0.0.1:${PORT[$p]}$path" > "$raw" 2>&1 &
+    wait_job $!
+    after=$(proxy_cpu "$p")
+    awk -v scen="$SCEN" -v p="$p" -v round="$round" -v ticks=$((after - before)) '
+        function ms(s) {
+            if (s ~ /us$/) return substr(s, 1, length(s) - 2) / 1000
+            if (s ~ /ms$/) return substr(s, 1, length(s) - 2) + 0
+            if (s ~ /m$/) return substr(s, 1, length(s) - 1) * 60000
+            if (s ~ /s$/) return substr(s, 1, length(s) - 1) * 1000
+            return s + 0
+        }
+        $1 == "50%" { p50 = ms($2) }
+        $1 == "99%" { p99 = ms($2) }
+        $2 == "requests" && $3 == "in" { reqs = $1 }
+        $1 == "Socket" && $2 == "errors:" {
+            gsub(",", ""); errs += $4 + $6 + $8 + $10
+        }
+        /^ *Non-2xx or 3xx responses:/ { errs += $NF }
+        $1 == "Requests/sec:" { rps = $2 }
+        END {
+            if (reqs == "") { reqs = 0; errs += 1 }
+            printf "%s\t%s\t%s\t%.0f\t%.3f\t%.3f\t%d\t%d\t%d\n", scen, p, round, rps, p50, p99, reqs, errs, ticks
+        }' "$raw" >> "$OUT/results.tsv"
+}
+
+# record_rss PROXY: the proxy's VmHWM for this scenario (it started fresh).
+record_rss() {
+    printf '%s\t%s\t%s\n' "$SCEN" "$1" "$(proxy_kb VmHWM "$1")" >> "$OUT/rss.tsv"
+}
+
+wanted() {
+    [ -z "$ONLY" ] || [[ $1 =~ $ONLY ]]
+}
+
+# scenario NAME CONNS PATH CACHE(0|1): fresh proxies, warm-up, ROUNDS
+# alternating wrk runs, peak RSS.
+scenario() {
+    local round p
+    SCEN=$1
+    wanted "$SCEN" || return 0
+    note "$SCEN: ${#PROXIES[@]} proxies x $ROUNDS rounds x ${DUR}s"
+    start_proxies "$4"
+    if [ "$4" -eq 1 ]; then
+        warm "$3"
+    fi
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for p in "${PROXIES[@]}"; do
+            run_wrk "$p" "$round" "$2" "$3"
+        done
+    done
+    for p in "${PROXIES[@]}"; do
+        record_rss "$p"
+    done
+    stop_proxies
+}
+
+# idle_scenario: IDLE_N idle keep-alive connections held on every proxy
+# while 64 others run the 1.4 KB miss; VmRSS sampled around every run.
+idle_scenario() {
+    local p round line rss hold_secs i helper=$TMP/idle-conns
+    declare -A hpid=() max_rss=()
+    SCEN=idle-small-miss-c64
+    wanted "$SCEN" || return 0
+    if [ "$(ulimit -n)" -lt $((IDLE_N + 2000)) ]; then
+        note "$SCEN skipped: ulimit -n is $(ulimit -n), $((IDLE_N + 2000)) needed"
+        return 0
+    fi
+    cc -O2 -o "$helper" "$ROOT/scripts/idle-conns.c" || die "cannot compile scripts/idle-conns.c"
+    note "$SCEN: $IDLE_N idle connections per proxy, ${#PROXIES[@]} proxies x $ROUNDS rounds x ${DUR}s"
+    start_proxies 0
+    hold_secs=$((60 + ROUNDS * ${#PROXIES[@]} * (DUR + 10)))
+    for p in "${PROXIES[@]}"; do
+        "$helper" 127.0.0.1 "${PORT[$p]}" "$IDLE_N" "$hold_secs" > "$TMP/idle-$p.out" 2>&1 &
+        hpid[$p]=$!
+        JOBS+=("${hpid[$p]}")
+        line=""
+        for ((i = 0; i < 1200; i++)); do
+            line=$(grep -m1 'ready' "$TMP/idle-$p.out" || true)
+            [ -n "$line" ] && break
+            kill -0 "${hpid[$p]}" 2>/dev/null || break
+            sleep 0.1
+        done
+        [ -n "$line" ] || note "$SCEN: idle connections to $p not ready: $(cat "$TMP/idle-$p.out")"
+        max_rss[$p]=$(proxy_kb VmRSS "$p")
+    done
+    sleep 1
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for p in "${PROXIES[@]}"; do
+            rss=$(proxy_kb VmRSS "$p")
+            max_rss[$p]=$((rss > max_rss[$p] ? rss : max_rss[$p]))
+            run_wrk "$p" "$round" 64 /small.html
+            rss=$(proxy_kb VmRSS "$p")
+            max_rss[$p]=$((rss > max_rss[$p] ? rss : max_rss[$p]))
+        done
+    done
+    for p in "${PROXIES[@]}"; do
+        stop_pid "${hpid[$p]}"
+        untrack_job "${hpid[$p]}"
+        line=$(grep -m1 'done' "$TMP/idle-$p.out" || true)
+        # idle.tsv: proxy held_at_end opened max_VmRSS_kB
+        printf '%s\t%s\t%s\t%s\n' "$p" \
+            "$(sed -n 's/.* held=\([0-9]*\).*/\1/p' <<< "$line")" \
+            "$(sed -n 's/.* opened=\([0-9]*\).*/\1/p' <<< "$line")" "${max_rss[$p]}" >> "$OUT/idle.tsv"
+        cp "$TMP/idle-$p.out" "$OUT/$SCEN-$p-helper.txt"
+    done
+    for p in "${PROXIES[@]}"; do
+        record_rss "$p"
+    done
+    stop_proxies
+}
+
+# stream_scenario: one STREAM_BYTES response through each fresh proxy.
+stream_scenario() {
+    local p res
+    SCEN=stream-1g
+    wanted "$SCEN" || return 0
+    note "$SCEN: $STREAM_BYTES bytes through each proxy"
+    start_proxies 0
+    for p in "${PROXIES[@]}"; do
+        timeout 600 curl -s -o /dev/null --max-time 590 -w '%{http_code} %{size_download} %{time_total}' \
+            "http://127.0.0.1:${PORT[$p]}/_bytes?size=$STREAM_BYTES" > "$TMP/stream.out" 2>&1 &
+        wait_job $!
+        res=$(cat "$TMP/stream.out")
+        # stream.tsv: proxy status bytes seconds VmHWM_kB
+        printf '%s\t%s\t%s\n' "$p" "$(tr ' ' '\t' <<< "${res:-000 0 0}")" "$(proxy_kb VmHWM "$p")" \
+            >> "$OUT/stream.tsv"
+    done
+    stop_proxies
+}
+
+# ------------------------------------------------------------ report
+
+# report: the Markdown tables and the target checks, from the TSV files.
+report() {
+    local hz
+    hz=$(getconf CLK_TCK)
+    echo
+    echo "### PIBL benchmark, $RUN_START"
+    echo
+    echo "Machine: $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -sr)," \
+        "$(awk '/^MemTotal/ { printf "%.0f GB RAM", $2 / 1048576 }' /proc/meminfo)." \
+        "PIBL $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?');" \
+        "$(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')$(command -v nginx > /dev/null && nginx -v 2>&1 |
+            sed 's/.*\//; nginx /')$(command -v haproxy > /dev/null && haproxy -v | awk 'NR == 1 { print "; haproxy", $3 }')."
+    echo "Each row: median of $ROUNDS runs of ${DUR} s (wrk -t2), proxies alternated; CPU = proxy utime+stime per request."
+    echo
+    awk -F'\t' -v hz="$hz" -v rss_file="$OUT/rss.tsv" '
+        function median(list,    a, n, i, j, t) {
+            n = split(list, a, " ")
+            for (i = 2; i <= n; i++)
+                for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        }
+        function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "-" }
+        BEGIN {
+            while ((getline line < rss_file) > 0) { split(line, f, "\t"); rss[f[1] SUBSEP f[2]] = f[3] }
+        }
+        {
+            k = $1 SUBSEP $2
+            if (!(k in rps)) { order[++n] = k; if (!($1 in seen)) { seen[$1] = 1; scen[++ns] = $1 } }
+            rps[k] = rps[k] " " $4; p50[k] = p50[k] " " $5; p99[k] = p99[k] " " $6
+            reqs[k] += $7; errs[k] += $8; ticks[k] += $9
+        }
+        END {
+            print "| scenario | proxy | req/s | p50 ms | p99 ms | CPU us/req | peak RSS MB | errors | PIBL / this: req/s, CPU, p99 |"
+            print "|---|---|---:|---:|---:|---:|---:|---:|---|"
+            for (i = 1; i <= n; i++) {
+                k = order[i]; split(k, kp, SUBSEP)
+                R[k] = median(rps[k]); P50[k] = median(p50[k]); P99[k] = median(p99[k])
+                C[k] = reqs[k] > 0 ? ticks[k] * 1e6 / hz / reqs[k] : 0
+            }
+            for (i = 1; i <= n; i++) {
+                k = order[i]; split(k, kp, SUBSEP); pk = kp[1] SUBSEP "pibl"
+                cmp = "-"
+                if (kp[2] != "pibl" && (pk in R))
+                    cmp = ratio(R[pk], R[k]) " x, " ratio(C[pk], C[k]) " x, " ratio(P99[pk], P99[k]) " x"
+                printf "| %s | %s | %.0f | %.2f | %.2f | %.1f | %s | %d | %s |\n", kp[1], kp[2], R[k], P50[k], P99[k],
+                    C[k], (k in rss) ? sprintf("%.1f", rss[k] / 1024) : "-", errs[k], cmp
+                # summary.tsv: scenario proxy rps p50 p99 cpu_us errors hwm_kB
+                printf "%s\t%s\t%.0f\t%.3f\t%.3f\t%.2f\t%d\t%s\n", kp[1], kp[2], R[k], P50[k], P99[k], C[k], errs[k],
+                    ((k in rss) ? rss[k] : 0) > summary
+            }
+        }' summary="$OUT/summary.tsv" "$OUT/results.tsv"
+    if [ -s "$OUT/idle.tsv" ]; then
+        echo
+        echo "$IDLE_N idle keep-alive connections held while 64 others run the 1.4 KB miss:"
+        echo
+        echo "| proxy | idle conns opened / still open | RSS while held MB | active req/s | vs. 1.4 KB miss c64 without them |"
+        echo "|---|---:|---:|---:|---:|"
+        awk -F'\t' -v sum="$OUT/summary.tsv" '
+            BEGIN { while ((getline l < sum) > 0) { split(l, f, "\t"); r[f[1] SUBSEP f[2]] = f[3] } }
+            {
+                a = r["idle-small-miss-c64" SUBSEP $1]; b = r["small-miss-c64" SUBSEP $1]
+                printf "| %s | %s / %s | %.1f | %.0f | %s |\n", $1, $3, $2, $4 / 1024, a,
+                    (b > 0 ? sprintf("%.2f x", a / b) : "-")
+            }' "$OUT/idle.tsv"
+    fi
+    if [ -s "$OUT/stream.tsv" ]; then
+        echo
+        echo "One $STREAM_BYTES-byte response streamed through (curl, fresh proxy):"
+        echo
+        echo "| proxy | status | bytes | seconds | MB/s | peak RSS MB |"
+        echo "|---|---:|---:|---:|---:|---:|"
+        awk -F'\t' '{ printf "| %s | %s | %s | %.2f | %.0f | %.1f |\n", $1, $2, $3, $4,
+                      ($4 > 0 ? $3 / $4 / 1048576 : 0), $5 / 1024 }' "$OUT/stream.tsv"
+    fi
+}
+
+# targets: the issue's targets, checked against this run (full mode only).
+targets() {
+    echo
+    echo "Targets (issue 4), this run:"
+    echo
+    awk -F'\t' -v idle="$OUT/idle.tsv" -v stream="$OUT/stream.tsv" -v idle_n="$IDLE_N" -v want="$STREAM_BYTES" '
+        function mark(ok) { return ok ? "- [x] " : "- [ ] " }
+        function div(a, b) { return b > 0 ? a / b : 0 }
+        {
+            R[$1 SUBSEP $2] = $3; P99[$1 SUBSEP $2] = $5; C[$1 SUBSEP $2] = $6; E[$1 SUBSEP $2] = $7
+            if ($2 == "pibl" && $1 ~ /-(miss|hit)-c/ && $1 !~ /^idle/) rows[++n] = $1
+        }
+        END {
+            for (i = 1; i <= n; i++) {
+                s = rows[i]; p = s SUBSEP "pibl"; ng = s SUBSEP "nginx"; ha = s SUBSEP "haproxy"
+                if (ng in R) {
+                    printf "%sCPU/req <= 0.8 x nginx, %s: %.2f x\n", mark(C[p] <= 0.8 * C[ng]), s, div(C[p], C[ng])
+                    printf "%sreq/s >= 1.0 x nginx, %s: %.2f x\n", mark(R[p] >= R[ng]), s, div(R[p], R[ng])
+                    printf "%sp99 <= nginx, %s: %.2f vs %.2f ms\n", mark(P99[p] <= P99[ng]), s, P99[p], P99[ng]
+                }
+                if (ha in R) {
+                    printf "%sreq/s >= 1.0 x HAProxy, %s: %.2f x\n", mark(R[p] >= R[ha]), s, div(R[p], R[ha])
+                    printf "%sp99 <= HAProxy, %s: %.2f vs %.2f ms\n", mark(P99[p] <= P99[ha]), s, P99[p], P99[ha]
+                }
+                if (s ~ /-c1000$/)
+                    printf "%s1000 connections without errors, %s: %d errors\n", mark(E[p] == 0), s, E[p]
+            }
+            while ((getline l < idle) > 0) {
+                split(l, f, "\t")
+                if (f[1] != "pibl") continue
+                a = R["idle-small-miss-c64" SUBSEP "pibl"]; b = R["small-miss-c64" SUBSEP "pibl"]
+                printf "%s%d idle connections held: %d still open at the end\n", mark(f[2] >= idle_n), idle_n, f[2]
+                printf "%sRSS with them < 128 MB: %.1f MB\n", mark(f[4] < 131072), f[4] / 1024
+                if (b > 0)
+                    printf "%sactive req/s within 10%% of the run without them: %.2f x\n", mark(a >= 0.9 * b), div(a, b)
+            }
+            while ((getline l < stream) > 0) {
+                split(l, f, "\t")
+                if (f[1] == "pibl")
+                    printf "%s%s bytes streamed (status %s) with peak RSS < 32 MB: %.1f MB\n",
+                        mark(f[2] == 200 && f[3] == want && f[5] < 32768), f[3], f[2], f[5] / 1024
+            }
+        }' "$OUT/summary.tsv"
+}
+
+# ------------------------------------------------------------ main
+
+# check_range NAME VALUE MIN MAX: VALUE must be a decimal integer in range.
+check_range() {
+    if ! [[ $2 =~ ^[0-9]{1,12}$ ]] || [ "$2" -lt "$3" ] || [ "$2" -gt "$4" ]; then
+        die "$1 must be a number in $3..$4"
+    fi
+}
+
+main() {
+    case ${1:-} in
+        "") ;;
+        --quick) QUICK=1 ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; exit 2 ;;
+    esac
+    check_range BENCH_SECONDS "$DUR" 1 600
+    check_range BENCH_ROUNDS "$ROUNDS" 1 20
+    check_range BENCH_IDLE "$IDLE_N" 1 100000
+    check_range BENCH_STREAM_BYTES "$STREAM_BYTES" 1 68719476736
+    command -v wrk > /dev/null || die "wrk not found (Debian: apt-get install wrk)"
+    command -v curl > /dev/null || die "curl not found"
+    [ -x "$PIBL_BIN" ] || die "run make first ($PIBL_BIN missing)"
+    [ -x "$ORIGIN_BIN" ] || die "run make first ($ORIGIN_BIN missing)"
+
+    PROXIES=(pibl)
+    if [ "$QUICK" -eq 0 ]; then
+        for p in nginx haproxy; do
+            [[ " $WANTED " == *" $p "* ]] || continue
+            if command -v "$p" > /dev/null; then
+                PROXIES+=("$p")
+            else
+                note "$p not installed: its rows are skipped (Debian: apt-get install $p)"
+            fi
+        done
+    fi
+    ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+    TMP=$(mktemp -d "${TMPDIR:-/tmp}/pibl-bench.XXXXXX")
+    mkdir -p "$OUT"
+    rm -f "$OUT"/*.txt "$OUT"/*.tsv "$OUT"/*.stderr "$OUT"/table.md
+    : > "$OUT/results.tsv"
+    : > "$OUT/rss.tsv"
+    make_files
+    start_origins
+
+    if [ "$QUICK" -eq 1 ]; then
+        DUR=2
+        ROUNDS=1
+        scenario quick-small-miss-c16 16 /small.html 0
+        report | tee "$OUT/table.md"
+        awk -F'\t' '$2 == "pibl" && $7 > 0 && $8 == 0 { ok = 1 } END { exit !ok }' "$OUT/results.tsv"
+        return
+    fi
+    scenario small-miss-c64 64 /small.html 0
+    scenario small-hit-c64 64 /small.html 1
+    scenario big-miss-c64 64 /big.bin 0
+    scenario big-hit-c64 64 /big.bin 1
+    scenario small-miss-c1000 1000 /small.html 0
+    scenario small-hit-c1000 1000 /small.html 1
+    scenario big-miss-c1000 1000 /big.bin 0
+    scenario big-hit-c1000 1000 /big.bin 1
+    idle_scenario
+    stream_scenario
+    { report; targets; } | tee "$OUT/table.md"
+}
+
+main "$@"

@@ -1,0 +1,44 @@
+#!/usr/bin/env bats
+# bench.bats - the benchmark script (scripts/bench.sh) still works.
+#
+# Speed is never asserted here: the benchmark measures it (README, Rendimiento).
+# These tests only prove that the script runs its smallest scenario (--quick:
+# PIBL alone, 2 s of wrk on the 1.4 KB miss) and prints a table row, that it
+# refuses bad settings, and that its idle-connection helper compiles cleanly.
+# wrk missing: the run test is skipped (the script installs nothing).
+
+BENCH="$BATS_TEST_DIRNAME/../scripts/bench.sh"
+
+@test "bench.sh --quick runs the smallest scenario and prints its table row" {
+    command -v wrk > /dev/null || skip "wrk not installed"
+    mkdir "$BATS_TEST_TMPDIR/tmp"
+    run env BENCH_OUT="$BATS_TEST_TMPDIR/bench-out" TMPDIR="$BATS_TEST_TMPDIR/tmp" timeout 60 "$BENCH" --quick
+    [ "$status" -eq 0 ]
+    [[ $output == *"| scenario | proxy | req/s |"* ]]
+    [[ $output =~ \|\ quick-small-miss-c16\ \|\ pibl\ \|\ [1-9][0-9]*\ \| ]]
+    [ -s "$BATS_TEST_TMPDIR/bench-out/quick-small-miss-c16-pibl-r1.txt" ]
+    # Its temporary folder is removed at exit.
+    [ -z "$(ls -A "$BATS_TEST_TMPDIR/tmp")" ]
+}
+
+@test "bench.sh refuses a bad setting and an unknown option with status 2" {
+    run env BENCH_SECONDS=abc "$BENCH" --quick
+    [ "$status" -eq 2 ]
+    [[ $output == *"BENCH_SECONDS must be a number"* ]]
+    run "$BENCH" --fast
+    [ "$status" -eq 2 ]
+}
+
+@test "bench.sh -h prints its usage" {
+    run "$BENCH" -h
+    [ "$status" -eq 0 ]
+    [[ $output == *"--quick"* ]]
+}
+
+@test "scripts/idle-conns.c compiles without warnings" {
+    command -v cc > /dev/null || skip "no C compiler"
+    run cc -O2 -Wall -Wextra -Werror -o "$BATS_TEST_TMPDIR/idle-conns" "$BATS_TEST_DIRNAME/../scripts/idle-conns.c"
+    [ "$status" -eq 0 ]
+    run "$BATS_TEST_TMPDIR/idle-conns"
+    [ "$status" -eq 2 ]
+}
