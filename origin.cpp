@@ -74,6 +74,7 @@
 #define MAX_SLOW_MS         600000ULL            /* /_slow ms */
 #define MAX_AGE_LIMIT       1000000000ULL        /* /_cache max_age */
 #define NO_MAX_AGE          (~0ULL)              /* /_cache without max_age */
+#define LAST_MODIFIED_AGO   86400                /* /_cache lm=1: Last-Modified this long before start */
 #define MAX_UPLOAD_TRIES    10000                /* upload-<n> names tried */
 #define DEFAULT_GEN_BYTES   100                  /* size when a route gets none */
 #define DEFAULT_CHUNKS      3                    /* /_chunked n default */
@@ -140,6 +141,7 @@ static int g_reqlog_fd = -1;                         /* -l file */
 static int g_heads_fd = -1;                          /* -l file ".heads" */
 static pthread_mutex_t g_log_lock = PTHREAD_MUTEX_INITIALIZER; /* both log fds */
 static std::atomic<unsigned long> g_cache_count(0);  /* /_cache requests */
+static time_t g_last_modified;                       /* /_cache lm=1: a day before start-up */
 static std::atomic<unsigned long> g_upload_count(0); /* upload-<n> names */
 static std::atomic<int> g_n_conns(0);                /* live connections */
 static volatile sig_atomic_t g_stop;                 /* SIGINT/SIGTERM seen */
@@ -1550,13 +1552,70 @@ static int serve_bytes(conn *c)
     return out_flush(c);
 }
 
+/* What one /_cache answer promised, for its 304 check and its body. */
+struct cache_reply {
+    char etag[MAX_PARAM_BYTES + 8];  /* ETag value sent (quoted), "" when none */
+    char vary[MAX_PARAM_BYTES];      /* Vary field value sent ("*" or a name), "" when none */
+    int last_modified;               /* lm=1: Last-Modified (g_last_modified) sent */
+};
+
 /*
- * Build the /_cache response headers into extra: Cache-Control (cc wins
- * over max_age), ETag (quoted unless already), Set-Cookie when cookie=1.
+ * Append the /_cache validity fields to extra (used bytes so far in *used):
+ * Vary: NAME for vary=NAME (a field name, or "*"); Expires: now + N as an
+ * IMF-fixdate for expires=N (N >= 1), the invalid literal "Expires: 0"
+ * (RFC 9111 5.3: a time in the past) for expires=0 or any other value;
+ * Last-Modified: g_last_modified for lm=1. Records vary and lm in *cr.
  * Returns 0, or -1 on a bad parameter (answer 400).
  */
-static int cache_headers(const request *rq, unsigned long n, char *extra, size_t cap, char *etag,
-                         size_t etag_cap)
+static int cache_validity_headers(const request *rq, char *extra, size_t cap, size_t *used,
+                                  cache_reply *cr)
+{
+    char expires[32], lm[8], date[64];
+    unsigned long long secs;
+    size_t n = *used;
+
+    long vary_len = query_header_value(rq, "vary", cr->vary, sizeof cr->vary);
+    long expires_len = query_header_value(rq, "expires", expires, sizeof expires);
+    long lm_len = query_get(rq, "lm", lm, sizeof lm);
+    if (vary_len == -2 || expires_len == -2 || lm_len == -2)
+        return -1;
+    str_view vary = { cr->vary, vary_len > 0 ? (size_t)vary_len : 0 };
+    if (vary_len >= 0 && !view_eq(vary, "*") && !is_token(vary))
+        return -1;
+    if (vary_len < 0)
+        cr->vary[0] = '\0';
+    else
+        n += (size_t)snprintf(extra + n, cap - n, "Vary: %s\r\n", cr->vary);
+    if (expires_len >= 0) {
+        str_view v = { expires, (size_t)expires_len };
+        if (parse_u64(v, MAX_AGE_LIMIT, &secs) == 0 && secs > 0) {
+            /* computed before send_head stamps Date, so Expires - Date <= N */
+            if (http_date(time(NULL) + (time_t)secs, date, sizeof date) == -1)
+                return -1;
+            n += (size_t)snprintf(extra + n, cap - n, "Expires: %s\r\n", date);
+        } else {
+            n += (size_t)snprintf(extra + n, cap - n, "Expires: 0\r\n");
+        }
+    }
+    cr->last_modified = lm_len == 1 && lm[0] == '1';
+    if (cr->last_modified) {
+        if (http_date(g_last_modified, date, sizeof date) == -1)
+            return -1;
+        n += (size_t)snprintf(extra + n, cap - n, "Last-Modified: %s\r\n", date);
+    }
+    if (n >= cap)
+        return -1;
+    *used = n;
+    return 0;
+}
+
+/*
+ * Build the /_cache response headers into extra: Cache-Control (cc wins
+ * over max_age), ETag (quoted unless already), Set-Cookie when cookie=1,
+ * then the validity fields of cache_validity_headers. Fills *cr.
+ * Returns 0, or -1 on a bad parameter (answer 400).
+ */
+static int cache_headers(const request *rq, unsigned long n, char *extra, size_t cap, cache_reply *cr)
 {
     char cc[MAX_PARAM_BYTES], tag[MAX_PARAM_BYTES], cookie[8];
     unsigned long long max_age;
@@ -1568,43 +1627,58 @@ static int cache_headers(const request *rq, unsigned long n, char *extra, size_t
     if (cc_len == -2 || tag_len == -2 || cookie_len == -2 ||
         query_u64(rq, "max_age", NO_MAX_AGE, MAX_AGE_LIMIT, &max_age) == -1)
         return -1;
-    /* cap holds every line below: cc and tag are < MAX_PARAM_BYTES each */
+    /* cap holds every line here and in cache_validity_headers: each
+       parameter is < MAX_PARAM_BYTES and the fixed parts are short */
     used = (size_t)snprintf(extra, cap, "Content-Type: text/plain; charset=utf-8\r\n");
     if (cc_len >= 0)
         used += (size_t)snprintf(extra + used, cap - used, "Cache-Control: %s\r\n", cc);
     else if (max_age != NO_MAX_AGE)
         used += (size_t)snprintf(extra + used, cap - used, "Cache-Control: max-age=%llu\r\n", max_age);
-    etag[0] = '\0';
+    cr->etag[0] = '\0';
     if (tag_len > 0) {
         int quoted = tag[0] == '"' || strncmp(tag, "W/", 2) == 0;
-        snprintf(etag, etag_cap, quoted ? "%s" : "\"%s\"", tag);
-        used += (size_t)snprintf(extra + used, cap - used, "ETag: %s\r\n", etag);
+        snprintf(cr->etag, sizeof cr->etag, quoted ? "%s" : "\"%s\"", tag);
+        used += (size_t)snprintf(extra + used, cap - used, "ETag: %s\r\n", cr->etag);
     }
     if (cookie_len == 1 && cookie[0] == '1')
         used += (size_t)snprintf(extra + used, cap - used, "Set-Cookie: pibl_test=%s-%lu; Path=/\r\n",
                                  g_cfg.name, n);
-    return used < cap ? 0 : -1;
+    if (used >= cap)
+        return -1;
+    return cache_validity_headers(rq, extra, cap, &used, cr);
 }
 
 /*
- * /_cache?max_age=N&etag=X&cc=STRING&cookie=1: 200 with optional
- * Cache-Control, ETag, Set-Cookie and the body "cache-body NAME n=<count>\n"
- * (count of /_cache requests this process saw, so refetches differ); 304
- * when If-None-Match matches the etag. Returns 0 or -1.
+ * /_cache?max_age=N&etag=X&cc=STRING&cookie=1&vary=NAME&expires=N&lm=1: 200
+ * with the fields of cache_headers and the body "cache-body NAME n=<count>"
+ * (count of /_cache requests this process saw, so refetches differ) plus
+ * " vary=<the request's NAME value>" (at most MAX_PARAM_BYTES of it; "*"
+ * for vary=*), then "\n". 304 when If-None-Match matches the etag, or,
+ * without If-None-Match, when lm=1 and If-Modified-Since is at or after
+ * the Last-Modified sent (RFC 9110 13.2.2). Returns 0 or -1.
  */
 static int serve_cache(conn *c)
 {
-    char extra[EXTRA_HEAD_BYTES + 2 * MAX_PARAM_BYTES];
-    char etag[MAX_PARAM_BYTES + 8];
-    char body[MAX_NAME_BYTES + 64];
+    char extra[EXTRA_HEAD_BYTES + 3 * MAX_PARAM_BYTES];
+    char body[MAX_NAME_BYTES + 80 + MAX_PARAM_BYTES];
+    cache_reply cr;
     unsigned long n = ++g_cache_count;
     str_view inm = header_get(&c->rq, "if-none-match");
+    int len;
 
-    if (cache_headers(&c->rq, n, extra, sizeof extra, etag, sizeof etag) == -1)
+    if (cache_headers(&c->rq, n, extra, sizeof extra, &cr) == -1)
         return send_error(c, 400);
-    if (etag[0] != '\0' && inm.ptr != NULL && etag_matches(inm, etag))
+    if (inm.ptr != NULL ? cr.etag[0] != '\0' && etag_matches(inm, cr.etag)
+                        : cr.last_modified && not_modified(&c->rq, cr.etag, g_last_modified))
         return send_simple(c, 304, extra, "", 0);
-    int len = snprintf(body, sizeof body, "cache-body %s n=%lu\n", g_cfg.name, n);
+    if (cr.vary[0] == '\0') {
+        len = snprintf(body, sizeof body, "cache-body %s n=%lu\n", g_cfg.name, n);
+    } else {
+        str_view v = strcmp(cr.vary, "*") == 0 ? str_view{ "*", 1 } : header_get(&c->rq, cr.vary);
+        int v_len = v.len > MAX_PARAM_BYTES ? MAX_PARAM_BYTES : (int)v.len;
+        len = snprintf(body, sizeof body, "cache-body %s n=%lu vary=%.*s\n", g_cfg.name, n, v_len,
+                       v.ptr != NULL ? v.ptr : "");
+    }
     if (len < 0 || (size_t)len >= sizeof body)
         return -1;
     return send_simple(c, 200, extra, body, (size_t)len);
@@ -2010,6 +2084,8 @@ int main(int argc, char **argv)
         snprintf(g_cfg.name, sizeof g_cfg.name, "origin-%d", g_cfg.port);
     for (size_t i = 0; i < sizeof g_digits; i++)
         g_digits[i] = (char)('0' + i % 10);
+    /* fixed for the process, so a cache's If-Modified-Since can match it */
+    g_last_modified = time(NULL) - LAST_MODIFIED_AGO;
     if (strchr(g_cfg.addr, ':') != NULL)
         printf("origin %s listening on [%s]:%d\n", g_cfg.name, g_cfg.addr, g_cfg.port);
     else

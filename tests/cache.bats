@@ -1,14 +1,15 @@
 #!/usr/bin/env bats
 # cache.bats - the disk cache (issue 3 of the spec): hits and misses, HEAD, hits with every backend gone and after
 # a restart, expiry by mtime (touch -d, never sleep), revalidation, max-age against the launch TTL, what is not
-# stored, key separation, cache_heuristic, invalidation by unsafe methods, conditional hits, a 100 MB entry, a
-# crash while storing, a corrupted entry, collapsed concurrent misses, PURGE, stale-if-error, cache off and an
+# stored, key separation, cache_heuristic, Vary, Expires, Last-Modified revalidation, invalidation by unsafe
+# methods, conditional hits, a 100 MB entry, a crash while storing, a corrupted entry, a full disk (ENOSPC, on a
+# tmpfs in a private mount namespace), collapsed concurrent misses, PURGE, stale-if-error, cache off and an
 # unusable cache folder.
 # Each test starts its origins and the proxy in $BATS_TEST_TMPDIR (the proxy's working folder, so the cache is
 # ./cache there) on 127.0.0.1, checks headers, bodies, what the origin received and the proxy's log lines, and
 # kills only the PIDs it started (helpers.bash).
-# The origin's /_cache body is "cache-body NAME n=<count of /_cache requests that origin saw>", so a body tells
-# which fetch it came from.
+# The origin's /_cache body is "cache-body NAME n=<count of /_cache requests that origin saw>" (plus
+# " vary=<the request's value>" with vary=NAME), so a body tells which fetch it came from.
 
 bats_require_minimum_version 1.5.0
 load helpers
@@ -207,7 +208,7 @@ teardown() { helpers_teardown; }
     [ "$(fbody b)" = "cache-body o1 n=2" ]
     [ "$(origin_count o1 '^o1 GET /_cache')" -eq 2 ]
     # no validator: the origin was asked without If-None-Match
-    ! grep -qi '^If-None-Match:' "$(origin_heads o1)"
+    run ! grep -qi '^If-None-Match:' "$(origin_heads o1)"
 
     wait_logged GET "$t" 2
     [ "$(cache_seq GET "$t")" = "MISS EXPIRED" ]
@@ -506,6 +507,172 @@ teardown() { helpers_teardown; }
     [ "$(grep -Eic '^If-None-Match: *"v2"' "$(origin_heads o1)")" -eq 2 ]
 }
 
+# ---------------------------------------------------------------- Vary, Expires, Last-Modified
+
+@test "cache: Vary: Accept-Language: same value HIT, another value (or none) is a MISS that replaces the entry; Vary: * is never stored" {
+    start_origin o1
+    start_pibl
+    local t='/_cache?max_age=600&vary=Accept-Language' key
+    key=$(key_of "$t")
+    fetch a "$t" -H 'Accept-Language: es'
+    [ "$(fstatus a)" = 200 ]
+    [ "$(fheader a X-Cache)" = MISS ]
+    [ "$(fheader a Vary)" = Accept-Language ]
+    [ "$(fbody a)" = "cache-body o1 n=1 vary=es" ]
+    wait_entry_line "$key" 'vary: accept-language=es'
+    fetch b "$t" -H 'Accept-Language: es'
+    [ "$(fstatus b)" = 200 ]
+    [ "$(fheader b X-Cache)" = HIT ]
+    [ "$(fbody b)" = "cache-body o1 n=1 vary=es" ]
+    [ "$(origin_count o1 '^o1 GET /_cache')" -eq 1 ]
+
+    # another value: asked again, and the answer for en takes the key's only entry
+    fetch c "$t" -H 'Accept-Language: en'
+    [ "$(fstatus c)" = 200 ]
+    [ "$(fheader c X-Cache)" = MISS ]
+    [ "$(fbody c)" = "cache-body o1 n=2 vary=en" ]
+    [ "$(origin_count o1 '^o1 GET /_cache')" -eq 2 ]
+    wait_entry_line "$key" 'vary: accept-language=en'
+    [ "$(entry_meta "$(entry_file "$key")" | grep -c 'accept-language=es')" -eq 0 ]
+    [ "$(n_entries)" -eq 1 ]
+    fetch d "$t" -H 'Accept-Language: en'
+    [ "$(fheader d X-Cache)" = HIT ]
+    [ "$(fbody d)" = "cache-body o1 n=2 vary=en" ]
+    [ "$(origin_count o1 '^o1 GET /_cache')" -eq 2 ]
+    # es was replaced: a MISS again; a request without the field only matches an entry stored without it
+    # (RFC 9111 4.1)
+    fetch e "$t" -H 'Accept-Language: es'
+    [ "$(fheader e X-Cache)" = MISS ]
+    [ "$(fbody e)" = "cache-body o1 n=3 vary=es" ]
+    wait_entry_line "$key" 'vary: accept-language=es'
+    fetch f "$t"
+    [ "$(fheader f X-Cache)" = MISS ]
+    [ "$(fbody f)" = "cache-body o1 n=4 vary=" ]
+    [ "$(origin_count o1 '^o1 GET /_cache')" -eq 4 ]
+    wait_logged GET "$t" 6
+    [ "$(cache_seq GET "$t")" = "MISS HIT MISS HIT MISS MISS" ]
+
+    # Vary: * can never be matched by a later request (RFC 9111 4.1): not stored
+    local star='/_cache?max_age=600&vary=*'
+    fetch g "$star"
+    [ "$(fstatus g)" = 200 ]
+    [ "$(fheader g Vary)" = '*' ]
+    [ "$(fbody g)" = "cache-body o1 n=5 vary=*" ]
+    fetch h "$star"
+    [ "$(fstatus h)" = 200 ]
+    [ "$(fheader h X-Cache)" = MISS ]
+    [ "$(fbody h)" = "cache-body o1 n=6 vary=*" ]
+    wait_logged GET "$star" 2
+    [ "$(cache_seq GET "$star")" = "MISS MISS" ]
+    [ -z "$(entry_file "$(key_of "$star")")" ]
+    [ "$(origin_count o1 '^o1 GET /_cache\?max_age=600&vary=\*$')" -eq 2 ]
+}
+
+@test "cache: Expires sets the lifetime (capped by the launch TTL, max-age wins); an invalid Expires (0) is stored only with a validator and revalidated each time" {
+    start_origin o1
+    PIBL_TTL=60
+    start_pibl
+    local long='/_cache?expires=100' short='/_cache?expires=5' t lt
+    fetch a "$long"
+    [ -n "$(fheader a Expires)" ]
+    [ -n "$(fheader a Date)" ]
+    run ! fhas a Cache-Control
+    wait_entry "$(key_of "$long")"
+    echo "lifetime of $long: $(entry_lifetime "$(key_of "$long")")"
+    [ "$(entry_lifetime "$(key_of "$long")")" -eq 60 ]
+    fetch b "$long"
+    [ "$(fheader b X-Cache)" = HIT ]
+    [ "$(fbody b)" = "cache-body o1 n=1" ]
+
+    # Expires - Date = 5 (4 when the origin's clock ticked between the two fields)
+    fetch c "$short"
+    wait_entry "$(key_of "$short")"
+    lt=$(entry_lifetime "$(key_of "$short")")
+    echo "lifetime of $short: $lt"
+    [ "$lt" -ge 4 ]
+    [ "$lt" -le 5 ]
+    age_entry "$(key_of "$short")" '-10 seconds'
+    fetch d "$short"
+    [ "$(fheader d X-Cache)" = EXPIRED ]
+    [ "$(fbody d)" = "cache-body o1 n=3" ]
+
+    # "Expires: 0" is an invalid date = already expired (RFC 9111 5.3); no validator: never stored
+    for t in '/_cache?expires=0' '/_cache?expires=bad'; do
+        fetch e "$t"
+        [ "$(fstatus e)" = 200 ]
+        [ "$(fheader e Expires)" = 0 ]
+        fetch f "$t"
+        [ "$(fstatus f)" = 200 ]
+        [ "$(fheader f X-Cache)" = MISS ]
+        wait_logged GET "$t" 2
+        [ "$(cache_seq GET "$t")" = "MISS MISS" ]
+        [ -z "$(entry_file "$(key_of "$t")")" ]
+    done
+    [ "$(origin_count o1 '^o1 GET /_cache\?expires=(0|bad)$')" -eq 4 ]
+
+    # with an ETag: stored with lifetime 0, every reuse asks the origin with If-None-Match; its 304 serves
+    # the stored body
+    t='/_cache?expires=0&etag=x'
+    fetch g "$t"
+    [ "$(fbody g)" = "cache-body o1 n=8" ]
+    wait_entry "$(key_of "$t")"
+    [ "$(entry_lifetime "$(key_of "$t")")" -eq 0 ]
+    fetch h "$t"
+    [ "$(fstatus h)" = 200 ]
+    [ "$(fheader h X-Cache)" = EXPIRED ]
+    [ "$(fbody h)" = "cache-body o1 n=8" ]
+    fetch i "$t"
+    [ "$(fstatus i)" = 200 ]
+    [ "$(fheader i X-Cache)" = EXPIRED ]
+    [ "$(fbody i)" = "cache-body o1 n=8" ]
+    [ "$(origin_count o1 '^o1 GET /_cache\?expires=0&etag=x$')" -eq 3 ]
+    [ "$(tr -d '\r' <"$(origin_heads o1)" | grep -Eic '^If-None-Match: *"x"$')" -eq 2 ]
+
+    # max-age wins over Expires (RFC 9111 5.3)
+    t='/_cache?max_age=30&expires=0'
+    fetch j "$t"
+    [ "$(fheader j Expires)" = 0 ]
+    wait_entry "$(key_of "$t")"
+    [ "$(entry_lifetime "$(key_of "$t")")" -eq 30 ]
+    fetch k "$t"
+    [ "$(fheader k X-Cache)" = HIT ]
+    [ "$(fbody k)" = "$(fbody j)" ]
+}
+
+@test "cache: cache_heuristic = off and Last-Modified as the only validator: stored, revalidated with If-Modified-Since, the 304 serves the stored body" {
+    start_origin o1
+    start_pibl 'cache_heuristic = off'
+    local t='/_cache?lm=1' key lm
+    key=$(key_of "$t")
+    fetch a "$t"
+    [ "$(fstatus a)" = 200 ]
+    [ "$(fheader a X-Cache)" = MISS ]
+    lm=$(fheader a Last-Modified)
+    [ -n "$lm" ]
+    run ! fhas a ETag
+    run ! fhas a Cache-Control
+    [ "$(fbody a)" = "cache-body o1 n=1" ]
+    wait_entry "$key"
+    [ "$(entry_lifetime "$key")" -eq 0 ]
+
+    fetch b "$t"
+    [ "$(fstatus b)" = 200 ]
+    [ "$(fheader b X-Cache)" = EXPIRED ]
+    [[ "$(fheader b Age)" =~ ^[0-9]+$ ]]
+    [ "$(fbody b)" = "cache-body o1 n=1" ]
+    fetch c "$t"
+    [ "$(fheader c X-Cache)" = EXPIRED ]
+    [ "$(fbody c)" = "cache-body o1 n=1" ]
+    [ "$(origin_count o1 '^o1 GET /_cache\?lm=1$')" -eq 3 ]
+    # the two reuses asked with the stored Last-Modified, and only with it
+    tr -d '\r' <"$(origin_heads o1)" >"$BATS_TEST_TMPDIR/heads.txt"
+    cat "$BATS_TEST_TMPDIR/heads.txt"
+    [ "$(grep -cixF "If-Modified-Since: $lm" "$BATS_TEST_TMPDIR/heads.txt")" -eq 2 ]
+    run ! grep -qi '^If-None-Match:' "$BATS_TEST_TMPDIR/heads.txt"
+    wait_logged GET "$t" 3
+    [ "$(cache_seq GET "$t")" = "MISS EXPIRED EXPIRED" ]
+}
+
 # ---------------------------------------------------------------- invalidation
 
 @test "cache: a successful POST, PUT or DELETE invalidates the entry of its target; a failed one does not" {
@@ -716,6 +883,51 @@ teardown() { helpers_teardown; }
     [ "$(origin_count o1 '^o1 GET /_bytes')" -eq 2 ]
 }
 
+@test "cache: ENOSPC while storing (cache_dir on a 256 KB tmpfs): a 1 MB answer is served whole, not stored, no temp file left, warning logged; small answers are still stored" {
+    tmpfs_namespace_ok "$BATS_TEST_TMPDIR/probe" ||
+        skip "cannot mount a tmpfs in a private mount namespace here (needs root: unshare -m, mount -t tmpfs)"
+    start_origin o1
+    local tiny="$BATS_TEST_TMPDIR/tinycache" big='/_bytes?size=1048576' small='/_cache?max_age=600' want i
+    make_tmpfs_pibl "$BATS_TEST_TMPDIR/pibl-tmpfs" "$tiny" 256k
+    PIBL_BIN="$BATS_TEST_TMPDIR/pibl-tmpfs" start_pibl "cache_dir = tinycache"
+    # the tmpfs exists only in pibl's mount namespace: look at it through /proc/PID/root
+    CACHE_DIR="/proc/$PIBL_PID/root$tiny"
+    grep -q " $tiny tmpfs " "/proc/$PIBL_PID/mounts"
+    run ! grep -q " $tiny " /proc/self/mounts
+    [ -d "$CACHE_DIR" ]
+
+    want=$(digits 1048576 | sha256sum | cut -d' ' -f1)
+    fetch a "$big"
+    [ "$(fstatus a)" = 200 ]
+    [ "$(fheader a X-Cache)" = MISS ]
+    [ "$(stat -c %s "$BATS_TEST_TMPDIR/a.body")" -eq 1048576 ]
+    [ "$(sha "$BATS_TEST_TMPDIR/a.body")" = "$want" ]
+    wait_logged GET "$big" 1
+    for ((i = 0; i < 100; i++)); do
+        [ -z "$(tmp_files)" ] && break
+        sleep 0.05
+    done
+    echo "tmpfs after the big answer: $(find "$CACHE_DIR" | paste -sd' ' -)"
+    [ -z "$(tmp_files)" ]
+    [ "$(n_entries)" -eq 0 ]
+    grep -Ei 'warn' "$PIBL_LOG"
+    grep -Eiq 'warn.*(no space|enospc)' "$PIBL_LOG"
+
+    # the space was given back: a second big fetch is relayed whole again, a small answer is stored
+    fetch b "$big"
+    [ "$(fstatus b)" = 200 ]
+    [ "$(fheader b X-Cache)" = MISS ]
+    [ "$(sha "$BATS_TEST_TMPDIR/b.body")" = "$want" ]
+    [ "$(origin_count o1 '^o1 GET /_bytes')" -eq 2 ]
+    fetch c "$small"
+    [ "$(fbody c)" = "cache-body o1 n=1" ]
+    wait_entry "$(key_of "$small")"
+    fetch d "$small"
+    [ "$(fheader d X-Cache)" = HIT ]
+    [ "$(fbody d)" = "cache-body o1 n=1" ]
+    [ -z "$(tmp_files)" ]
+}
+
 # ---------------------------------------------------------------- concurrency
 
 @test "cache: 50 concurrent misses for one key reach the origin once; the others are served the new entry" {
@@ -845,8 +1057,8 @@ teardown() { helpers_teardown; }
     fetch b "$t"
     [ "$(fstatus b)" = 200 ]
     [ "$(fbody b)" = "cache-body o1 n=2" ]
-    ! fhas a X-Cache
-    ! fhas b X-Cache
+    run ! fhas a X-Cache
+    run ! fhas b X-Cache
     [ "$(origin_count o1 '^o1 GET /_cache')" -eq 2 ]
     wait_logged GET "$t" 2
     [ "$(cache_seq GET "$t")" = "- -" ]

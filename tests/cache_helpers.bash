@@ -198,3 +198,55 @@ restart_pibl() {
     : >"$PIBL_OUT"
     start_pibl "$@"
 }
+
+# wait_entry_line KEY LINE [SECS]: poll until KEY's entry has the exact meta line LINE (e.g. after a replacement
+# is renamed into place). 0 = seen, 1 = timeout (prints the meta block it last saw).
+wait_entry_line() {
+    local key=$1 line=$2 secs=${3:-$HELPER_WAIT_SECS} i f
+    for ((i = 0; i < secs * 20; i++)); do
+        f=$(entry_file "$key")
+        [ -n "$f" ] && entry_meta "$f" | grep -qxF -- "$line" && return 0
+        sleep 0.05
+    done
+    echo "timeout after ${secs}s waiting for the line '$line' in the entry of $key; meta:" >&2
+    [ -n "$f" ] && entry_meta "$f" >&2
+    return 1
+}
+
+# entry_lifetime KEY: the decimal lifetime: of KEY's entry (empty when there is no entry).
+entry_lifetime() {
+    local f v
+    f=$(entry_file "$1")
+    [ -n "$f" ] || return 0
+    v=$(entry_meta "$f" | sed -n 's/^lifetime: *//p')
+    [ -n "$v" ] && echo $((10#$v))
+}
+
+# tmpfs_namespace_ok DIR: 0 if this shell may mount a tmpfs on DIR inside a private mount namespace
+# (unshare -m; root or CAP_SYS_ADMIN). The probe's namespace and mount vanish with its shell.
+tmpfs_namespace_ok() {
+    mkdir -p "$1" || return 1
+    command -v unshare >/dev/null 2>&1 || return 1
+    # shellcheck disable=SC2016 # $1 is the inner sh's argument
+    timeout 5 unshare -m sh -c 'mount -t tmpfs -o size=64k tmpfs "$1" && : >"$1/probe"' sh "$1" \
+        >/dev/null 2>&1 || return 1
+    # the probe file was written on the tmpfs, not on the folder underneath
+    [ ! -e "$1/probe" ]
+}
+
+# make_tmpfs_pibl WRAPPER DIR SIZE: write an executable WRAPPER that runs the real pibl (PIBL_BIN as it is now)
+# with its arguments in a private mount namespace where DIR is a tmpfs of SIZE. unshare, sh and pibl each
+# exec in turn, so the wrapper's PID is pibl's PID; the namespace and the mount disappear when pibl exits.
+# Outside, DIR stays an empty folder: read the tmpfs through /proc/PID/root/DIR.
+make_tmpfs_pibl() {
+    local wrapper=$1 dir=$2 size=$3
+    mkdir -p "$dir" || return 1
+    {
+        echo '#!/bin/sh'
+        # the inner script is constant; only the three values are quoted for sh (%q)
+        printf '%s %q %q %q "$@"\n' \
+            "exec unshare -m sh -c 'mount -t tmpfs -o \"size=\$1\" tmpfs \"\$2\" || exit 2; shift 2; exec \"\$@\"' sh" \
+            "$size" "$dir" "$PIBL_BIN"
+    } >"$wrapper"
+    chmod +x "$wrapper"
+}
