@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <sys/sendfile.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -44,6 +45,8 @@
 #define MAX_INTERIM         8      /* 1xx answers relayed before the final one */
 #define HEAD_EXTRA_BYTES    1024   /* room for the fields PIBL adds to a head */
 #define LINGER_MS           1000   /* draining input before closing after an error */
+#define IDLE_SHRINK_MS      1000   /* idle this long, a connection frees its memory */
+#define STACK_KEEP_BYTES    1024   /* stack below the waiting frame kept mapped */
 #define LINGER_MAX_BYTES    (1 << 20)
 
 /* ---------------------------------------------------------------- parsing */
@@ -759,15 +762,18 @@ struct conn {
     char *relay;                   /* RELAY_BUF_BYTES for bodies */
     int rcv_ms;                    /* SO_RCVTIMEO in force on fd */
     int linger;                    /* an error answer may sit before unread input */
+    struct exchange *x;            /* the current exchange, in the buffer block */
+    size_t block_bytes;            /* size of the mapping at in */
+    char *stack_lo;                /* lowest address of this thread's stack */
 };
 
-/* One request/answer exchange; copies what the log needs from the head. */
+/*
+ * One request/answer exchange. Everything up to `req` is zeroed for each
+ * request; the large arrays after it are set before they are read. It lives
+ * in the connection's buffer block, not on the thread's stack.
+ */
 struct exchange {
-    struct http_request req;
     int64_t t_start;               /* us */
-    char method[32];
-    char target[512];              /* cut for the log */
-    char host[MAX_HOST_NAME];
     int minor;                     /* client's HTTP minor version */
     int is_head;
     int keep_alive;                /* the client connection may stay open */
@@ -781,8 +787,7 @@ struct exchange {
     const char *err;               /* reason for the log, or NULL */
     int cache;                     /* enum cache_status */
     /* The cache (RFC 9111); see cache_front(). */
-    char key[MAX_CACHE_KEY + 1];   /* cache key, "" when not cacheable */
-    int key_len;
+    int key_len;                   /* 0 when not cacheable */
     int store_ok;                  /* the answer may be stored */
     int invalidate;                /* unsafe method: drop the entry on success */
     int locked;                    /* holds the collapsing lock for key */
@@ -791,10 +796,30 @@ struct exchange {
     long age;                      /* Age of what is served from the cache */
     long ttl_left;                 /* freshness left, s (negative: stale) */
     const char *cs_fwd;            /* Cache-Status fwd= reason */
+    size_t cond_len;               /* bytes in cond */
+
+    struct http_request req;       /* views into the connection's head buffer */
+    char method[32];               /* copies for the log line */
+    char target[512];              /* cut for the log */
+    char host[MAX_HOST_NAME];
+    char key[MAX_CACHE_KEY + 1];   /* cache key */
     struct cache_entry stale;      /* expired entry: revalidate or stale-if-error */
     char cond[600];                /* conditional fields for revalidation */
-    size_t cond_len;
 };
+
+/* Start a fresh exchange: zero the small fields, mark the rest empty. */
+static void
+exchange_reset(struct exchange *x)
+{
+    memset(x, 0, offsetof(struct exchange, req));
+    x->req.method_len = 0;
+    x->req.n_headers = 0;
+    x->method[0] = x->target[0] = x->host[0] = x->key[0] = '\0';
+    x->stale.fd = -1;
+    x->backend = -1;
+    x->minor = 1;
+    x->t_start = pibl_now_us();
+}
 
 static void
 set_rcv(struct conn *c, int ms)
@@ -822,16 +847,18 @@ static void
 log_exchange(const struct conn *c, const struct exchange *x)
 {
     char ts[40];
-    double ms = (double)(pibl_now_us() - x->t_start) / 1000.0;
+    int64_t us = pibl_now_us() - x->t_start;   /* integer maths: no float printf */
 
     g_requests.fetch_add(1, std::memory_order_relaxed);
     if (x->cache != CACHE_NONE)
         cache_note(x->cache);
     log_timestamp(ts, sizeof ts);
-    log_line("%s %s \"%s %s HTTP/1.%d\" host=%s backend=%s status=%d bytes=%llu ms=%.2f cache=%s%s%s%s",
+    log_line("%s %s \"%s %s HTTP/1.%d\" host=%s backend=%s status=%d bytes=%llu ms=%lld.%02lld "
+        "cache=%s%s%s%s",
         ts, c->peer, x->method[0] ? x->method : "-", x->target[0] ? x->target : "-", x->minor,
         x->host[0] ? x->host : "-", x->backend >= 0 ? rr_name(x->backend) : "-", x->status,
-        (unsigned long long)x->bytes, ms, cache_status_name(x->cache),
+        (unsigned long long)x->bytes, (long long)(us / 1000), (long long)(us % 1000 / 10),
+        cache_status_name(x->cache),
         x->err ? " err=\"" : "", x->err ? x->err : "", x->err ? "\"" : "");
 }
 
@@ -860,10 +887,23 @@ send_error(struct conn *c, struct exchange *x, int status, const char *why, int 
     return writev_all(c->fd, iov, 2);
 }
 
+#define READ_HEAD_IDLE  (-1)       /* idle for IDLE_SHRINK_MS: shrink, wait on */
+
+/* The first stretch of a keep-alive wait, before the connection shrinks. */
+static int
+idle_first_ms(void)
+{
+    int ka = g_cfg->keepalive_timeout * 1000;
+
+    return ka < IDLE_SHRINK_MS ? ka : IDLE_SHRINK_MS;
+}
+
 /*
  * Read one request head into c->in. Returns its length (> 0), 0 when the
  * connection should just close (client left, idle timeout, graceful stop),
- * or -status for an error answer to give (408, 414, 431, 400).
+ * READ_HEAD_IDLE when no byte came for IDLE_SHRINK_MS (the caller gives the
+ * buffers back and waits on), or -status for an error answer to give
+ * (408, 414, 431, 400).
  */
 static long
 read_head(struct conn *c, struct exchange *x)
@@ -906,7 +946,7 @@ read_head(struct conn *c, struct exchange *x)
         if (deadline == 0) {
             if (g_stopping.load())
                 return 0;
-            set_rcv(c, g_cfg->keepalive_timeout * 1000);
+            set_rcv(c, idle_first_ms());
         } else {
             int64_t left = deadline - (pibl_now_us() / 1000);
             if (left <= 0)
@@ -919,8 +959,11 @@ read_head(struct conn *c, struct exchange *x)
         ssize_t n = recv(c->fd, c->in + c->in_off + c->in_len, room, 0);
         if (n == -1 && errno == EINTR)
             continue;
-        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return c->in_len == 0 ? 0 : -408;
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (c->in_len > 0)
+                return -408;
+            return idle_first_ms() < g_cfg->keepalive_timeout * 1000 ? READ_HEAD_IDLE : 0;
+        }
         if (n <= 0)
             return 0;
         c->in_len += (size_t)n;
@@ -2170,16 +2213,83 @@ forward(struct conn *c, struct exchange *x, const char *host, size_t host_len, c
     return x->keep_alive && x->body_done ? 0 : -1;
 }
 
+/*
+ * Wait up to ms for the client's next byte without reading it (no buffer is
+ * needed). Returns 0 when a byte is there, -1 on timeout, close or stop.
+ */
+static int
+idle_wait(struct conn *c, int ms)
+{
+    char ch;
+
+    if (ms <= 0 || g_stopping.load())
+        return -1;
+    set_rcv(c, ms);
+    for (;;) {
+        ssize_t n = recv(c->fd, &ch, 1, MSG_PEEK);
+        if (n == 1)
+            return 0;
+        if (n == -1 && errno == EINTR)
+            continue;
+        return -1;
+    }
+}
+
+static void conn_free_buffers(struct conn *c);
+
+/*
+ * Give an idle connection's memory back: the buffer block, and the stack
+ * pages below this frame that the last request touched (MADV_DONTNEED on
+ * pages no live frame uses; they come back zeroed on the next request).
+ */
+static void
+conn_shrink(struct conn *c)
+{
+    char here;
+
+    conn_free_buffers(c);
+    if (c->stack_lo == NULL)
+        return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)c->stack_lo + page - 1) & ~(page - 1);
+    uintptr_t hi = ((uintptr_t)&here - STACK_KEEP_BYTES) & ~(page - 1);
+    if (hi > lo)
+        madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
+/* Size of a connection's buffer block. */
+static size_t
+conn_block_bytes(void)
+{
+    size_t head = (size_t)g_cfg->max_header_bytes;
+
+    return head + (head + HEAD_EXTRA_BYTES) + (head + HEAD_EXTRA_BYTES) + RELAY_BUF_BYTES +
+        sizeof(struct exchange);
+}
+
+static void
+conn_free_buffers(struct conn *c)
+{
+    if (c->in != NULL)
+        munmap(c->in, c->block_bytes);
+    c->in = c->out = c->uin = c->relay = NULL;
+    c->x = NULL;
+    c->in_off = c->in_len = 0;
+}
+
 /* Allocate the connection's buffers in one block. Returns 0 or -1. */
 static int
 conn_buffers(struct conn *c)
 {
     size_t head = (size_t)g_cfg->max_header_bytes;
-    size_t total = head + (head + HEAD_EXTRA_BYTES) + (head + HEAD_EXTRA_BYTES) + RELAY_BUF_BYTES;
-    char *block = (char *)malloc(total);
+    /* mmap, not malloc: munmap hands the pages back to the system when the
+     * connection goes idle; freed malloc memory would stay resident. */
+    char *block = (char *)mmap(NULL, conn_block_bytes(), PROT_READ | PROT_WRITE,
+        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
-    if (block == NULL)
+    if (block == MAP_FAILED)
         return -1;
+    c->block_bytes = conn_block_bytes();
     c->in = block;
     c->in_cap = head;
     c->out = c->in + c->in_cap;
@@ -2187,25 +2297,28 @@ conn_buffers(struct conn *c)
     c->uin = c->out + c->out_cap;
     c->uin_cap = head + HEAD_EXTRA_BYTES;
     c->relay = c->uin + c->uin_cap;
+    /* malloc's alignment holds: every size before it is a multiple of 8. */
+    c->x = (struct exchange *)(c->relay + RELAY_BUF_BYTES);
     return 0;
 }
 
-/* Serve one request; returns 0 to keep the connection, -1 to close it. */
+/*
+ * Serve one request. Returns 0 to keep the connection, -1 to close it, 1
+ * when no request came for IDLE_SHRINK_MS (nothing is buffered).
+ */
 static int
 serve_one(struct conn *c)
 {
-    struct exchange x;
+    struct exchange &x = *c->x;
 
     g_cfg = pibl_config_now();                 /* one config for the whole exchange */
-    memset(&x, 0, sizeof x);
-    x.stale.fd = -1;
-    x.backend = -1;
-    x.minor = 1;
-    x.t_start = pibl_now_us();
+    exchange_reset(&x);
 
     long head_len = read_head(c, &x);
     if (head_len == 0)
         return -1;
+    if (head_len == READ_HEAD_IDLE)
+        return 1;
     if (head_len < 0) {
         static const char *const why[] = { "malformed request head", "client too slow" };
         int st = (int)-head_len;
@@ -2258,17 +2371,18 @@ serve_one(struct conn *c)
     return 0;
 }
 
-void
-http_serve(int fd, const struct sockaddr_storage *peer)
+/*
+ * Fill in what a connection needs once its client has sent something:
+ * printable addresses and the stack bounds. Done after the first byte so
+ * that a connection that never sends anything touches as little memory
+ * (and stack) as possible.
+ */
+static void
+conn_setup(struct conn *c, const struct sockaddr_storage *peer)
 {
-    struct conn c;
-    std::atomic<uint8_t> *st = &g_state[fd];
     char ip[INET6_ADDRSTRLEN] = "?";
     int port = 0;
 
-    g_cfg = pibl_config_now();
-    memset(&c, 0, sizeof c);
-    c.fd = fd;
     if (peer->ss_family == AF_INET) {
         const struct sockaddr_in *s4 = (const struct sockaddr_in *)peer;
         inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof ip);
@@ -2280,23 +2394,50 @@ http_serve(int fd, const struct sockaddr_storage *peer)
         if (strncmp(ip, "::ffff:", 7) == 0)
             memmove(ip, ip + 7, strlen(ip + 7) + 1);
     }
-    snprintf(c.peer_ip, sizeof c.peer_ip, "%s", ip);
-    snprintf(c.peer, sizeof c.peer, strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip, port);
-    set_timeout(fd, SO_SNDTIMEO, g_cfg->client_timeout * 1000);
+    snprintf(c->peer_ip, sizeof c->peer_ip, "%s", ip);
+    snprintf(c->peer, sizeof c->peer, strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip, port);
+    set_timeout(c->fd, SO_SNDTIMEO, g_cfg->client_timeout * 1000);
+    pthread_attr_t attr;
+    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+        void *lo;
+        size_t size;
+        if (pthread_attr_getstack(&attr, &lo, &size) == 0)
+            c->stack_lo = (char *)lo;
+        pthread_attr_destroy(&attr);
+    }
+}
+
+void
+http_serve(int fd, const struct sockaddr_storage *peer)
+{
+    struct conn c;
+    std::atomic<uint8_t> *st = &g_state[fd];
+
+    g_cfg = pibl_config_now();
+    memset(&c, 0, sizeof c);
+    c.fd = fd;
     st->store(ST_IDLE);
 
     /* Wait for the first byte before taking buffers: idle connections
      * then cost a thread stack and nothing else. */
-    set_rcv(&c, g_cfg->keepalive_timeout * 1000);
     char ch;
-    ssize_t n;
-    do
-        n = recv(fd, &ch, 1, MSG_PEEK);
-    while (n == -1 && errno == EINTR);
+    int n = idle_wait(&c, g_cfg->keepalive_timeout * 1000) == 0 ? 1 : 0;
+    if (n == 1)
+        conn_setup(&c, peer);
     if (n == 1 && conn_buffers(&c) == 0) {
-        while (serve_one(&c) == 0) {
+        for (;;) {
+            int rc = serve_one(&c);
+            if (rc == 1) {
+                /* Idle keep-alive: hold no buffers and few stack pages while
+                 * waiting, so thousands of idle clients stay cheap. */
+                conn_shrink(&c);
+                if (idle_wait(&c, g_cfg->keepalive_timeout * 1000 - idle_first_ms()) == -1 ||
+                    conn_buffers(&c) == -1)
+                    break;
+                continue;
+            }
             uint8_t busy = ST_BUSY;
-            if (!st->compare_exchange_strong(busy, ST_IDLE))
+            if (rc == -1 || !st->compare_exchange_strong(busy, ST_IDLE))
                 break;
         }
     }
@@ -2325,7 +2466,7 @@ http_serve(int fd, const struct sockaddr_storage *peer)
         else if (st->compare_exchange_strong(cur, ST_NONE))
             break;
     }
-    free(c.in);
+    conn_free_buffers(&c);
     close(fd);
 }
 
