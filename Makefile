@@ -31,8 +31,57 @@ test: all tests/unit
 run: all
 	./scripts/run-local.sh
 
-clean:
-	rm -f pibl pibl-origin tests/unit
-	rm -rf cache
+# ---- fuzzing: tests/fuzz.cpp, one libFuzzer binary per parser (needs clang)
+FUZZ_CXX     ?= clang++
+FUZZ_FLAGS    = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+                -std=c++17 -Wall -Wextra -pthread -DPIBL_NO_MAIN -I.
+FUZZ_TARGETS  = request response chunked
+FUZZ_BINS     = $(FUZZ_TARGETS:%=tests/fuzz-%)
+FUZZ_SECONDS ?= 60
 
-.PHONY: all unit test run clean
+fuzz: $(FUZZ_BINS)
+
+$(FUZZ_BINS): tests/fuzz-%: tests/fuzz.cpp $(PIBL_SRCS) $(HDRS)
+	$(FUZZ_CXX) $(FUZZ_FLAGS) -DFUZZ_TARGET=$* -o $@ tests/fuzz.cpp $(PIBL_SRCS)
+
+# Each target runs FUZZ_SECONDS from the seed corpus (new inputs go to a temp folder);
+# a crash is kept as tests/fuzz-crash-TARGET-* and fails the run.
+fuzz-run: fuzz
+	@for t in $(FUZZ_TARGETS); do \
+	    work=$$(mktemp -d) || exit 1; \
+	    ./tests/fuzz-$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	        -dict=tests/fuzz-corpus/http.dict -artifact_prefix=tests/fuzz-crash-$$t- \
+	        $$work tests/fuzz-corpus/$$t >$$work.log 2>&1; \
+	    rc=$$?; \
+	    echo "fuzz-$$t: $$(grep -E '^Done [0-9]+ runs' $$work.log) (exit $$rc)"; \
+	    [ $$rc -eq 0 ] || tail -n 60 $$work.log; \
+	    rm -rf $$work $$work.log; \
+	    [ $$rc -eq 0 ] || exit $$rc; \
+	done
+
+# ---- the whole suite on AddressSanitizer + UndefinedBehaviorSanitizer builds of pibl,
+# pibl-origin and tests/unit (same names; rebuilt normally afterwards). Any sanitizer
+# report stops the process (halt_on_error) and is written under SAN_LOGS; a report
+# there fails the run even when the tests passed. SUITES: bats files (default: all).
+# clang: its UBSan honours log_path (GCC's prints UBSan reports on stderr only).
+SAN_CXX  ?= clang++
+SAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+SAN_LOGS  = tests/san-logs
+
+asan-test:
+	rm -rf $(SAN_LOGS) && mkdir -p $(SAN_LOGS)
+	CXX="$(SAN_CXX)" CXXFLAGS="$(SAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined" $(MAKE) -B all tests/unit
+	@ASAN_OPTIONS=halt_on_error=1:detect_leaks=1:log_path=$(CURDIR)/$(SAN_LOGS)/asan \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:log_path=$(CURDIR)/$(SAN_LOGS)/ubsan \
+	./tests/run-tests.sh $(SUITES); rc=$$?; \
+	if [ -n "$$(ls -A $(SAN_LOGS))" ]; then \
+	    echo "asan-test: sanitizer reports in $(SAN_LOGS):"; head -n 40 $(SAN_LOGS)/*; rc=1; \
+	fi; \
+	$(MAKE) -B all tests/unit >/dev/null; \
+	exit $$rc
+
+clean:
+	rm -f pibl pibl-origin tests/unit $(FUZZ_BINS)
+	rm -rf cache $(SAN_LOGS)
+
+.PHONY: all unit test run clean fuzz fuzz-run asan-test

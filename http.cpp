@@ -467,6 +467,9 @@ struct source {
     size_t cap;
     size_t off;                    /* unread bytes are buf[off .. off+len) */
     size_t len;
+    int64_t rate_from_us;          /* 0, or when a minimum rate starts to apply */
+    int min_rate;                  /* bytes/s the body must average after that */
+    uint64_t got;                  /* body bytes read, for the rate */
 };
 
 enum { BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_CLOSE };
@@ -529,12 +532,22 @@ body_read(struct source *s, struct body_in *bi, char *dst, size_t dst_cap, const
         } else if (bi->kind == BODY_LENGTH && want > bi->remaining) {
             want = (size_t)bi->remaining;
         }
+        /* A body dribbled a byte at a time must not hold a thread and a
+         * backend connection forever (slowloris on bodies). */
+        if (s->rate_from_us != 0) {
+            int64_t late = pibl_now_us() - s->rate_from_us;
+            if (late > 0 && s->got < (uint64_t)(late / 1000) * (uint64_t)s->min_rate / 1000) {
+                errno = ETIMEDOUT;
+                return READ_ERR;
+            }
+        }
         ssize_t n = recv(s->fd, into, want, 0);
         if (n == -1) {
             if (errno == EINTR)
                 continue;
             return READ_ERR;
         }
+        s->got += (uint64_t)n;
         if (n == 0)
             return bi->kind == BODY_CLOSE ? 0 : READ_EOF;
         if (bi->kind == BODY_CHUNKED) {
@@ -987,6 +1000,72 @@ find_single(const struct http_header *hdrs, int n, const char *name, const struc
     return found;
 }
 
+/*
+ * Transfer-Encoding of a request, all its fields read as one list (RFC 9112
+ * 6.1, 6.3). Returns 0 for exactly "chunked"; 400 when chunked is present
+ * but not last, or twice (the framing is then unknowable); 501 for any other
+ * coding (PIBL decodes only chunked).
+ */
+static int
+check_transfer_coding(const struct http_header *hdrs, int n)
+{
+    int n_codings = 0, chunked_at = -1, n_chunked = 0;
+
+    for (int i = 0; i < n; i++) {
+        if (!http_name_is(hdrs[i].name, hdrs[i].name_len, "transfer-encoding"))
+            continue;
+        const char *p = hdrs[i].value, *end = p + hdrs[i].value_len;
+        while (p < end) {
+            while (p < end && (*p == ',' || *p == ' ' || *p == '\t'))
+                p++;
+            const char *t = p;
+            while (p < end && *p != ',' && *p != ' ' && *p != '\t' && *p != ';')
+                p++;
+            if (p == t) {
+                if (p < end)
+                    p++;                        /* parameters of a coding */
+                continue;
+            }
+            if (http_name_is(t, (size_t)(p - t), "chunked")) {
+                chunked_at = n_codings;
+                n_chunked++;
+            }
+            n_codings++;
+            while (p < end && *p != ',')
+                p++;
+        }
+    }
+    if (n_chunked > 1 || (n_chunked == 1 && chunked_at != n_codings - 1))
+        return 400;
+    if (n_codings != 1 || n_chunked != 1)
+        return n_codings == 0 ? 400 : 501;
+    return 0;
+}
+
+/*
+ * request-target characters (RFC 9112 3.2, RFC 3986): unreserved, reserved
+ * but '#', and '%' followed by two hex digits. Everything else ('"', '<',
+ * '>', '\\', '^', '`', '{', '|', '}', '#', a stray '%') is refused, so that
+ * nothing a backend might read another way gets through.
+ */
+static int
+valid_target(const char *t, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)t[i];
+        if (ch == '%') {
+            if (i + 2 >= len || !isxdigit((unsigned char)t[i + 1]) ||
+                !isxdigit((unsigned char)t[i + 2]))
+                return 0;
+            i += 2;
+            continue;
+        }
+        if (!isalnum(ch) && (ch == 0 || strchr("-._~!$&'()*+,;=:@/?[]", ch) == NULL))
+            return 0;
+    }
+    return 1;
+}
+
 /* Host (RFC 9110 7.2): uri-host [ ":" port ]; no spaces, '/', '@' and such. */
 static int
 valid_host(const char *h, size_t len)
@@ -1021,6 +1100,10 @@ check_request(struct exchange *x, const char **why, const char **host, size_t *h
     *path_len = r->target_len;
     *host = NULL;
     *host_len = 0;
+    if (!valid_target(r->target, r->target_len)) {
+        *why = "bad character in request target";
+        return 400;
+    }
     if (http_name_is(r->method, r->method_len, "CONNECT")) {
         *why = "CONNECT is not supported";
         return 501;
@@ -1093,11 +1176,11 @@ check_request(struct exchange *x, const char **why, const char **host, size_t *h
             *why = "Transfer-Encoding in an HTTP/1.0 request";
             return 400;
         }
-        if (nte == -1 || !http_name_is(te->value, te->value_len, "chunked")) {
-            int only_chunked = nte == 1 && te->value_len >= 7 &&
-                strncasecmp(te->value, "chunked", 7) == 0;
-            *why = "unsupported transfer coding";
-            return only_chunked ? 400 : 501;
+        int te_status = check_transfer_coding(r->headers, r->n_headers);
+        if (te_status != 0) {
+            *why = te_status == 400 ? "chunked is not the last transfer coding" :
+                "unsupported transfer coding";
+            return te_status;
         }
         x->body.kind = BODY_CHUNKED;
         http_chunked_init(&x->body.ck);
@@ -1327,8 +1410,13 @@ read_response_head(struct conn *c, int fd, size_t *len, long *head_len)
 static int
 send_request(struct conn *c, struct exchange *x, struct upstream *u, long head_len)
 {
-    struct source src = { c->fd, c->in, c->in_cap, c->in_off, c->in_len };
+    struct source src = { c->fd, c->in, c->in_cap, c->in_off, c->in_len, 0, 0, 0 };
     struct sink k = { u->fd, x->body.kind == BODY_CHUNKED, c->out, (size_t)head_len, 0, NULL };
+
+    if (g_cfg->client_min_rate > 0) {
+        src.rate_from_us = pibl_now_us() + (int64_t)g_cfg->client_timeout * 1000000;
+        src.min_rate = g_cfg->client_min_rate;
+    }
 
     if (x->body.kind == BODY_NONE) {
         x->body_done = 1;
@@ -1355,7 +1443,7 @@ send_request(struct conn *c, struct exchange *x, struct upstream *u, long head_l
     case RELAY_SRC_BAD:
         return -400;
     case RELAY_SRC_ERR:
-        return (errno == EAGAIN || errno == EWOULDBLOCK) ? -408 : -1000;
+        return (errno == EAGAIN || errno == EWOULDBLOCK || errno == ETIMEDOUT) ? -408 : -1000;
     default:
         return -1000;
     }
@@ -2065,7 +2153,7 @@ relay_response(struct conn *c, struct exchange *x, struct upstream *u, size_t le
         log_block("response to client:", c->out, (size_t)out_len);
     }
     x->status = resp.status;
-    struct source src = { u->fd, c->uin, c->uin_cap, (size_t)head_len, len - (size_t)head_len };
+    struct source src = { u->fd, c->uin, c->uin_cap, (size_t)head_len, len - (size_t)head_len, 0, 0, 0 };
     struct sink k = { c->fd, out_chunked, c->out, (size_t)out_len, 0, cw };
     int rc = relay_body(&src, &bi, &k, c->relay, RELAY_BUF_BYTES, 0);
     x->bytes = k.bytes;
@@ -2086,8 +2174,15 @@ relay_response(struct conn *c, struct exchange *x, struct upstream *u, size_t le
     /* The backend broke off: close the client so a cut body never looks
      * whole. No down mark: if the backend really died, the next connect()
      * to it fails and marks it; a single broken answer is not an outage. */
-    x->err = rc == RELAY_SRC_BAD ? "bad chunked framing from backend" :
+    const char *why = rc == RELAY_SRC_BAD ? "bad chunked framing from backend" :
         rc == RELAY_SRC_ERR ? "backend timed out mid-answer" : "backend closed mid-answer";
+    if (k.head_len > 0) {
+        /* Nothing reached the client yet: it can still get a clean 502. */
+        x->bytes = 0;
+        send_error(c, x, 502, why, 1);
+        return -1;
+    }
+    x->err = why;
     return -1;
 }
 
@@ -2127,6 +2222,13 @@ forward(struct conn *c, struct exchange *x, const char *host, size_t host_len, c
         u.reused = u.fd != -1;
         if (u.fd == -1)
             u.fd = upstream_connect(b);
+        if (u.fd == -1 && (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)) {
+            /* Out of descriptors or memory here: not the backend's fault. */
+            fail_status = 503;
+            fail_why = "proxy out of file descriptors";
+            x->backend = -1;
+            break;
+        }
         if (u.fd == -1) {
             rr_mark_down(b);
             fail_status = 502;
@@ -2197,7 +2299,7 @@ forward(struct conn *c, struct exchange *x, const char *host, size_t host_len, c
         if (!x->retryable)
             break;                              /* a POST is never sent twice */
     }
-    if (fail_status == 503)
+    if (fail_status == 503 && x->backend != -1 && rr_is_down(x->backend))
         x->backend = -1;
     /* stale-if-error (RFC 5861): an expired entry beats an error page. */
     if (x->stale.fd != -1 && x->stale.age - x->stale.lifetime <= g_cfg->cache_stale_if_error) {
@@ -2514,6 +2616,54 @@ http_close_idle(void)
     }
 }
 
+/*
+ * Turned-away connections linger here for up to LINGER_MS, their input read
+ * and dropped, so that the 503 is read before the close (closing with
+ * unread input sends a reset that can destroy it). One thread serves them
+ * all with non-blocking reads, so the accept loop never waits.
+ */
+#define REJECT_MAX 256
+
+static pthread_mutex_t g_reject_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_reject_more = PTHREAD_COND_INITIALIZER;
+static int g_reject_fd[REJECT_MAX];
+static int64_t g_reject_until[REJECT_MAX];      /* ms */
+static int g_n_reject;
+static int g_reject_thread;                     /* started */
+
+static void *
+reject_main(void *arg)
+{
+    char drop[4096];
+
+    (void)arg;
+    pthread_mutex_lock(&g_reject_lock);
+    for (;;) {
+        while (g_n_reject == 0)
+            pthread_cond_wait(&g_reject_more, &g_reject_lock);
+        int64_t now = pibl_now_us() / 1000;
+        for (int i = 0; i < g_n_reject;) {
+            ssize_t n;
+            while ((n = recv(g_reject_fd[i], drop, sizeof drop, MSG_DONTWAIT)) > 0)
+                ;
+            int done = n == 0 || (n == -1 && errno != EAGAIN && errno != EWOULDBLOCK) ||
+                now >= g_reject_until[i];
+            if (done) {
+                close(g_reject_fd[i]);
+                g_reject_fd[i] = g_reject_fd[g_n_reject - 1];
+                g_reject_until[i] = g_reject_until[g_n_reject - 1];
+                g_n_reject--;
+            } else {
+                i++;
+            }
+        }
+        pthread_mutex_unlock(&g_reject_lock);
+        usleep(20000);
+        pthread_mutex_lock(&g_reject_lock);
+    }
+    return NULL;
+}
+
 void
 http_reject(int fd, int status, const char *why)
 {
@@ -2524,6 +2674,24 @@ http_reject(int fd, int status, const char *why)
         status, reason_phrase(status), bl, why);
     if (n > 0 && (size_t)n < sizeof buf)
         send(fd, buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
-    close(fd);
+    shutdown(fd, SHUT_WR);
+    pthread_mutex_lock(&g_reject_lock);
+    if (!g_reject_thread) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        g_reject_thread = pthread_create(&t, &attr, reject_main, NULL) == 0;
+        pthread_attr_destroy(&attr);
+    }
+    if (g_reject_thread && g_n_reject < REJECT_MAX) {
+        g_reject_fd[g_n_reject] = fd;
+        g_reject_until[g_n_reject++] = pibl_now_us() / 1000 + LINGER_MS;
+        pthread_cond_signal(&g_reject_more);
+        fd = -1;
+    }
+    pthread_mutex_unlock(&g_reject_lock);
+    if (fd != -1)
+        close(fd);                              /* too many lingering: plain close */
 }
 

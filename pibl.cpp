@@ -60,6 +60,7 @@ static const struct key_spec g_keys[] = {
     { "connect_timeout",    K_INT,     CFG(connect_timeout),    1, 3600 },
     { "backend_timeout",    K_INT,     CFG(backend_timeout),    1, 86400 },
     { "client_timeout",     K_INT,     CFG(client_timeout),     1, 3600 },
+    { "client_min_rate",    K_INT,     CFG(client_min_rate),    0, 1 << 30 },
     { "keepalive_timeout",  K_INT,     CFG(keepalive_timeout),  1, 3600 },
     { "down_time",          K_INT,     CFG(down_time),          0, 86400 },
     { "max_connections",    K_INT,     CFG(max_connections),    1, 1000000 },
@@ -93,6 +94,7 @@ pibl_config_defaults(struct pibl_config *cfg)
     cfg->connect_timeout = 3;
     cfg->backend_timeout = 30;
     cfg->client_timeout = 10;
+    cfg->client_min_rate = 500;
     cfg->keepalive_timeout = 15;
     cfg->down_time = 5;
     cfg->max_connections = 10000;

@@ -57,6 +57,8 @@ struct pibl_config {
     int connect_timeout;           /* s, connect() to a backend */
     int backend_timeout;           /* s, silence from a backend -> 504 */
     int client_timeout;            /* s, whole request head; gap in a body */
+    int client_min_rate;           /* bytes/s a request body must average
+                                      after its first client_timeout s; 0 = off */
     int keepalive_timeout;         /* s, idle client connection */
     int down_time;                 /* s, a failed backend is skipped */
     int max_connections;           /* concurrent client connections */
