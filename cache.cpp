@@ -75,6 +75,34 @@ static pthread_mutex_t g_fetch_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_fetch_done = PTHREAD_COND_INITIALIZER;
 static struct inflight *g_inflight;
 
+/*
+ * Open entries, kept between lookups (like nginx's open_file_cache): the
+ * descriptor, the parsed meta block and a copy of the stored head (a few
+ * hundred bytes; never the body). A hit then costs one stat() to see that
+ * the file is still the same (device, inode, size, mtime), instead of
+ * open + read + parse + close. Slots are direct-mapped by hash; a slot in
+ * use by a request (refs > 0) is never changed under it.
+ */
+#define OPEN_SLOTS 1024
+
+struct open_slot {
+    int fd;                        /* -1: empty */
+    int refs;                      /* lookups holding fd */
+    int doomed;                    /* close when refs drops to 0 */
+    uint64_t hash;
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+    char *key;                     /* malloc'd, NUL-terminated */
+    char *head;                    /* malloc'd copy of the stored head */
+    struct cache_entry meta;       /* parsed fields (no age, no fd) */
+};
+
+static pthread_mutex_t g_open_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct open_slot g_open[OPEN_SLOTS];
+static int g_open_ready;
+
 struct cache_writer {
     int fd;
     char tmp[PATH_MAX];
@@ -172,9 +200,13 @@ index_put(uint64_t h, uint64_t size, int64_t last_use)
     pthread_mutex_unlock(&g_index_lock);
 }
 
+static void open_forget(uint64_t h);
+
+/* Forget an entry that is gone from disk (index and open slot). */
 static void
 index_drop(uint64_t h)
 {
+    open_forget(h);
     pthread_mutex_lock(&g_index_lock);
     auto it = g_index->find(h);
     if (it != g_index->end()) {
@@ -322,6 +354,9 @@ cache_init(const struct pibl_config *cfg)
     }
     memcpy(g_dir, cfg->cache_dir, strlen(cfg->cache_dir) + 1);
     g_index = new std::unordered_map<uint64_t, struct index_entry>();
+    for (int i = 0; i < OPEN_SLOTS; i++)
+        g_open[i].fd = -1;
+    g_open_ready = 1;
     if (mkdir(g_dir, 0755) == -1 && errno != EEXIST) {
         g_ttl = 0;
         return -1;
@@ -381,24 +416,71 @@ drop_entry(const char *path, uint64_t h)
     index_drop(h);
 }
 
-int
-cache_lookup(const char *key, size_t key_len, struct cache_entry *e)
+
+static void
+slot_clear(struct open_slot *o)
+{
+    if (o->fd != -1)
+        close(o->fd);
+    free(o->key);
+    free(o->head);
+    o->fd = -1;
+    o->refs = o->doomed = 0;
+    o->key = o->head = NULL;
+}
+
+/* Forget the open slot of hash h (file deleted or replaced). */
+static void
+open_forget(uint64_t h)
+{
+    if (!g_open_ready)
+        return;
+    pthread_mutex_lock(&g_open_lock);
+    struct open_slot *o = &g_open[h % OPEN_SLOTS];
+    if (o->fd != -1 && o->hash == h) {
+        if (o->refs == 0)
+            slot_clear(o);
+        else
+            o->doomed = 1;
+    }
+    pthread_mutex_unlock(&g_open_lock);
+}
+
+static int
+same_file(const struct open_slot *o, const struct stat *st)
+{
+    return o->dev == st->st_dev && o->ino == st->st_ino && o->size == st->st_size &&
+        o->mtime.tv_sec == st->st_mtim.tv_sec && o->mtime.tv_nsec == st->st_mtim.tv_nsec;
+}
+
+/* Fill the age-dependent fields of a found entry. */
+static void
+entry_age(struct cache_entry *e, time_t mtime)
+{
+    e->age = (long)(now_s() - (int64_t)mtime);
+    if (e->age < 0)
+        e->age = 0;
+    /* A restart with a shorter TTL shortens what is already stored. */
+    if (e->lifetime > g_ttl)
+        e->lifetime = g_ttl;
+    e->fresh = e->age < e->lifetime;
+}
+
+/*
+ * Open and parse the entry file for e->hash. Returns 1 with e filled and
+ * e->fd open, 0 when absent or another key's, -1 when damaged (deleted).
+ */
+static int
+parse_entry(const char *path, const char *key, size_t key_len, struct cache_entry *e, struct stat *st)
 {
     char meta[META_MAX + 1];
-    struct stat st;
     long long v;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
 
-    memset(e, 0, sizeof *e);
-    e->fd = -1;
-    if (g_ttl == 0)
-        return 0;
-    e->hash = hash_key(key, key_len);
-    entry_path(e->hash, e->path, sizeof e->path);
-    int fd = open(e->path, O_RDONLY | O_CLOEXEC);
     if (fd == -1)
         return 0;
     ssize_t n = pread(fd, meta, META_MAX, 0);
-    if (n <= 0 || fstat(fd, &st) == -1)
+    if (n <= 0 || fstat(fd, st) == -1)
         goto bad;
     meta[n] = '\0';
     {
@@ -439,33 +521,107 @@ cache_lookup(const char *key, size_t key_len, struct cache_entry *e)
         e->head_off = (off_t)meta_len;
         e->body_off = (off_t)(meta_len + e->head_len);
         /* Truncated or padded: never serve it. */
-        if ((uint64_t)st.st_size != meta_len + e->head_len + e->body_len)
+        if ((uint64_t)st->st_size != meta_len + e->head_len + e->body_len)
             goto bad;
     }
-    e->age = (long)(now_s() - (int64_t)st.st_mtime);
-    if (e->age < 0)
-        e->age = 0;
-    /* A restart with a shorter TTL shortens what is already stored. */
-    if (e->lifetime > g_ttl)
-        e->lifetime = g_ttl;
-    e->fresh = e->age < e->lifetime;
     e->fd = fd;
-    index_touch(e->hash);
     return 1;
 bad:
     close(fd);
-    log_line("pibl: warning: cache: damaged entry %s removed", e->path);
-    drop_entry(e->path, e->hash);
+    log_line("pibl: warning: cache: damaged entry %s removed", path);
+    drop_entry(path, e->hash);
+    return -1;
+}
+
+int
+cache_lookup(const char *key, size_t key_len, struct cache_entry *e)
+{
+    char path[PATH_MAX];
+    struct stat st;
+
     e->fd = -1;
-    return 0;
+    e->slot = -1;
+    e->head = NULL;
+    if (g_ttl == 0)
+        return 0;
+    e->hash = hash_key(key, key_len);
+    entry_path(e->hash, path, sizeof path);
+    if (stat(path, &st) == -1) {
+        open_forget(e->hash);
+        return 0;
+    }
+
+    /* Fast path: the same file as last time, already open and parsed. */
+    int idx = (int)(e->hash % OPEN_SLOTS);
+    struct open_slot *o = &g_open[idx];
+    pthread_mutex_lock(&g_open_lock);
+    if (o->fd != -1 && !o->doomed && o->hash == e->hash && same_file(o, &st) &&
+        strlen(o->key) == key_len && memcmp(o->key, key, key_len) == 0) {
+        o->refs++;
+        memcpy(e, &o->meta, offsetof(struct cache_entry, vary));
+        memcpy(e->vary, o->meta.vary, strlen(o->meta.vary) + 1);
+        e->fd = o->fd;
+        e->slot = idx;
+        e->head = o->head;
+        pthread_mutex_unlock(&g_open_lock);
+        entry_age(e, st.st_mtime);
+        index_touch(e->hash);
+        return 1;
+    }
+    pthread_mutex_unlock(&g_open_lock);
+
+    if (parse_entry(path, key, key_len, e, &st) != 1) {
+        e->fd = -1;
+        return 0;
+    }
+    entry_age(e, st.st_mtime);
+    index_touch(e->hash);
+
+    /* Keep it open for the next lookups, if the slot is free to take. */
+    char *head = (char *)malloc(e->head_len);
+    char *kc = (char *)malloc(key_len + 1);
+    if (head != NULL && kc != NULL && pread(e->fd, head, e->head_len, e->head_off) == (ssize_t)e->head_len) {
+        pthread_mutex_lock(&g_open_lock);
+        if (o->refs == 0) {
+            slot_clear(o);
+            memcpy(kc, key, key_len);
+            kc[key_len] = '\0';
+            o->fd = e->fd;
+            o->refs = 1;
+            o->hash = e->hash;
+            o->dev = st.st_dev;
+            o->ino = st.st_ino;
+            o->size = st.st_size;
+            o->mtime = st.st_mtim;
+            o->key = kc;
+            o->head = head;
+            o->meta = *e;
+            e->slot = idx;
+            e->head = head;
+            head = kc = NULL;
+        }
+        pthread_mutex_unlock(&g_open_lock);
+    }
+    free(head);
+    free(kc);
+    return 1;
 }
 
 void
 cache_release(struct cache_entry *e)
 {
-    if (e->fd != -1)
+    if (e->slot >= 0) {
+        pthread_mutex_lock(&g_open_lock);
+        struct open_slot *o = &g_open[e->slot];
+        if (--o->refs == 0 && o->doomed)
+            slot_clear(o);
+        pthread_mutex_unlock(&g_open_lock);
+    } else if (e->fd != -1) {
         close(e->fd);
+    }
     e->fd = -1;
+    e->slot = -1;
+    e->head = NULL;
 }
 
 int
@@ -473,6 +629,10 @@ cache_read_head(const struct cache_entry *e, char *buf, size_t cap)
 {
     if (e->head_len > cap)
         return -1;
+    if (e->head != NULL) {
+        memcpy(buf, e->head, e->head_len);
+        return 0;
+    }
     ssize_t n = pread(e->fd, buf, e->head_len, e->head_off);
     return n == (ssize_t)e->head_len ? 0 : -1;
 }
@@ -480,7 +640,10 @@ cache_read_head(const struct cache_entry *e, char *buf, size_t cap)
 void
 cache_touch(const struct cache_entry *e)
 {
-    if (utimes(e->path, NULL) == -1)
+    char path[PATH_MAX];
+
+    entry_path(e->hash, path, sizeof path);
+    if (utimes(path, NULL) == -1)
         warn_store("cannot refresh an entry");
 }
 

@@ -423,17 +423,19 @@ set_timeout(int fd, int opt, int ms)
 
 /*
  * Write every byte of the iovec array, retrying EINTR and partial writes.
- * The array is modified. Returns 0, or -1 (peer gone or send timeout).
+ * The array is modified. flags adds to MSG_NOSIGNAL (MSG_MORE: more follows,
+ * let the kernel merge it into the next segment). Returns 0, or -1 (peer
+ * gone or send timeout).
  */
 static int
-writev_all(int fd, struct iovec *iov, int n)
+writev_flags(int fd, struct iovec *iov, int n, int flags)
 {
     while (n > 0) {
         struct msghdr msg;
         memset(&msg, 0, sizeof msg);
         msg.msg_iov = iov;
         msg.msg_iovlen = (size_t)n;
-        ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL | flags);
         if (w == -1) {
             if (errno == EINTR)
                 continue;
@@ -450,6 +452,12 @@ writev_all(int fd, struct iovec *iov, int n)
         }
     }
     return 0;
+}
+
+static int
+writev_all(int fd, struct iovec *iov, int n)
+{
+    return writev_flags(fd, iov, n, 0);
 }
 
 static int
@@ -1894,12 +1902,15 @@ serve_entry(struct conn *c, struct exchange *x, struct cache_entry *e)
 
     x->status = status;
     x->body_done = 1;
-    if (write_all(c->fd, c->out, b.len) == -1) {
+    /* The head waits (MSG_MORE) for the first bytes sendfile() adds: one
+     * segment for a small answer instead of two. */
+    uint64_t left = has_body ? e->body_len : 0;
+    struct iovec iov = { c->out, b.len };
+    if (writev_flags(c->fd, &iov, 1, left > 0 ? MSG_MORE : 0) == -1) {
         x->err = "client went away";
         return -1;
     }
     off_t off = e->body_off;
-    uint64_t left = has_body ? e->body_len : 0;
     while (left > 0) {
         ssize_t sent = sendfile(c->fd, e->fd, &off, left > (1u << 30) ? (1u << 30) : (size_t)left);
         if (sent == -1 && errno == EINTR)

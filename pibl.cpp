@@ -738,9 +738,6 @@ main(int argc, char **argv)
         fprintf(stderr, "pibl: cannot start: %s\n", strerror(errno));
         return 1;
     }
-    if (cache_init(&cfg) == -1)
-        log_line("pibl: warning: cache folder %s unusable: %s; caching off", cfg.cache_dir,
-            strerror(errno));
     http_init(n_fds);
     pthread_attr_init(&g_thread_attr);
     pthread_attr_setdetachstate(&g_thread_attr, PTHREAD_CREATE_DETACHED);
@@ -772,7 +769,12 @@ main(int argc, char **argv)
     if (afd != -1)
         log_line("pibl: status page on http://%s/ (JSON /status.json, Prometheus /metrics)",
             admin_bound);
-    log_line("pibl: cache %s (TTL %ld s, folder %s), log file %s", cfg.ttl > 0 ? "on" : "off",
+    /* After the "listening" line, which scripts wait for as the first one;
+     * clients queue in the backlog until serve() runs. */
+    if (cache_init(&cfg) == -1)
+        log_line("pibl: warning: cache folder %s unusable: %s; caching off", cfg.cache_dir,
+            strerror(errno));
+    log_line("pibl: cache %s (TTL %ld s, folder %s), log file %s", cache_enabled() ? "on" : "off",
         cfg.ttl, cfg.cache_dir, cfg.log_file);
     serve(lfd, afd);
     return 0;

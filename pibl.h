@@ -313,8 +313,9 @@ enum cache_status { CACHE_NONE, CACHE_HIT, CACHE_MISS, CACHE_EXPIRED, CACHE_STAL
 /* A stored entry found by cache_lookup, open for reading. */
 struct cache_entry {
     int fd;                        /* -1: none */
+    int slot;                      /* private: open-entry slot, -1 = own fd */
+    const char *head;              /* private: stored head in memory, or NULL */
     uint64_t hash;
-    char path[PATH_MAX];
     long lifetime;                 /* s, capped by the launch TTL */
     long age;                      /* s since stored or revalidated (mtime) */
     int fresh;                     /* age < lifetime */
