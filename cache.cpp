@@ -368,13 +368,7 @@ cache_init(const struct pibl_config *cfg)
         return -1;
     }
     scan_folder();
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int rc = pthread_create(&t, &attr, evict_main, NULL);
-    pthread_attr_destroy(&attr);
-    return rc == 0 ? 0 : -1;
+    return pibl_spawn(evict_main, NULL);
 }
 
 /* ---------------------------------------------------------------- lookup */

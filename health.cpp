@@ -155,12 +155,5 @@ health_main(void *arg)
 int
 health_start(void)
 {
-    pthread_t t;
-    pthread_attr_t attr;
-
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int rc = pthread_create(&t, &attr, health_main, NULL);
-    pthread_attr_destroy(&attr);
-    return rc == 0 ? 0 : -1;
+    return pibl_spawn(health_main, NULL);
 }

@@ -2687,14 +2687,8 @@ http_reject(int fd, int status, const char *why)
         send(fd, buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
     shutdown(fd, SHUT_WR);
     pthread_mutex_lock(&g_reject_lock);
-    if (!g_reject_thread) {
-        pthread_t t;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        g_reject_thread = pthread_create(&t, &attr, reject_main, NULL) == 0;
-        pthread_attr_destroy(&attr);
-    }
+    if (!g_reject_thread)
+        g_reject_thread = pibl_spawn(reject_main, NULL) == 0;
     if (g_reject_thread && g_n_reject < REJECT_MAX) {
         g_reject_fd[g_n_reject] = fd;
         g_reject_until[g_n_reject++] = pibl_now_us() / 1000 + LINGER_MS;

@@ -354,6 +354,19 @@ pibl_now_us(void)
 }
 
 int
+pibl_spawn(void *(*fn)(void *), void *arg)
+{
+    pthread_attr_t attr;
+    pthread_t t;
+
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&t, &attr, fn, arg);
+    pthread_attr_destroy(&attr);
+    return rc == 0 ? 0 : -1;
+}
+
+int
 pibl_write_all(int fd, const char *buf, size_t len)
 {
     while (len > 0) {

@@ -99,6 +99,9 @@ const struct pibl_config *pibl_config_now(void);
 int pibl_open_connections(void);
 time_t pibl_start_time(void);
 
+/* Start a detached helper thread (default stack). Returns 0 or -1. */
+int pibl_spawn(void *(*fn)(void *), void *arg);
+
 /* Monotonic clock in microseconds. */
 int64_t pibl_now_us(void);
 
