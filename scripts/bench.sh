@@ -17,8 +17,10 @@
 # Scenarios: 1.4 KB and 128 KB, each a miss (PIBL TTL 0, no nginx/HAProxy
 # cache) and a cache hit (PIBL TTL 60, nginx proxy_cache, HAProxy's RAM cache;
 # warmed first), at 64 and 1000 connections; 10000 idle keep-alive
-# connections (scripts/idle-conns.c) held while 64 others run the 1.4 KB miss;
-# one 1 GiB response streamed through each proxy with curl (peak RSS).
+# connections (scripts/idle-conns.c) held while 64 others run the 1.4 KB miss
+# (VmRSS the moment they are all open, and the most seen while they are held,
+# from 2 s later on, around each run); one 1 GiB response streamed through
+# each proxy with curl (peak RSS).
 #
 # What it refuses: it installs nothing (nginx or HAProxy missing: skipped with
 # a note; wrk missing: exit 2), listens and connects on 127.0.0.1 only, kills
@@ -516,7 +518,7 @@ scenario() {
 # while 64 others run the 1.4 KB miss; VmRSS sampled around every run.
 idle_scenario() {
     local p round line rss hold_secs i helper=$TMP/idle-conns
-    declare -A hpid=() max_rss=()
+    declare -A hpid=() max_rss=() open_rss=()
     SCEN=idle-small-miss-c64
     wanted "$SCEN" || return 0
     if [ "$(ulimit -n)" -lt $((IDLE_N + 2000)) ]; then
@@ -539,9 +541,12 @@ idle_scenario() {
             sleep 0.1
         done
         [ -n "$line" ] || note "$SCEN: idle connections to $p not ready: $(cat "$TMP/idle-$p.out")"
-        max_rss[$p]=$(proxy_kb VmRSS "$p")
+        # Just opened (every connection has only now had its answer) and,
+        # separately, while held: a proxy may release memory of idle ones.
+        open_rss[$p]=$(proxy_kb VmRSS "$p")
+        max_rss[$p]=0
     done
-    sleep 1
+    sleep 2
     for ((round = 1; round <= ROUNDS; round++)); do
         for p in "${PROXIES[@]}"; do
             rss=$(proxy_kb VmRSS "$p")
@@ -555,10 +560,11 @@ idle_scenario() {
         stop_pid "${hpid[$p]}"
         untrack_job "${hpid[$p]}"
         line=$(grep -m1 'done' "$TMP/idle-$p.out" || true)
-        # idle.tsv: proxy held_at_end opened max_VmRSS_kB
-        printf '%s\t%s\t%s\t%s\n' "$p" \
+        # idle.tsv: proxy held_at_end opened max_VmRSS_kB_while_held VmRSS_kB_just_opened
+        printf '%s\t%s\t%s\t%s\t%s\n' "$p" \
             "$(sed -n 's/.* held=\([0-9]*\).*/\1/p' <<< "$line")" \
-            "$(sed -n 's/.* opened=\([0-9]*\).*/\1/p' <<< "$line")" "${max_rss[$p]}" >> "$OUT/idle.tsv"
+            "$(sed -n 's/.* opened=\([0-9]*\).*/\1/p' <<< "$line")" "${max_rss[$p]}" \
+            "${open_rss[$p]}" >> "$OUT/idle.tsv"
         cp "$TMP/idle-$p.out" "$OUT/$SCEN-$p-helper.txt"
     done
     for p in "${PROXIES[@]}"; do
@@ -643,13 +649,13 @@ report() {
         echo
         echo "$IDLE_N idle keep-alive connections held while 64 others run the 1.4 KB miss:"
         echo
-        echo "| proxy | idle conns opened / still open | RSS while held MB | active req/s | vs. 1.4 KB miss c64 without them |"
-        echo "|---|---:|---:|---:|---:|"
+        echo "| proxy | idle conns opened / still open | RSS just opened MB | RSS while held MB | active req/s | vs. 1.4 KB miss c64 without them |"
+        echo "|---|---:|---:|---:|---:|---:|"
         awk -F'\t' -v sum="$OUT/summary.tsv" '
             BEGIN { while ((getline l < sum) > 0) { split(l, f, "\t"); r[f[1] SUBSEP f[2]] = f[3] } }
             {
                 a = r["idle-small-miss-c64" SUBSEP $1]; b = r["small-miss-c64" SUBSEP $1]
-                printf "| %s | %s / %s | %.1f | %.0f | %s |\n", $1, $3, $2, $4 / 1024, a,
+                printf "| %s | %s / %s | %.1f | %.1f | %.0f | %s |\n", $1, $3, $2, $5 / 1024, $4 / 1024, a,
                     (b > 0 ? sprintf("%.2f x", a / b) : "-")
             }' "$OUT/idle.tsv"
     fi
