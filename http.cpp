@@ -12,14 +12,26 @@
  * a chunked body goes out as clean chunks and a close-delimited answer can
  * reach an HTTP/1.1 client chunked over a kept-alive connection.
  *
+ * The HTTP side of the disk cache lives here too (RFC 9111: what may be
+ * stored and for how long, Vary, conditionals, revalidation, PURGE);
+ * cache.cpp only keeps the files.
+ *
+ * A connection's buffers are one mmap'd block, taken when its client first
+ * sends a byte; after IDLE_SHRINK_MS without a request the block is unmapped
+ * and the stack pages below the waiting frame are given back, so an idle
+ * keep-alive client costs about one thread's minimum.
+ *
  * Refused on purpose: CONNECT and Upgrade (no tunnels), transfer codings
  * other than chunked, obs-fold, bare LF or CR, NUL and other control bytes,
  * Content-Length together with Transfer-Encoding, duplicate Content-Length
- * or Host (request smuggling, RFC 9112 6.3 and 11.2).
+ * or Host, request targets outside RFC 3986 (request smuggling, RFC 9112
+ * 6.3 and 11.2).
  *
  * Limits: max_header_bytes per head (431/414), max_uri_bytes (414),
- * MAX_HEADERS fields (431), max_body_bytes (413), RELAY_BUF_BYTES per
- * connection for bodies, MAX_TRAILER_BYTES of chunked trailers (dropped).
+ * MAX_HEADERS fields (431), max_body_bytes (413), client_min_rate for
+ * upload bodies (408), RELAY_BUF_BYTES per connection for bodies,
+ * MAX_TRAILER_BYTES of chunked trailers (dropped), POOL_MAX idle upstream
+ * connections per backend.
  */
 #include "pibl.h"
 
