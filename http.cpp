@@ -2203,7 +2203,7 @@ relay_response(struct conn *c, struct exchange *x, struct upstream *u, size_t le
         /* Nothing reached the client yet: it can still get a clean 502. */
         x->bytes = 0;
         send_error(c, x, 502, why, 1);
-        return -1;
+        return x->keep_alive ? 0 : -1;
     }
     x->err = why;
     return -1;
