@@ -1495,6 +1495,20 @@ put_cache_fields(struct builder *b, const struct exchange *x)
     put(b, line, (size_t)n);
 }
 
+/*
+ * End an answer head: the Connection field this client needs (close, or
+ * keep-alive for HTTP/1.0, RFC 9112 9.3) and the blank line.
+ */
+static void
+put_head_end(struct builder *b, const struct exchange *x)
+{
+    if (!x->keep_alive)
+        puts_(b, "Connection: close\r\n");
+    else if (x->minor == 0)
+        puts_(b, "Connection: keep-alive\r\n");
+    put(b, "\r\n", 2);
+}
+
 /* Fields PIBL sets itself on answers, never copied from a stored head. */
 static int
 is_cache_field(const struct http_header *h)
@@ -1532,16 +1546,14 @@ build_client_head(struct conn *c, struct exchange *x, const struct http_response
             continue;
         put_field(&b, h->name, h->name_len, h->value, h->value_len);
     }
-    if (mode == HEAD_FOR_CLIENT) {
-        put_cache_fields(&b, x);
-        if (out_chunked)
-            puts_(&b, "Transfer-Encoding: chunked\r\n");
-        if (!x->keep_alive)
-            puts_(&b, "Connection: close\r\n");
-        else if (x->minor == 0)
-            puts_(&b, "Connection: keep-alive\r\n");
+    if (mode == HEAD_FOR_STORE) {
+        put(&b, "\r\n", 2);
+        return b.overflow ? -1 : (long)b.len;
     }
-    put(&b, "\r\n", 2);
+    put_cache_fields(&b, x);
+    if (out_chunked)
+        puts_(&b, "Transfer-Encoding: chunked\r\n");
+    put_head_end(&b, x);
     return b.overflow ? -1 : (long)b.len;
 }
 
@@ -1902,11 +1914,7 @@ serve_entry(struct conn *c, struct exchange *x, struct cache_entry *e)
         put(&b, line, (size_t)n);
     }
     put_cache_fields(&b, x);
-    if (!x->keep_alive)
-        puts_(&b, "Connection: close\r\n");
-    else if (x->minor == 0)
-        puts_(&b, "Connection: keep-alive\r\n");
-    put(&b, "\r\n", 2);
+    put_head_end(&b, x);
     if (b.overflow)
         return -2;
     if (g_cfg->log_headers)
