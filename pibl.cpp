@@ -763,25 +763,23 @@ main(int argc, char **argv)
         log_close();
         return 1;
     }
-    int afd = -1;
-    if (cfg.admin_port >= 0) {
-        afd = open_listener(cfg.admin_listen, cfg.admin_port, admin_bound, sizeof admin_bound);
-        if (afd == -1) {
-            fprintf(stderr, "pibl: cannot listen on %s port %d (admin): %s\n", cfg.admin_listen,
-                cfg.admin_port, strerror(errno));
-            log_close();
-            return 1;
-        }
-    }
     if (g_wake[0] >= FD_SETSIZE) {
         fprintf(stderr, "pibl: signal pipe above FD_SETSIZE\n");
         return 1;
     }
     health_start();
     log_line("pibl: listening on %s, %d backends", bound, rr_count());
-    if (afd != -1)
-        log_line("pibl: status page on http://%s/ (JSON /status.json, Prometheus /metrics)",
-            admin_bound);
+    int afd = -1;
+    if (cfg.admin_port >= 0) {
+        /* The status page is an extra: without it PIBL still proxies. */
+        afd = open_listener(cfg.admin_listen, cfg.admin_port, admin_bound, sizeof admin_bound);
+        if (afd == -1)
+            log_line("pibl: warning: no status page: cannot listen on %s port %d: %s",
+                cfg.admin_listen, cfg.admin_port, strerror(errno));
+        else
+            log_line("pibl: status page on http://%s/ (JSON /status.json, Prometheus /metrics)",
+                admin_bound);
+    }
     /* After the "listening" line, which scripts wait for as the first one;
      * clients queue in the backlog until serve() runs. */
     if (cache_init(&cfg) == -1)

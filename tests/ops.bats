@@ -155,6 +155,16 @@ three_up_one_dead() {
     run ! grep -q 'status page' "$PIBL_OUT"
 }
 
+@test "status: an admin port already taken is a warning, and PIBL still proxies" {
+    start_origin o1
+    start_origin busy          # its listening port stands in for a taken admin port
+    start_pibl "admin_port = ${ORIGIN_PORT[busy]}"
+    grep -q "^pibl: warning: no status page: cannot listen on 127.0.0.1 port ${ORIGIN_PORT[busy]}" "$PIBL_OUT"
+    run ! grep -q '^pibl: status page on' "$PIBL_OUT"
+    [ "$(pcurl -o /dev/null -w '%{http_code}' "$(url /index.html)")" = 200 ]
+    pid_alive "$PIBL_PID"
+}
+
 @test "status: requests_total counts cache hits and error answers; backends count only what reached them" {
     start_origin o1
     PIBL_TTL=30 start_pibl_admin
