@@ -48,23 +48,18 @@ static int
 probe(const struct pibl_config *cfg, int i, const char **why)
 {
     char req[512], ans[PROBE_READ + 1];
-    socklen_t alen;
-    const struct sockaddr *sa = rr_addr(i, &alen);
     size_t got = 0;
     int ok = 0;
 
-    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = http_connect_backend(i, cfg->connect_timeout * 1000);
     if (fd == -1) {
-        *why = "health check: no socket";
+        *why = errno == ETIMEDOUT ? "health check: connect timed out" :
+            errno == ECONNREFUSED ? "health check: refused" : "health check: cannot connect";
         return 0;
     }
     set_timeouts(fd, cfg->connect_timeout);
     int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: pibl-health-check\r\n"
         "Connection: close\r\n\r\n", cfg->health_check, rr_name(i));
-    if (connect(fd, sa, alen) == -1) {
-        *why = errno == EINPROGRESS ? "health check: connect timed out" : "health check: refused";
-        goto done;
-    }
     if (n < 0 || (size_t)n >= sizeof req || send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
         *why = "health check: send failed";
         goto done;

@@ -1349,27 +1349,42 @@ pool_put(int b, int fd)
         close(fd);
 }
 
+int
+http_connect_backend(int b, int connect_ms)
+{
+    int err = ECONNREFUSED;
+
+    for (int k = 0;; k++) {
+        socklen_t alen;
+        const struct sockaddr *sa = rr_addr(b, k, &alen);
+        if (sa == NULL)
+            break;
+        int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd == -1)
+            return -1;                          /* EMFILE and such: ours, not the backend's */
+        /* Linux applies SO_SNDTIMEO to a blocking connect (EINPROGRESS on
+         * expiry). Worker threads block the signals PIBL handles, so no EINTR. */
+        set_timeout(fd, SO_SNDTIMEO, connect_ms);
+        if (connect(fd, sa, alen) == 0)
+            return fd;
+        err = errno == EINPROGRESS ? ETIMEDOUT : errno;
+        close(fd);
+        if (err == ETIMEDOUT)
+            break;                              /* a silent address: do not wait twice */
+    }
+    errno = err;
+    return -1;
+}
+
 /* Open a new connection to backend b. Returns the fd, or -1 (errno set). */
 static int
 upstream_connect(int b)
 {
-    socklen_t alen;
-    const struct sockaddr *sa = rr_addr(b, &alen);
-    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int one = 1;
+    int fd = http_connect_backend(b, g_cfg->connect_timeout * 1000);
 
     if (fd == -1)
         return -1;
-    /* Linux applies SO_SNDTIMEO to a blocking connect (EINPROGRESS on expiry). */
-    set_timeout(fd, SO_SNDTIMEO, g_cfg->connect_timeout * 1000);
-    while (connect(fd, sa, alen) == -1) {
-        if (errno == EINTR)
-            continue;
-        int e = errno == EINPROGRESS ? ETIMEDOUT : errno;
-        close(fd);
-        errno = e;
-        return -1;
-    }
     set_timeout(fd, SO_SNDTIMEO, g_cfg->backend_timeout * 1000);
     set_timeout(fd, SO_RCVTIMEO, g_cfg->backend_timeout * 1000);
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);

@@ -388,6 +388,7 @@ pibl_write_all(int fd, const char *buf, size_t len)
 
 static const char *g_config_path;          /* for reloads */
 static int g_wake[2] = { -1, -1 };         /* signal -> select() */
+static sigset_t g_select_mask;             /* signal mask while in pselect() */
 static std::atomic<int> g_n_admin;         /* status page connections */
 static pthread_attr_t g_thread_attr;
 
@@ -407,13 +408,30 @@ on_signal(int sig)
     errno = saved;
 }
 
+/*
+ * Route signals to the select() loop: handlers write the signal number to a
+ * pipe; SIGINT, SIGTERM, SIGHUP and SIGUSR1 are blocked from here on (so in
+ * every thread started later) and unblocked only inside pselect().
+ */
 static int
 install_signals(void)
 {
     struct sigaction sa;
+    sigset_t handled;
 
     if (pipe2(g_wake, O_CLOEXEC | O_NONBLOCK) == -1)
         return -1;
+    sigemptyset(&handled);
+    sigaddset(&handled, SIGINT);
+    sigaddset(&handled, SIGTERM);
+    sigaddset(&handled, SIGHUP);
+    sigaddset(&handled, SIGUSR1);
+    if (pthread_sigmask(SIG_BLOCK, &handled, &g_select_mask) != 0)
+        return -1;
+    sigdelset(&g_select_mask, SIGINT);
+    sigdelset(&g_select_mask, SIGTERM);
+    sigdelset(&g_select_mask, SIGHUP);
+    sigdelset(&g_select_mask, SIGUSR1);
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = SIG_IGN;
     sigaction(SIGPIPE, &sa, NULL);
@@ -664,7 +682,10 @@ serve(int lfd, int afd)
             FD_SET(lfd, &rfds);
         else
             tv = { 0, ACCEPT_BACKOFF_MS * 1000 };
-        int n = select(maxfd + 1, &rfds, NULL, NULL, &tv);
+        /* The handled signals are blocked in every thread and let in only
+         * here, so no worker's recv() or connect() is ever interrupted. */
+        struct timespec ts = { tv.tv_sec, tv.tv_usec * 1000 };
+        int n = pselect(maxfd + 1, &rfds, NULL, NULL, &ts, &g_select_mask);
         admin_tick();
         if (n == -1) {
             if (errno != EINTR)

@@ -21,6 +21,7 @@
 /* Compile-time limits. Runtime limits are config keys (struct pibl_config). */
 #define MAX_BACKENDS         64       /* backends in a config, and slots over reloads */
 #define MAX_WEIGHT           100      /* backend weight=N */
+#define MAX_BACKEND_ADDRS    4        /* addresses kept per backend name */
 #define MAX_HEADERS          100      /* header fields in one head */
 #define MAX_CONN_TOKENS      16       /* names listed in one Connection header */
 #define MAX_CONFIG_LINE      1024     /* bytes in one config line */
@@ -38,8 +39,9 @@
 struct backend_conf {
     char name[MAX_HOST_NAME + 8];  /* "host:port" as written */
     int weight;                    /* 1..MAX_WEIGHT */
-    struct sockaddr_storage addr;  /* first getaddrinfo answer */
-    socklen_t addr_len;
+    int n_addrs;                   /* getaddrinfo answers kept, in its order */
+    struct sockaddr_storage addr[MAX_BACKEND_ADDRS];
+    socklen_t addr_len[MAX_BACKEND_ADDRS];
 };
 
 /*
@@ -167,8 +169,9 @@ int rr_is_down(int i);
 /* 1 if slot i is in the current config. */
 int rr_is_active(int i);
 
-/* Address of slot i for connect(), and its printable "host:port" name. */
-const struct sockaddr *rr_addr(int i, socklen_t *len);
+/* Address k of slot i for connect() (NULL past the last), and its
+ * printable "host:port" name. */
+const struct sockaddr *rr_addr(int i, int k, socklen_t *len);
 const char *rr_name(int i);
 
 /* Count one exchange with slot i: ok or failed (with a static reason). */
@@ -289,6 +292,14 @@ int http_name_is(const char *name, size_t name_len, const char *want);
 
 /* Set up connection bookkeeping for up to n_fds descriptors. Start-up only. */
 int http_init(int n_fds);
+
+/*
+ * Open a blocking TCP connection to backend slot b within connect_ms,
+ * trying its addresses in turn while they are refused or unreachable (a
+ * name such as localhost may give ::1 before 127.0.0.1). Returns the fd, or
+ * -1 with errno (ETIMEDOUT when an address did not answer in time).
+ */
+int http_connect_backend(int b, int connect_ms);
 
 /* Close the idle pooled connections to backend slot b (it left the config). */
 void http_pool_flush(int b);

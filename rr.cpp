@@ -117,8 +117,10 @@ rr_resolve(const char *spec, int weight, struct backend_conf *out, char *err, si
         return -1;
     }
     memset(out, 0, sizeof *out);
-    memcpy(&out->addr, res->ai_addr, res->ai_addrlen);
-    out->addr_len = res->ai_addrlen;
+    for (struct addrinfo *ai = res; ai != NULL && out->n_addrs < MAX_BACKEND_ADDRS; ai = ai->ai_next) {
+        memcpy(&out->addr[out->n_addrs], ai->ai_addr, ai->ai_addrlen);
+        out->addr_len[out->n_addrs++] = ai->ai_addrlen;
+    }
     out->weight = weight;
     snprintf(out->name, sizeof out->name, "%s", spec);
     freeaddrinfo(res);
@@ -274,10 +276,14 @@ rr_active_slots(int *slots, int max)
 }
 
 const struct sockaddr *
-rr_addr(int i, socklen_t *len)
+rr_addr(int i, int k, socklen_t *len)
 {
-    *len = g_backends[i].conf.addr_len;
-    return (const struct sockaddr *)&g_backends[i].conf.addr;
+    const struct backend_conf *bc = &g_backends[i].conf;
+
+    if (k < 0 || k >= bc->n_addrs)
+        return NULL;
+    *len = bc->addr_len[k];
+    return (const struct sockaddr *)&bc->addr[k];
 }
 
 const char *

@@ -351,6 +351,9 @@ test_round_robin(void)
 
     CHECK(configure_text("down_time = 60\nbackend = 127.0.0.1:1\nbackend = 127.0.0.1:2\n"
         "backend = 127.0.0.1:3\n", &cfg) == 0, "configure three backends");
+    socklen_t alen = 0;
+    CHECK(rr_addr(0, 0, &alen) != NULL && alen > 0 && rr_addr(0, 1, &alen) == NULL,
+        "a literal address gives one address to try");
     picks(seq, 6);
     CHECK(strcmp(seq, "012012") == 0, "strict order, got %s", seq);
 
