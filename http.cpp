@@ -732,6 +732,26 @@ struct conn_tokens {
     size_t len[MAX_CONN_TOKENS];
 };
 
+/*
+ * Next element of a comma-separated field value (RFC 9110 5.6.1) at *p:
+ * skips commas and blanks, then takes the bytes up to one of stops. Returns
+ * the element's length with *elem at its start, and leaves *p on the byte
+ * that ended it; 0 at the end of the list, or when a stop byte begins it.
+ */
+static size_t
+list_next(const char **p, const char *end, const char *stops, const char **elem)
+{
+    const char *q = *p;
+
+    while (q < end && (*q == ',' || *q == ' ' || *q == '\t'))
+        q++;
+    *elem = q;
+    while (q < end && strchr(stops, *q) == NULL)
+        q++;
+    *p = q;
+    return (size_t)(q - *elem);
+}
+
 static void
 scan_connection(const struct http_header *hdrs, int n_hdrs, struct conn_tokens *ct)
 {
@@ -739,14 +759,9 @@ scan_connection(const struct http_header *hdrs, int n_hdrs, struct conn_tokens *
     for (int i = 0; i < n_hdrs; i++) {
         if (!http_name_is(hdrs[i].name, hdrs[i].name_len, "connection"))
             continue;
-        const char *p = hdrs[i].value, *end = p + hdrs[i].value_len;
+        const char *p = hdrs[i].value, *end = p + hdrs[i].value_len, *t;
         while (p < end) {
-            while (p < end && (*p == ',' || *p == ' ' || *p == '\t'))
-                p++;
-            const char *t = p;
-            while (p < end && *p != ',' && *p != ' ' && *p != '\t')
-                p++;
-            size_t tl = (size_t)(p - t);
+            size_t tl = list_next(&p, end, ", \t", &t);
             if (tl == 0)
                 continue;
             if (http_name_is(t, tl, "close"))
@@ -1034,19 +1049,15 @@ check_transfer_coding(const struct http_header *hdrs, int n)
     for (int i = 0; i < n; i++) {
         if (!http_name_is(hdrs[i].name, hdrs[i].name_len, "transfer-encoding"))
             continue;
-        const char *p = hdrs[i].value, *end = p + hdrs[i].value_len;
+        const char *p = hdrs[i].value, *end = p + hdrs[i].value_len, *t;
         while (p < end) {
-            while (p < end && (*p == ',' || *p == ' ' || *p == '\t'))
-                p++;
-            const char *t = p;
-            while (p < end && *p != ',' && *p != ' ' && *p != '\t' && *p != ';')
-                p++;
-            if (p == t) {
+            size_t tl = list_next(&p, end, ",; \t", &t);
+            if (tl == 0) {
                 if (p < end)
                     p++;                        /* parameters of a coding */
                 continue;
             }
-            if (http_name_is(t, (size_t)(p - t), "chunked")) {
+            if (http_name_is(t, tl, "chunked")) {
                 chunked_at = n_codings;
                 n_chunked++;
             }
@@ -1725,18 +1736,14 @@ vary_from_response(const struct http_request *r, const struct http_response *res
         const struct http_header *h = &resp->headers[i];
         if (!http_name_is(h->name, h->name_len, "vary"))
             continue;
-        const char *p = h->value, *end = p + h->value_len;
+        const char *p = h->value, *end = p + h->value_len, *t;
         while (p < end) {
-            while (p < end && (*p == ',' || *p == ' ' || *p == '\t'))
-                p++;
-            const char *t = p;
-            while (p < end && *p != ',' && *p != ' ' && *p != '\t')
-                p++;
-            if (p == t)
+            size_t tl = list_next(&p, end, ", \t", &t);
+            if (tl == 0)
                 continue;
-            if (p - t == 1 && *t == '*')
+            if (tl == 1 && *t == '*')
                 return -1;
-            if (append_vary(r, t, (size_t)(p - t), out, &len, cap - 1) == -1)
+            if (append_vary(r, t, tl, out, &len, cap - 1) == -1)
                 return -1;
         }
     }
