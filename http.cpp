@@ -39,6 +39,7 @@
 #include <atomic>
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -48,6 +49,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/mman.h>
+#include <sys/select.h>
 #include <sys/sendfile.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -58,7 +60,6 @@
 #define HEAD_EXTRA_BYTES    1024   /* room for the fields PIBL adds to a head */
 #define LINGER_MS           1000   /* draining input before closing after an error */
 #define IDLE_SHRINK_MS      1000   /* idle this long, a connection frees its memory */
-#define STACK_KEEP_BYTES    1024   /* stack below the waiting frame kept mapped */
 #define LINGER_MAX_BYTES    (1 << 20)
 
 /* ---------------------------------------------------------------- parsing */
@@ -797,6 +798,12 @@ is_hop_by_hop(const struct http_header *h, const struct conn_tokens *ct)
 /* ---------------------------------------------------------------- exchange */
 
 /* One client connection and its buffers (allocated once it sends a byte). */
+struct upstream {
+    int fd;
+    int backend;
+    int reused;                    /* came from the pool */
+};
+
 struct conn {
     int fd;
     char peer_ip[64];              /* client address, for X-Forwarded-For */
@@ -812,7 +819,32 @@ struct conn {
     int linger;                    /* an error answer may sit before unread input */
     struct exchange *x;            /* the current exchange, in the buffer block */
     size_t block_bytes;            /* size of the mapping at in */
-    char *stack_lo;                /* lowest address of this thread's stack */
+    struct sockaddr_storage addr;  /* the client's address */
+    int setup;                     /* peer and peer_ip filled in */
+
+    /* Event loop state (see "event loop" below). */
+    const struct pibl_config *cfg; /* the config of the current exchange */
+    int state;                     /* EV_* */
+    int resume;                    /* RESUME_*: what a blocking thread does */
+    int64_t deadline;              /* ms: the current wait ends, 0 = none */
+    int64_t idle_since;            /* ms: the last exchange ended */
+    int64_t first_byte;            /* ms: a partial head began, 0 = none */
+    const char *host, *path;       /* views into in, for the exchange */
+    size_t host_len, path_len;
+    struct conn_tokens ct;         /* the request's Connection tokens */
+    struct upstream u;             /* the backend connection, fd -1 = none */
+    int addr_k;                    /* which of the backend's addresses */
+    int64_t t_sent;                /* us: the request went to the backend */
+    size_t u_out, u_len, u_scan;   /* head bytes sent; answer bytes read, scanned */
+    long u_head;                   /* the answer head's length */
+    int u_reuse;                   /* the backend connection may be pooled */
+    uint64_t body_left;            /* answer body bytes still to read */
+    const char *p1, *p2;           /* bytes waiting to go to the client */
+    size_t p1_len, p2_len;
+    off_t file_off;                /* then this range of x->hit */
+    uint64_t file_left;
+    struct conn *next;             /* inbox and queue links */
+    int slot;                      /* index in its loop's array */
 };
 
 /*
@@ -834,6 +866,9 @@ struct exchange {
     uint64_t bytes;                /* answer body bytes sent */
     const char *err;               /* reason for the log, or NULL */
     int cache;                     /* enum cache_status */
+    uint64_t tried;                /* backends already tried (bit mask) */
+    int fail_status;               /* answer when no backend is left, 0 = 503 */
+    const char *fail_why;
     /* The cache (RFC 9111); see cache_front(). */
     int key_len;                   /* 0 when not cacheable */
     int store_ok;                  /* the answer may be stored */
@@ -852,6 +887,7 @@ struct exchange {
     char host[MAX_HOST_NAME];
     char key[MAX_CACHE_KEY + 1];   /* cache key */
     struct cache_entry stale;      /* expired entry: revalidate or stale-if-error */
+    struct cache_entry hit;        /* entry being sent by the event loop */
     char cond[600];                /* conditional fields for revalidation */
 };
 
@@ -863,7 +899,10 @@ exchange_reset(struct exchange *x)
     x->req.method_len = 0;
     x->req.n_headers = 0;
     x->method[0] = x->target[0] = x->host[0] = x->key[0] = '\0';
-    x->stale.fd = -1;
+    /* An empty entry is fd -1 and slot -1 (a fresh block is all zeros,
+     * and slot 0 is a real slot). */
+    x->stale.fd = x->hit.fd = -1;
+    x->stale.slot = x->hit.slot = -1;
     x->backend = -1;
     x->minor = 1;
     x->t_start = pibl_now_us();
@@ -1318,12 +1357,6 @@ build_upstream_head(struct conn *c, struct exchange *x, const char *host, size_t
 
 /* ---------------------------------------------------------------- upstream */
 
-struct upstream {
-    int fd;
-    int backend;
-    int reused;                    /* came from the pool */
-};
-
 /* Take a live idle connection to backend b from the pool, or -1. */
 static int
 pool_get(int b)
@@ -1410,7 +1443,7 @@ upstream_close(struct upstream *u)
     u->fd = -1;
 }
 
-enum { HEAD_OK = 0, HEAD_NONE_EOF, HEAD_NONE_TIMEOUT, HEAD_BAD, HEAD_CUT };
+enum { HEAD_OK = 0, HEAD_NONE_EOF, HEAD_NONE_TIMEOUT, HEAD_BAD, HEAD_CUT, HEAD_CLIENT_GONE };
 
 /*
  * Read a response head from the backend into c->uin (from *off; bytes
@@ -1891,14 +1924,14 @@ keep_in_304(const struct http_header *h)
 }
 
 /*
- * Answer from a cache entry: the stored head with Age, X-Cache and
- * Cache-Status, then the body straight from the file with sendfile(), or
- * a 304 when the client's conditionals match. x->cache says which kind of
- * answer this is. Returns 0 (served; keep-alive per x), -1 (client gone:
- * close), -2 (entry unreadable: the caller goes to the origin).
+ * The head of an answer from a cache entry, into c->out: the stored head
+ * with Age, X-Cache and Cache-Status, or a 304 when the client's
+ * conditionals match. x->cache says which kind of answer this is. Returns
+ * its length with *body the body bytes to send after it, or -2 when the
+ * entry is unreadable.
  */
-static int
-serve_entry(struct conn *c, struct exchange *x, struct cache_entry *e)
+static long
+entry_head(struct conn *c, struct exchange *x, struct cache_entry *e, uint64_t *body)
 {
     struct http_response resp;
     struct conn_tokens none;
@@ -1944,10 +1977,27 @@ serve_entry(struct conn *c, struct exchange *x, struct cache_entry *e)
 
     x->status = status;
     x->body_done = 1;
+    *body = has_body ? e->body_len : 0;
+    return (long)b.len;
+}
+
+/*
+ * Answer from a cache entry: the head from entry_head(), then the body
+ * straight from the file with sendfile(). Returns 0 (served; keep-alive per
+ * x), -1 (client gone: close), -2 (entry unreadable: the caller goes to the
+ * origin).
+ */
+static int
+serve_entry(struct conn *c, struct exchange *x, struct cache_entry *e)
+{
+    uint64_t left;
+    long head_len = entry_head(c, x, e, &left);
+
+    if (head_len < 0)
+        return -2;
     /* The head waits (MSG_MORE) for the first bytes sendfile() adds: one
      * segment for a small answer instead of two. */
-    uint64_t left = has_body ? e->body_len : 0;
-    struct iovec iov = { c->out, b.len };
+    struct iovec iov = { c->out, (size_t)head_len };
     if (writev_flags(c->fd, &iov, 1, left > 0 ? MSG_MORE : 0) == -1) {
         x->err = "client went away";
         return -1;
@@ -2240,6 +2290,51 @@ relay_response(struct conn *c, struct exchange *x, struct upstream *u, size_t le
 }
 
 /*
+ * 1xx answers (the head in c->uin): relay them to HTTP/1.1 clients and read
+ * on until the final answer. Returns a HEAD_* code for that one, or
+ * HEAD_CLIENT_GONE after closing u.
+ */
+static int
+relay_interim(struct conn *c, struct exchange *x, struct upstream *u, size_t *len, long *rh_len)
+{
+    int hr = HEAD_OK;
+
+    for (int interim = 0; hr == HEAD_OK && interim < MAX_INTERIM; interim++) {
+        struct http_response resp;
+        if (http_parse_response(c->uin, (size_t)*rh_len, &resp) == -1 || resp.status >= 200)
+            break;
+        if (resp.status == 101)
+            return HEAD_BAD;
+        if (x->minor == 1 && write_all(c->fd, c->uin, (size_t)*rh_len) == -1) {
+            upstream_close(u);
+            x->err = "client went away";
+            return HEAD_CLIENT_GONE;
+        }
+        memmove(c->uin, c->uin + *rh_len, *len - (size_t)*rh_len);
+        *len -= (size_t)*rh_len;
+        hr = read_response_head(c, u->fd, len, rh_len);
+    }
+    return hr;
+}
+
+/* The final answer's head is in c->uin: relay it, then pool or close u. */
+static int
+relay_final(struct conn *c, struct exchange *x, struct upstream *u, size_t len, long rh_len,
+    int64_t t_sent)
+{
+    int reuse;
+
+    rr_record(u->backend, 1, pibl_now_us() - t_sent, NULL);
+    int keep = relay_response(c, x, u, len, rh_len, &reuse);
+    if (reuse && g_cfg->upstream_keepalive && keep == 0) {
+        pool_put(u->backend, u->fd);
+        u->fd = -1;
+    }
+    upstream_close(u);
+    return keep;
+}
+
+/*
  * Forward the request to a backend, retrying where it is safe, and relay the
  * answer. Returns 0 to keep the client connection, -1 to close it.
  */
@@ -2247,9 +2342,11 @@ static int
 forward(struct conn *c, struct exchange *x, const char *host, size_t host_len, const char *path,
     size_t path_len, const struct conn_tokens *ct)
 {
-    uint64_t tried = 0;
-    int fail_status = 503;
-    const char *fail_why = "no backend available: every backend is marked down";
+    /* The event loop may have tried a backend already (see ev_up_fail). */
+    uint64_t tried = x->tried;
+    int fail_status = x->fail_status != 0 ? x->fail_status : 503;
+    const char *fail_why = x->fail_why != NULL ? x->fail_why :
+        "no backend available: every backend is marked down";
 
     for (int attempt = 0; attempt <= rr_count(); attempt++) {
         int b = rr_next(tried);
@@ -2305,35 +2402,12 @@ forward(struct conn *c, struct exchange *x, const char *host, size_t host_len, c
         size_t len = 0;
         long rh_len = 0;
         int hr = rc == 0 ? read_response_head(c, u.fd, &len, &rh_len) : HEAD_NONE_EOF;
-        /* 1xx answers: relay them to HTTP/1.1 clients and wait for the final one. */
-        for (int interim = 0; hr == HEAD_OK && interim < MAX_INTERIM; interim++) {
-            struct http_response resp;
-            if (http_parse_response(c->uin, (size_t)rh_len, &resp) == -1 || resp.status >= 200)
-                break;
-            if (resp.status == 101) {
-                hr = HEAD_BAD;
-                break;
-            }
-            if (x->minor == 1 && write_all(c->fd, c->uin, (size_t)rh_len) == -1) {
-                upstream_close(&u);
-                x->err = "client went away";
-                return -1;
-            }
-            memmove(c->uin, c->uin + rh_len, len - (size_t)rh_len);
-            len -= (size_t)rh_len;
-            hr = read_response_head(c, u.fd, &len, &rh_len);
-        }
-        if (hr == HEAD_OK) {
-            int reuse;
-            rr_record(b, 1, pibl_now_us() - t_sent, NULL);
-            int keep = relay_response(c, x, &u, len, rh_len, &reuse);
-            if (reuse && g_cfg->upstream_keepalive && keep == 0) {
-                pool_put(b, u.fd);
-                u.fd = -1;
-            }
-            upstream_close(&u);
-            return keep;
-        }
+        if (hr == HEAD_OK)
+            hr = relay_interim(c, x, &u, &len, &rh_len);
+        if (hr == HEAD_CLIENT_GONE)
+            return -1;
+        if (hr == HEAD_OK)
+            return relay_final(c, x, &u, len, rh_len, t_sent);
         upstream_close(&u);
         if (hr == HEAD_NONE_EOF && u.reused && x->retryable) {
             tried &= ~((uint64_t)1 << b);       /* a stale pooled connection */
@@ -2368,49 +2442,7 @@ forward(struct conn *c, struct exchange *x, const char *host, size_t host_len, c
     return x->keep_alive && x->body_done ? 0 : -1;
 }
 
-/*
- * Wait up to ms for the client's next byte without reading it (no buffer is
- * needed). Returns 0 when a byte is there, -1 on timeout, close or stop.
- */
-static int
-idle_wait(struct conn *c, int ms)
-{
-    char ch;
-
-    if (ms <= 0 || g_stopping.load())
-        return -1;
-    set_rcv(c, ms);
-    for (;;) {
-        ssize_t n = recv(c->fd, &ch, 1, MSG_PEEK);
-        if (n == 1)
-            return 0;
-        if (n == -1 && errno == EINTR)
-            continue;
-        return -1;
-    }
-}
-
-static void conn_free_buffers(struct conn *c);
-
-/*
- * Give an idle connection's memory back: the buffer block, and the stack
- * pages below this frame that the last request touched (MADV_DONTNEED on
- * pages no live frame uses; they come back zeroed on the next request).
- */
-static void
-conn_shrink(struct conn *c)
-{
-    char here;
-
-    conn_free_buffers(c);
-    if (c->stack_lo == NULL)
-        return;
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t lo = ((uintptr_t)c->stack_lo + page - 1) & ~(page - 1);
-    uintptr_t hi = ((uintptr_t)&here - STACK_KEEP_BYTES) & ~(page - 1);
-    if (hi > lo)
-        madvise((void *)lo, hi - lo, MADV_DONTNEED);
-}
+/* ---------------------------------------------------------------- connections */
 
 /* Size of a connection's buffer block. */
 static size_t
@@ -2452,14 +2484,67 @@ conn_buffers(struct conn *c)
     c->uin = c->out + c->out_cap;
     c->uin_cap = head + HEAD_EXTRA_BYTES;
     c->relay = c->uin + c->uin_cap;
-    /* malloc's alignment holds: every size before it is a multiple of 8. */
+    /* mmap's alignment holds: every size before it is a multiple of 8. */
     c->x = (struct exchange *)(c->relay + RELAY_BUF_BYTES);
+    exchange_reset(c->x);
     return 0;
 }
 
 /*
- * Serve one request. Returns 0 to keep the connection, -1 to close it, 1
- * when no request came for IDLE_SHRINK_MS (nothing is buffered).
+ * Printable addresses for the log and X-Forwarded-For, done when the client
+ * first sends something, so that a connection that never does costs only
+ * its struct.
+ */
+static void
+conn_setup(struct conn *c)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+
+    if (c->addr.ss_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)&c->addr;
+        inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof ip);
+        port = ntohs(s4->sin_port);
+    } else if (c->addr.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&c->addr;
+        inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof ip);
+        port = ntohs(s6->sin6_port);
+        if (strncmp(ip, "::ffff:", 7) == 0)
+            memmove(ip, ip + 7, strlen(ip + 7) + 1);
+    }
+    snprintf(c->peer_ip, sizeof c->peer_ip, "%s", ip);
+    snprintf(c->peer, sizeof c->peer, strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip, port);
+    c->setup = 1;
+}
+
+/*
+ * End an exchange: the cache's lock and entries, the invalidation after an
+ * unsafe method, the log line. Returns 0 to keep the connection, -1 to
+ * close it.
+ */
+static int
+end_exchange(struct conn *c, struct exchange *x, int keep)
+{
+    if (x->locked)
+        cache_unlock(x->key, (size_t)x->key_len);
+    x->locked = 0;
+    if (x->invalidate && x->key_len > 0 && x->status >= 200 && x->status < 400)
+        cache_remove(x->key, (size_t)x->key_len);
+    x->invalidate = 0;
+    cache_release(&x->stale);
+    cache_release(&x->hit);
+    log_exchange(c, x);
+    if (keep == -1 || !x->keep_alive || !x->body_done)
+        return -1;
+    if (c->in_len == 0)
+        c->in_off = 0;
+    return 0;
+}
+
+/*
+ * Serve one request with blocking I/O. Returns 0 to keep the connection, -1
+ * to close it, 1 when no request came for IDLE_SHRINK_MS (nothing is
+ * buffered).
  */
 static int
 serve_one(struct conn *c)
@@ -2513,107 +2598,72 @@ serve_one(struct conn *c)
         keep = forward(c, &x, host, host_len, path, path_len, &ct);
     else
         keep = front == FRONT_DONE_KEEP ? 0 : -1;
-    if (x.locked)
-        cache_unlock(x.key, (size_t)x.key_len);
-    if (x.invalidate && x.key_len > 0 && x.status >= 200 && x.status < 400)
-        cache_remove(x.key, (size_t)x.key_len);
-    cache_release(&x.stale);
-    log_exchange(c, &x);
-    if (keep == -1 || !x.keep_alive || !x.body_done)
-        return -1;
-    if (c->in_len == 0)
-        c->in_off = 0;
-    return 0;
+    return end_exchange(c, &x, keep);
 }
+
+/* ---------------------------------------------------------------- blocking threads */
 
 /*
- * Fill in what a connection needs once its client has sent something:
- * printable addresses and the stack bounds. Done after the first byte so
- * that a connection that never sends anything touches as little memory
- * (and stack) as possible.
+ * What the event loops do not do themselves, a blocking thread does:
+ * request bodies, cache fills and revalidation, chunked, close-delimited and
+ * 1xx answers, every error answer, slow clients, failed backends. It takes
+ * the connection where the loop left it (c->resume), finishes that one
+ * exchange with the plain blocking code under socket timeouts, and hands the
+ * connection back to a loop. Idle threads wait SLOW_IDLE_S for more, then
+ * exit.
  */
-static void
-conn_setup(struct conn *c, const struct sockaddr_storage *peer)
-{
-    char ip[INET6_ADDRSTRLEN] = "?";
-    int port = 0;
+enum {
+    RESUME_FRESH,                  /* nothing done: the head (if any) is in c->in */
+    RESUME_FORWARD,                /* head parsed: forward() from x->tried on */
+    RESUME_AFTER_HEAD,             /* the backend's answer head is in c->uin */
+    RESUME_BAD_HEAD,               /* the backend's answer was bad: 502, x->fail_why */
+    RESUME_408,                    /* the head did not come whole in time */
+};
 
-    if (peer->ss_family == AF_INET) {
-        const struct sockaddr_in *s4 = (const struct sockaddr_in *)peer;
-        inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof ip);
-        port = ntohs(s4->sin_port);
-    } else if (peer->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)peer;
-        inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof ip);
-        port = ntohs(s6->sin6_port);
-        if (strncmp(ip, "::ffff:", 7) == 0)
-            memmove(ip, ip + 7, strlen(ip + 7) + 1);
-    }
-    snprintf(c->peer_ip, sizeof c->peer_ip, "%s", ip);
-    snprintf(c->peer, sizeof c->peer, strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip, port);
-    set_timeout(c->fd, SO_SNDTIMEO, g_cfg->client_timeout * 1000);
-    pthread_attr_t attr;
-    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
-        void *lo;
-        size_t size;
-        if (pthread_attr_getstack(&attr, &lo, &size) == 0)
-            c->stack_lo = (char *)lo;
-        pthread_attr_destroy(&attr);
-    }
+#define SLOW_IDLE_S 10
+
+static pthread_mutex_t g_slow_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_slow_more = PTHREAD_COND_INITIALIZER;
+static struct conn *g_slow_head, *g_slow_tail;
+static int g_slow_queued;          /* connections waiting for a thread */
+static int g_slow_waiting;         /* threads waiting for a connection */
+static int g_slow_threads;
+static pthread_attr_t g_slow_attr;
+
+static void loop_give(struct conn *c);
+
+static void
+set_nonblocking(int fd, int on)
+{
+    int fl = fcntl(fd, F_GETFL);
+
+    if (fl != -1)
+        fcntl(fd, F_SETFL, on ? fl | O_NONBLOCK : fl & ~O_NONBLOCK);
 }
 
-void
-http_serve(int fd, const struct sockaddr_storage *peer)
+/* Close a connection from a blocking thread: the lingering close after an
+ * error answer, and never while http_close_idle() is shutting the fd down. */
+static void
+conn_close(struct conn *c)
 {
-    struct conn c;
-    std::atomic<uint8_t> *st = &g_state[fd];
-
-    g_cfg = pibl_config_now();
-    memset(&c, 0, sizeof c);
-    c.fd = fd;
-    st->store(ST_IDLE);
-
-    /* Wait for the first byte before taking buffers: idle connections
-     * then cost a thread stack and nothing else. */
+    std::atomic<uint8_t> *st = &g_state[c->fd];
     char ch;
-    int n = idle_wait(&c, g_cfg->keepalive_timeout * 1000) == 0 ? 1 : 0;
-    if (n == 1)
-        conn_setup(&c, peer);
-    if (n == 1 && conn_buffers(&c) == 0) {
-        for (;;) {
-            int rc = serve_one(&c);
-            if (rc == 1) {
-                /* Idle keep-alive: hold no buffers and few stack pages while
-                 * waiting, so thousands of idle clients stay cheap. */
-                conn_shrink(&c);
-                if (idle_wait(&c, g_cfg->keepalive_timeout * 1000 - idle_first_ms()) == -1 ||
-                    conn_buffers(&c) == -1)
-                    break;
-                continue;
-            }
-            uint8_t busy = ST_BUSY;
-            if (rc == -1 || !st->compare_exchange_strong(busy, ST_IDLE))
-                break;
-        }
-    }
 
     /* After an error answer the client may still be sending: closing with
      * unread input would reset the connection and could destroy the answer
      * in flight, so read and drop for a bounded time first (a lingering
      * close, as nginx and Apache do). */
-    if (c.linger && shutdown(fd, SHUT_WR) == 0) {
+    if (c->linger && shutdown(c->fd, SHUT_WR) == 0) {
         int64_t until = (pibl_now_us() / 1000) + LINGER_MS;
         size_t drained = 0;
-        set_rcv(&c, LINGER_MS);
+        set_rcv(c, LINGER_MS);
         while (drained < LINGER_MAX_BYTES && (pibl_now_us() / 1000) < until) {
-            ssize_t r = recv(fd, c.relay ? c.relay : &ch, c.relay ? RELAY_BUF_BYTES : 1, 0);
+            ssize_t r = recv(c->fd, c->relay ? c->relay : &ch, c->relay ? RELAY_BUF_BYTES : 1, 0);
             if (r <= 0 && !(r == -1 && errno == EINTR))
                 break;
             drained += r > 0 ? (size_t)r : 0;
         }
     }
-
-    /* Never close while http_close_idle() is inside shutdown() on this fd. */
     for (;;) {
         uint8_t cur = st->load();
         if (cur == ST_CLOSING)
@@ -2621,8 +2671,1033 @@ http_serve(int fd, const struct sockaddr_storage *peer)
         else if (st->compare_exchange_strong(cur, ST_NONE))
             break;
     }
-    conn_free_buffers(&c);
-    close(fd);
+    upstream_close(&c->u);
+    conn_free_buffers(c);
+    close(c->fd);
+    free(c);
+    pibl_conn_closed();
+}
+
+/* Finish the exchange the loop handed over. Returns like serve_one(). */
+static int
+slow_exchange(struct conn *c)
+{
+    struct exchange *x = c->x;
+
+    switch (c->resume) {
+    case RESUME_FORWARD:
+        return end_exchange(c, x, forward(c, x, c->host, c->host_len, c->path, c->path_len,
+            &c->ct));
+    case RESUME_AFTER_HEAD: {
+        size_t len = c->u_len;
+        long rh_len = c->u_head;
+        int hr = relay_interim(c, x, &c->u, &len, &rh_len);
+        if (hr == HEAD_OK)
+            return end_exchange(c, x, relay_final(c, x, &c->u, len, rh_len, c->t_sent));
+        if (hr == HEAD_CLIENT_GONE)
+            return end_exchange(c, x, -1);
+        upstream_close(&c->u);
+        x->fail_why = hr == HEAD_BAD ? "invalid answer from backend" : "backend closed mid-head";
+        rr_record(x->backend, 0, 0, hr == HEAD_BAD ? "invalid answer" : "closed mid-head");
+    }
+        /* FALLTHROUGH */
+    case RESUME_BAD_HEAD:
+        send_error(c, x, 502, x->fail_why, 1);
+        return end_exchange(c, x, 0);
+    case RESUME_408:
+        send_error(c, x, 408, "client too slow", 0);
+        log_exchange(c, x);
+        return -1;
+    default:
+        return serve_one(c);
+    }
+}
+
+static void
+slow_serve(struct conn *c)
+{
+    std::atomic<uint8_t> *st = &g_state[c->fd];
+
+    g_cfg = c->cfg != NULL ? c->cfg : pibl_config_now();
+    set_nonblocking(c->fd, 0);
+    /* A fresh exchange waits for its head like an idle connection: a
+     * graceful stop may shut it down (http_close_idle). */
+    st->store(c->resume == RESUME_FRESH ? ST_IDLE : ST_BUSY);
+    int rc = slow_exchange(c);
+    if (rc != -1) {
+        uint8_t cur = st->load();
+        if ((cur != ST_IDLE && cur != ST_BUSY) || !st->compare_exchange_strong(cur, ST_NONE))
+            rc = -1;                            /* a graceful stop shut it down */
+    }
+    if (rc == -1) {
+        conn_close(c);
+        return;
+    }
+    set_nonblocking(c->fd, 1);
+    loop_give(c);
+}
+
+static void *
+slow_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&g_slow_lock);
+    for (;;) {
+        g_slow_waiting++;
+        while (g_slow_head == NULL) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += SLOW_IDLE_S;
+            if (pthread_cond_timedwait(&g_slow_more, &g_slow_lock, &ts) == ETIMEDOUT &&
+                g_slow_head == NULL) {
+                g_slow_waiting--;
+                g_slow_threads--;
+                pthread_mutex_unlock(&g_slow_lock);
+                return NULL;
+            }
+        }
+        g_slow_waiting--;
+        struct conn *c = g_slow_head;
+        g_slow_head = c->next;
+        if (g_slow_head == NULL)
+            g_slow_tail = NULL;
+        g_slow_queued--;
+        pthread_mutex_unlock(&g_slow_lock);
+        slow_serve(c);
+        pthread_mutex_lock(&g_slow_lock);
+    }
+}
+
+/* Queue a connection for a blocking thread, starting one if none is free. */
+static void
+slow_give(struct conn *c)
+{
+    pthread_t t;
+
+    c->next = NULL;
+    pthread_mutex_lock(&g_slow_lock);
+    if (g_slow_tail != NULL)
+        g_slow_tail->next = c;
+    else
+        g_slow_head = c;
+    g_slow_tail = c;
+    g_slow_queued++;
+    if (g_slow_waiting >= g_slow_queued) {
+        pthread_cond_signal(&g_slow_more);
+    } else {
+        int rc = pthread_create(&t, &g_slow_attr, slow_main, NULL);
+        if (rc == 0)
+            g_slow_threads++;
+        else if (g_slow_threads == 0)
+            log_line("pibl: warning: cannot start a thread: %s", strerror(rc));
+        /* Otherwise a running thread takes it when it is done. */
+    }
+    pthread_mutex_unlock(&g_slow_lock);
+}
+
+/* ---------------------------------------------------------------- event loops */
+
+/*
+ * The common exchanges run in a few event-loop threads (one per core), each
+ * with select() over its connections' sockets: a GET or HEAD without a body
+ * whose answer is a fresh cache entry (sent with sendfile) or comes from a
+ * backend with a Content-Length. Everything else goes to a blocking thread
+ * at the point where it stops being common, and the connection comes back
+ * after that exchange.
+ *
+ * select() sets here are our own bitmaps sized past FD_SETSIZE (Linux takes
+ * any nfds); the FD_* macros are never used on them. A loop only watches
+ * connections that were busy within IDLE_SHRINK_MS: an idle keep-alive
+ * connection gives its buffers back and moves to the parking loop, whose
+ * larger set is scanned only when something happens on it, so ten thousand
+ * idle clients cost the busy ones nothing.
+ */
+enum { EV_HEAD, EV_UP_CONN, EV_UP_SEND, EV_UP_HEAD, EV_RELAY, EV_FILE };
+enum { EV_WAIT, EV_AGAIN, EV_END, EV_CLOSE, EV_GONE };
+
+#define MAX_LOOPS 64
+
+struct loop {
+    pthread_mutex_t lock;
+    struct conn *inbox;            /* handed in by other threads */
+    int wake[2];                   /* a byte here: look at the inbox */
+    int woken;                     /* that byte is written and not yet read */
+    struct conn **conns;           /* the connections it serves */
+    int n, cap;
+    fd_mask *rset, *wset;          /* select() sets, `words` long */
+    size_t words;
+};
+
+static struct loop g_loops[MAX_LOOPS + 1]; /* the workers, then the parking loop */
+static int g_n_loops;
+static std::atomic<unsigned> g_next_loop;
+
+#define PARK (&g_loops[g_n_loops])
+
+static int64_t
+now_ms(void)
+{
+    return pibl_now_us() / 1000;
+}
+
+static void
+loop_push(struct loop *l, struct conn *c)
+{
+    pthread_mutex_lock(&l->lock);
+    c->next = l->inbox;
+    l->inbox = c;
+    int wake = !l->woken;
+    l->woken = 1;
+    pthread_mutex_unlock(&l->lock);
+    if (wake)
+        (void)!write(l->wake[1], "", 1);
+}
+
+/* Hand a connection to a worker loop: new, back from a thread or the park. */
+static void
+loop_give(struct conn *c)
+{
+    c->state = EV_HEAD;
+    c->resume = RESUME_FRESH;
+    c->deadline = 0;
+    c->first_byte = 0;
+    c->idle_since = now_ms();
+    loop_push(&g_loops[g_next_loop.fetch_add(1, std::memory_order_relaxed) % (unsigned)g_n_loops], c);
+}
+
+static int
+loop_add(struct loop *l, struct conn *c)
+{
+    if (l->n == l->cap) {
+        int cap = l->cap ? l->cap * 2 : 256;
+        struct conn **a = (struct conn **)realloc(l->conns, (size_t)cap * sizeof *a);
+        if (a == NULL)
+            return -1;
+        l->conns = a;
+        l->cap = cap;
+    }
+    c->slot = l->n;
+    l->conns[l->n++] = c;
+    return 0;
+}
+
+static void
+loop_remove(struct loop *l, struct conn *c)
+{
+    struct conn *last = l->conns[--l->n];
+
+    l->conns[c->slot] = last;
+    last->slot = c->slot;
+}
+
+/* Take what other threads handed in; new connections go to the end. */
+static void
+loop_take(struct loop *l)
+{
+    char drain[64];
+
+    while (read(l->wake[0], drain, sizeof drain) == (ssize_t)sizeof drain)
+        ;
+    pthread_mutex_lock(&l->lock);
+    struct conn *c = l->inbox;
+    l->inbox = NULL;
+    l->woken = 0;
+    pthread_mutex_unlock(&l->lock);
+    while (c != NULL) {
+        struct conn *next = c->next;
+        if (loop_add(l, c) == -1) {
+            close(c->fd);
+            conn_free_buffers(c);
+            free(c);
+            pibl_conn_closed();
+        }
+        c = next;
+    }
+}
+
+static void
+set_bit(struct loop *l, int fd, int wr, int *maxfd)
+{
+    size_t w = (size_t)fd / NFDBITS;
+
+    if (w >= l->words) {
+        size_t words = w * 2 + 16;
+        fd_mask *r = (fd_mask *)realloc(l->rset, words * sizeof *r);
+        fd_mask *s = r ? (fd_mask *)realloc(l->wset, words * sizeof *s) : NULL;
+        if (r != NULL)
+            l->rset = r;
+        if (s == NULL)
+            return;                             /* out of memory: not watched this turn */
+        l->wset = s;
+        memset(l->rset + l->words, 0, (words - l->words) * sizeof *r);
+        memset(l->wset + l->words, 0, (words - l->words) * sizeof *s);
+        l->words = words;
+    }
+    (wr ? l->wset : l->rset)[w] |= (fd_mask)1 << ((size_t)fd % NFDBITS);
+    if (fd > *maxfd)
+        *maxfd = fd;
+}
+
+static int
+has_bit(const struct loop *l, int fd, int wr)
+{
+    size_t w = (size_t)fd / NFDBITS;
+
+    return w < l->words && (((wr ? l->wset : l->rset)[w] >> ((size_t)fd % NFDBITS)) & 1);
+}
+
+/* The socket a connection waits on in its state, and for which direction. */
+static int
+ev_wait_fd(const struct conn *c, int *wr)
+{
+    switch (c->state) {
+    case EV_UP_CONN:
+    case EV_UP_SEND:
+        *wr = 1;
+        return c->u.fd;
+    case EV_UP_HEAD:
+        *wr = 0;
+        return c->u.fd;
+    case EV_RELAY:
+        *wr = c->p1_len + c->p2_len > 0;
+        return *wr ? c->fd : c->u.fd;
+    case EV_FILE:
+        *wr = 1;
+        return c->fd;
+    default:
+        *wr = 0;
+        return c->fd;
+    }
+}
+
+/* Close from a loop: the exchange in flight (if any) is logged. */
+static void
+ev_close(struct loop *l, struct conn *c)
+{
+    if (c->state != EV_HEAD && c->x != NULL)
+        end_exchange(c, c->x, -1);
+    upstream_close(&c->u);
+    loop_remove(l, c);
+    conn_free_buffers(c);
+    close(c->fd);
+    free(c);
+    pibl_conn_closed();
+}
+
+/* Hand the connection to a blocking thread (c->resume says where it is). */
+static int
+ev_slow(struct loop *l, struct conn *c, int resume)
+{
+    c->resume = resume;
+    c->deadline = 0;
+    loop_remove(l, c);
+    slow_give(c);
+    return EV_GONE;
+}
+
+/*
+ * The backend failed before answering. Mirrors forward(): a stale pooled
+ * connection is retried without blame; a bad or cut head is a 502; no
+ * answer at all marks the backend down and the next one is tried.
+ */
+static int
+ev_up_fail(struct loop *l, struct conn *c, int hr)
+{
+    struct exchange *x = c->x;
+    int b = c->u.backend;
+
+    upstream_close(&c->u);
+    if (hr == HEAD_NONE_EOF && c->u.reused)
+        return ev_slow(l, c, RESUME_FORWARD);
+    if (hr == HEAD_BAD || hr == HEAD_CUT) {
+        rr_record(b, 0, 0, hr == HEAD_BAD ? "invalid answer" : "closed mid-head");
+        x->fail_why = hr == HEAD_BAD ? "invalid answer from backend" : "backend closed mid-head";
+        return ev_slow(l, c, RESUME_BAD_HEAD);
+    }
+    rr_mark_down(b);
+    x->fail_status = hr == HEAD_NONE_TIMEOUT ? 504 : 502;
+    x->fail_why = hr == HEAD_NONE_TIMEOUT ? "backend timed out" : "backend closed without answering";
+    rr_record(b, 0, 0, x->fail_why);
+    x->tried |= (uint64_t)1 << b;
+    return ev_slow(l, c, RESUME_FORWARD);
+}
+
+/* Open a connection to the backend's address c->addr_k (or a later one).
+ * Returns 0 connected, 1 in progress, -1 none left (errno set). */
+static int
+ev_connect(struct conn *c)
+{
+    for (;; c->addr_k++) {
+        socklen_t alen;
+        const struct sockaddr *sa = rr_addr(c->u.backend, c->addr_k, &alen);
+        if (sa == NULL) {
+            errno = ECONNREFUSED;
+            return -1;
+        }
+        int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd == -1)
+            return -1;
+        c->u.fd = fd;
+        if (connect(fd, sa, alen) == 0)
+            return 0;
+        if (errno == EINPROGRESS)
+            return 1;
+        upstream_close(&c->u);
+    }
+}
+
+/* A new backend connection is up: the options the blocking code expects. */
+static void
+upstream_ready(int fd)
+{
+    int one = 1;
+
+    set_nonblocking(fd, 0);                     /* the loop uses MSG_DONTWAIT */
+    set_timeout(fd, SO_SNDTIMEO, g_cfg->backend_timeout * 1000);
+    set_timeout(fd, SO_RCVTIMEO, g_cfg->backend_timeout * 1000);
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+/* The connection to the backend failed: errno says why. */
+static int
+ev_connect_fail(struct loop *l, struct conn *c)
+{
+    struct exchange *x = c->x;
+    int b = c->u.backend;
+
+    upstream_close(&c->u);
+    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+        return ev_slow(l, c, RESUME_FORWARD);   /* ours, not the backend's: it says 503 */
+    rr_mark_down(b);
+    x->fail_status = 502;
+    x->fail_why = errno == ETIMEDOUT ? "backend connect timed out" : "backend unreachable";
+    rr_record(b, 0, 0, x->fail_why);
+    x->tried |= (uint64_t)1 << b;
+    return ev_slow(l, c, RESUME_FORWARD);
+}
+
+/* Send the request to a backend chosen by round robin. */
+static int
+ev_forward(struct loop *l, struct conn *c)
+{
+    struct exchange *x = c->x;
+    int b = rr_next(x->tried);
+
+    if (b == -1)
+        return ev_slow(l, c, RESUME_FORWARD);   /* none up: forward() answers */
+    long head_len = build_upstream_head(c, x, c->host, c->host_len, c->path, c->path_len,
+        &c->ct, b);
+    if (head_len == -1)
+        return ev_slow(l, c, RESUME_FORWARD);
+    x->backend = b;
+    c->u.fd = -1;
+    c->u.backend = b;
+    c->u.reused = 0;
+    c->u_out = 0;
+    c->u_len = (size_t)head_len;                /* the head to send, until sent */
+    c->t_sent = pibl_now_us();
+    if (g_cfg->upstream_keepalive)
+        c->u.fd = pool_get(b);
+    c->u.reused = c->u.fd != -1;
+    if (c->u.fd != -1) {
+        c->state = EV_UP_SEND;
+        return EV_AGAIN;
+    }
+    c->addr_k = 0;
+    int rc = ev_connect(c);
+    if (rc == -1)
+        return ev_connect_fail(l, c);
+    if (rc == 0)
+        upstream_ready(c->u.fd);
+    c->state = rc == 0 ? EV_UP_SEND : EV_UP_CONN;
+    c->deadline = now_ms() + (int64_t)g_cfg->connect_timeout * 1000;
+    return rc == 0 ? EV_AGAIN : EV_WAIT;
+}
+
+static int
+ev_connected(struct loop *l, struct conn *c)
+{
+    int err = 0;
+    socklen_t len = sizeof err;
+
+    if (getsockopt(c->u.fd, SOL_SOCKET, SO_ERROR, &err, &len) == -1)
+        err = errno;
+    if (err == 0) {
+        upstream_ready(c->u.fd);
+        c->state = EV_UP_SEND;
+        return EV_AGAIN;
+    }
+    upstream_close(&c->u);
+    c->addr_k++;                                /* a refused address: the next one */
+    int rc = ev_connect(c);
+    if (rc == -1) {
+        errno = err;
+        return ev_connect_fail(l, c);
+    }
+    if (rc == 0)
+        upstream_ready(c->u.fd);
+    c->state = rc == 0 ? EV_UP_SEND : EV_UP_CONN;
+    return rc == 0 ? EV_AGAIN : EV_WAIT;
+}
+
+static int
+ev_send_up(struct loop *l, struct conn *c)
+{
+    while (c->u_out < c->u_len) {
+        ssize_t n = send(c->u.fd, c->out + c->u_out, c->u_len - c->u_out,
+            MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n == -1 && errno == EINTR)
+            continue;
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return EV_WAIT;
+        if (n <= 0)
+            return ev_up_fail(l, c, HEAD_NONE_EOF);
+        c->u_out += (size_t)n;
+    }
+    c->state = EV_UP_HEAD;
+    c->u_len = c->u_scan = 0;
+    return EV_WAIT;                             /* the answer cannot be there yet */
+}
+
+/* The answer head is in c->uin: relay it here when it is plain, else hand over. */
+static int
+ev_response(struct loop *l, struct conn *c)
+{
+    struct exchange *x = c->x;
+    struct http_response resp;
+    struct body_in bi;
+    struct conn_tokens ct;
+
+    /* 1xx, bad framing, chunked or close-delimited bodies, stores: the
+     * blocking code (relay_interim, relay_response) does all of those. */
+    if (http_parse_response(c->uin, (size_t)c->u_head, &resp) == -1 || resp.status < 200 ||
+        response_framing(x, &resp, &bi) == -1 || bi.kind == BODY_CHUNKED ||
+        bi.kind == BODY_CLOSE || (x->store_ok && x->key_len > 0) ||
+        c->u_len - (size_t)c->u_head > (bi.kind == BODY_LENGTH ? bi.remaining : 0))
+        return ev_slow(l, c, RESUME_AFTER_HEAD);
+    scan_connection(resp.headers, resp.n_headers, &ct);
+    if (g_stopping.load())
+        x->keep_alive = 0;
+    long out_len = build_client_head(c, x, &resp, &ct, 0, HEAD_FOR_CLIENT);
+    if (out_len == -1)
+        return ev_slow(l, c, RESUME_AFTER_HEAD);
+    rr_record(c->u.backend, 1, pibl_now_us() - c->t_sent, NULL);
+    x->status = resp.status;
+    c->u_reuse = resp.minor_version == 1 && !ct.close;
+    c->body_left = bi.kind == BODY_LENGTH ? bi.remaining : 0;
+    c->p1 = c->out;
+    c->p1_len = (size_t)out_len;
+    c->p2 = c->uin + c->u_head;
+    c->p2_len = c->u_len - (size_t)c->u_head;
+    c->body_left -= c->p2_len;
+    c->state = EV_RELAY;
+    return EV_AGAIN;
+}
+
+static int
+ev_up_head(struct loop *l, struct conn *c)
+{
+    for (;;) {
+        ssize_t n = recv(c->u.fd, c->uin + c->u_len, c->uin_cap - c->u_len, MSG_DONTWAIT);
+        if (n == -1 && errno == EINTR)
+            continue;
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return EV_WAIT;
+        if (n <= 0)
+            return ev_up_fail(l, c, c->u_len > 0 ? HEAD_CUT : HEAD_NONE_EOF);
+        c->u_len += (size_t)n;
+        long end = http_find_head_end(c->uin, c->u_len, &c->u_scan);
+        if (end > 0) {
+            c->u_head = end;
+            return ev_response(l, c);
+        }
+        if (end == -1 || c->u_len == c->uin_cap)
+            return ev_up_fail(l, c, HEAD_BAD);
+    }
+}
+
+/*
+ * Write what waits for the client (c->p1, then c->p2). Returns 1 when all
+ * went, 0 when the socket is full, -1 when the client is gone. Bytes of p2
+ * are body bytes when body is set.
+ */
+static int
+ev_flush(struct conn *c, int more, int body)
+{
+    while (c->p1_len + c->p2_len > 0) {
+        struct iovec iov[2] = { { (void *)c->p1, c->p1_len }, { (void *)c->p2, c->p2_len } };
+        struct msghdr msg;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_iov = c->p1_len > 0 ? iov : iov + 1;
+        msg.msg_iovlen = c->p1_len > 0 ? 2 : 1;
+        ssize_t n = sendmsg(c->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL | (more ? MSG_MORE : 0));
+        if (n == -1 && errno == EINTR)
+            continue;
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0;
+        if (n <= 0)
+            return -1;
+        size_t w = (size_t)n, a = w < c->p1_len ? w : c->p1_len;
+        c->p1 += a;
+        c->p1_len -= a;
+        w -= a;
+        c->p2 += w;
+        c->p2_len -= w;
+        if (body)
+            c->x->bytes += w;
+    }
+    return 1;
+}
+
+/* Relay a Content-Length body from the backend to the client. */
+static int
+ev_relay(struct conn *c)
+{
+    struct exchange *x = c->x;
+
+    for (;;) {
+        int f = ev_flush(c, 0, 1);
+        if (f == 0)
+            return EV_WAIT;
+        if (f == -1) {
+            x->err = "client went away";
+            return EV_CLOSE;
+        }
+        if (c->body_left == 0) {
+            if (c->u_reuse && g_cfg->upstream_keepalive) {
+                pool_put(c->u.backend, c->u.fd);
+                c->u.fd = -1;
+            }
+            upstream_close(&c->u);
+            rr_mark_up(c->u.backend);
+            return EV_END;
+        }
+        size_t want = c->body_left < RELAY_BUF_BYTES ? (size_t)c->body_left : RELAY_BUF_BYTES;
+        ssize_t n = recv(c->u.fd, c->relay, want, MSG_DONTWAIT);
+        if (n == -1 && errno == EINTR)
+            continue;
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return EV_WAIT;
+        if (n <= 0) {
+            /* Close the client so a cut body never looks whole. */
+            x->err = "backend closed mid-answer";
+            return EV_CLOSE;
+        }
+        c->p2 = c->relay;
+        c->p2_len = (size_t)n;
+        c->body_left -= (uint64_t)n;
+    }
+}
+
+/* Send a cache entry: the head in c->p1, then x->hit's body with sendfile. */
+static int
+ev_file(struct conn *c)
+{
+    struct exchange *x = c->x;
+    int f = ev_flush(c, c->file_left > 0, 0);
+
+    if (f == 0)
+        return EV_WAIT;
+    while (f == 1 && c->file_left > 0) {
+        size_t want = c->file_left > (1u << 30) ? (1u << 30) : (size_t)c->file_left;
+        ssize_t n = sendfile(c->fd, x->hit.fd, &c->file_off, want);
+        if (n == -1 && errno == EINTR)
+            continue;
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return EV_WAIT;
+        if (n <= 0) {
+            x->err = n == 0 ? "cache entry shrank" : "client went away";
+            return EV_CLOSE;
+        }
+        c->file_left -= (uint64_t)n;
+        x->bytes += (uint64_t)n;
+    }
+    if (f == -1) {
+        x->err = "client went away";
+        return EV_CLOSE;
+    }
+    return EV_END;
+}
+
+/*
+ * A fresh cache hit for this GET or HEAD, set up to be sent from the loop.
+ * Returns 0, or -1 when it is anything else (cache_front() decides then).
+ */
+static int
+ev_cache_hit(struct conn *c)
+{
+    struct exchange *x = c->x;
+    const struct http_request *r = &x->req;
+    struct cache_ctl cc;
+
+    if (c->host == NULL)
+        return -1;
+    x->key_len = cache_key(x->key, sizeof x->key, c->host, c->host_len, c->path, c->path_len);
+    if (x->key_len <= 0) {
+        x->key_len = 0;
+        return -1;
+    }
+    parse_cache_control(r->headers, r->n_headers, &cc);
+    if (cc.no_store || cc.no_cache || find_field(r->headers, r->n_headers, "pragma") != NULL ||
+        cache_lookup(x->key, (size_t)x->key_len, &x->hit) != 1)
+        return -1;
+    uint64_t body;
+    long head_len;
+    x->cache = CACHE_HIT;
+    if (!x->hit.fresh || !vary_matches(r, x->hit.vary) ||
+        (head_len = entry_head(c, x, &x->hit, &body)) < 0) {
+        cache_release(&x->hit);
+        x->cache = CACHE_NONE;
+        return -1;
+    }
+    c->p1 = c->out;
+    c->p1_len = (size_t)head_len;
+    c->p2_len = 0;
+    c->file_off = x->hit.body_off;
+    c->file_left = body;
+    return 0;
+}
+
+/* A whole request head of head_len bytes is at c->in + c->in_off. */
+static int
+ev_request(struct loop *l, struct conn *c, long head_len)
+{
+    struct exchange *x = c->x;
+    const char *why;
+
+    c->cfg = g_cfg = pibl_config_now();
+    exchange_reset(x);
+    if (c->first_byte != 0)
+        x->t_start = c->first_byte * 1000;
+    if (g_cfg->log_headers || http_parse_request(c->in + c->in_off, (size_t)head_len,
+        (size_t)g_cfg->max_uri_bytes, &x->req) != 0 ||
+        check_request(x, &why, &c->host, &c->host_len, &c->path, &c->path_len, &c->ct) != 0 ||
+        x->body.kind != BODY_NONE || x->expect_continue ||
+        (!x->is_head && !http_name_is(x->req.method, x->req.method_len, "GET")))
+        return ev_slow(l, c, RESUME_FRESH);     /* unparsed: the blocking code starts over */
+    x->body_done = 1;
+    if (g_stopping.load())
+        x->keep_alive = 0;
+    if (cache_enabled()) {
+        /* Only fresh hits here: misses fill the cache under its lock. */
+        if (ev_cache_hit(c) == -1)
+            return ev_slow(l, c, RESUME_FRESH);
+        c->state = EV_FILE;
+    }
+    c->in_off += (size_t)head_len;
+    c->in_len -= (size_t)head_len;
+    return c->state == EV_FILE ? EV_AGAIN : ev_forward(l, c);
+}
+
+/* Wait for a request head; parse it when it is whole. */
+static int
+ev_read_head(struct loop *l, struct conn *c)
+{
+    size_t cap;
+
+    if (c->in == NULL) {
+        g_cfg = pibl_config_now();
+        if (!c->setup)
+            conn_setup(c);
+        if (conn_buffers(c) == -1)
+            return EV_CLOSE;
+    }
+    cap = (size_t)g_cfg->max_header_bytes;
+    if (cap > c->in_cap)
+        cap = c->in_cap;
+    for (;;) {
+        /* Empty lines before a request are ignored (RFC 9112 2.2). */
+        while (c->in_len >= 2 && c->in[c->in_off] == '\r' && c->in[c->in_off + 1] == '\n') {
+            c->in_off += 2;
+            c->in_len -= 2;
+        }
+        if (c->in_len > 0) {
+            size_t scan = 0;
+            long end = http_find_head_end(c->in + c->in_off, c->in_len, &scan);
+            if (end > 0)
+                return ev_request(l, c, end);
+            if (end == -1 || c->in_len >= cap)
+                return ev_slow(l, c, RESUME_FRESH);     /* the blocking code answers */
+            if (c->first_byte == 0)
+                c->first_byte = now_ms();
+        }
+        if (c->in_off > 0 && c->in_off + c->in_len == c->in_cap) {
+            memmove(c->in, c->in + c->in_off, c->in_len);
+            c->in_off = 0;
+        }
+        size_t room = cap - c->in_len;
+        if (room > c->in_cap - c->in_off - c->in_len)
+            room = c->in_cap - c->in_off - c->in_len;
+        ssize_t n = recv(c->fd, c->in + c->in_off + c->in_len, room, MSG_DONTWAIT);
+        if (n == -1 && errno == EINTR)
+            continue;
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return EV_WAIT;
+        if (n <= 0)
+            return EV_CLOSE;
+        c->in_len += (size_t)n;
+    }
+}
+
+/* When the current wait ends. */
+static void
+ev_set_deadline(struct conn *c)
+{
+    int64_t now = now_ms();
+    const struct pibl_config *cfg = c->state == EV_HEAD ? pibl_config_now() : g_cfg;
+
+    switch (c->state) {
+    case EV_HEAD:
+        if (c->first_byte != 0) {
+            c->deadline = c->first_byte + (int64_t)cfg->client_timeout * 1000;
+        } else {
+            int64_t ka = c->idle_since + (int64_t)cfg->keepalive_timeout * 1000;
+            int64_t shrink = c->idle_since + IDLE_SHRINK_MS;
+            c->deadline = shrink < ka ? shrink : ka;
+        }
+        break;
+    case EV_UP_CONN:
+        break;                                  /* set when the connect began */
+    case EV_UP_SEND:
+    case EV_UP_HEAD:
+        c->deadline = now + (int64_t)cfg->backend_timeout * 1000;
+        break;
+    case EV_RELAY:
+        c->deadline = now + (int64_t)(c->p1_len + c->p2_len > 0 ? cfg->client_timeout :
+            cfg->backend_timeout) * 1000;
+        break;
+    default:
+        c->deadline = now + (int64_t)cfg->client_timeout * 1000;
+        break;
+    }
+}
+
+/* Park an idle connection: no buffers, watched by the parking loop. */
+static void
+ev_park(struct loop *l, struct conn *c)
+{
+    loop_remove(l, c);
+    conn_free_buffers(c);
+    c->deadline = c->idle_since + (int64_t)pibl_config_now()->keepalive_timeout * 1000;
+    loop_push(PARK, c);
+}
+
+/* Run a connection until it has to wait, leaves the loop or closes. */
+static void
+ev_run(struct loop *l, struct conn *c)
+{
+    for (;;) {
+        g_cfg = c->cfg != NULL ? c->cfg : pibl_config_now();
+        int rc;
+        switch (c->state) {
+        case EV_HEAD:
+            rc = ev_read_head(l, c);
+            break;
+        case EV_UP_CONN:
+            rc = ev_connected(l, c);
+            break;
+        case EV_UP_SEND:
+            rc = ev_send_up(l, c);
+            break;
+        case EV_UP_HEAD:
+            rc = ev_up_head(l, c);
+            break;
+        case EV_RELAY:
+            rc = ev_relay(c);
+            break;
+        default:
+            rc = ev_file(c);
+            break;
+        }
+        switch (rc) {
+        case EV_AGAIN:
+            continue;
+        case EV_WAIT:
+            ev_set_deadline(c);
+            return;
+        case EV_GONE:
+            return;
+        case EV_CLOSE:
+            ev_close(l, c);
+            return;
+        default:                                /* EV_END */
+            if (end_exchange(c, c->x, 0) == -1) {
+                c->state = EV_HEAD;             /* logged already */
+                ev_close(l, c);
+                return;
+            }
+            c->state = EV_HEAD;
+            c->first_byte = 0;
+            c->idle_since = now_ms();
+            if (c->in_len == 0) {
+                /* The client waits for this answer before sending more. */
+                ev_set_deadline(c);
+                return;
+            }
+            continue;                           /* pipelined: the next one is here */
+        }
+    }
+}
+
+/* A wait ran out. */
+static void
+ev_timeout(struct loop *l, struct conn *c)
+{
+    struct exchange *x = c->x;
+
+    g_cfg = c->cfg != NULL ? c->cfg : pibl_config_now();
+    switch (c->state) {
+    case EV_HEAD:
+        if (c->first_byte != 0) {
+            exchange_reset(x);
+            x->t_start = c->first_byte * 1000;
+            ev_slow(l, c, RESUME_408);
+        } else if (g_stopping.load() ||
+            now_ms() >= c->idle_since + (int64_t)pibl_config_now()->keepalive_timeout * 1000) {
+            ev_close(l, c);
+        } else {
+            ev_park(l, c);
+        }
+        return;
+    case EV_UP_CONN:
+        errno = ETIMEDOUT;
+        ev_connect_fail(l, c);
+        return;
+    case EV_UP_SEND:
+    case EV_UP_HEAD:
+        ev_up_fail(l, c, c->state == EV_UP_HEAD && c->u_len > 0 ? HEAD_CUT : HEAD_NONE_TIMEOUT);
+        return;
+    case EV_RELAY:
+        x->err = c->p1_len + c->p2_len > 0 ? "client went away" : "backend timed out mid-answer";
+        ev_close(l, c);
+        return;
+    default:
+        x->err = "client went away";
+        ev_close(l, c);
+        return;
+    }
+}
+
+static void *
+loop_main(void *arg)
+{
+    struct loop *l = (struct loop *)arg;
+
+    for (;;) {
+        int64_t now = now_ms(), wait = 1000;
+        int maxfd = l->wake[0];
+        int stopping = g_stopping.load();
+
+        if (l->words > 0) {
+            memset(l->rset, 0, l->words * sizeof *l->rset);
+            memset(l->wset, 0, l->words * sizeof *l->wset);
+        }
+        set_bit(l, l->wake[0], 0, &maxfd);
+        for (int i = 0; i < l->n;) {
+            struct conn *c = l->conns[i];
+            if ((c->deadline != 0 && now >= c->deadline) ||
+                (stopping && c->state == EV_HEAD && c->in_len == 0)) {
+                ev_timeout(l, c);
+            } else {
+                int wr = 0, fd = ev_wait_fd(c, &wr);
+                set_bit(l, fd, wr, &maxfd);
+                if (c->deadline != 0 && c->deadline - now < wait)
+                    wait = c->deadline - now;
+            }
+            if (i < l->n && l->conns[i] == c)
+                i++;
+        }
+        struct timeval tv = { (time_t)(wait / 1000), (suseconds_t)(wait % 1000 * 1000) };
+        int n = select(maxfd + 1, (fd_set *)l->rset, (fd_set *)l->wset, NULL, &tv);
+        if (n <= 0)
+            continue;
+        int first_new = l->n;
+        if (has_bit(l, l->wake[0], 0)) {
+            loop_take(l);
+            for (int i = first_new; i < l->n;) {
+                struct conn *c = l->conns[i];
+                ev_run(l, c);                   /* it may have bytes buffered */
+                if (i < l->n && l->conns[i] == c)
+                    i++;
+            }
+        }
+        for (int i = 0; i < first_new && i < l->n;) {
+            struct conn *c = l->conns[i];
+            int wr = 0, fd = ev_wait_fd(c, &wr);
+            if (fd <= maxfd && has_bit(l, fd, wr))
+                ev_run(l, c);
+            if (i < l->n && l->conns[i] == c)
+                i++;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * The parking loop: idle keep-alive connections without buffers. One that
+ * becomes readable goes back to a worker; one idle for keepalive_timeout,
+ * or any on a graceful stop, is closed.
+ */
+static void *
+park_main(void *arg)
+{
+    struct loop *l = (struct loop *)arg;
+
+    for (;;) {
+        int64_t now = now_ms(), wait = 1000;
+        int maxfd = l->wake[0];
+        int stopping = g_stopping.load();
+
+        if (l->words > 0)
+            memset(l->rset, 0, l->words * sizeof *l->rset);
+        set_bit(l, l->wake[0], 0, &maxfd);
+        for (int i = 0; i < l->n;) {
+            struct conn *c = l->conns[i];
+            if (stopping || now >= c->deadline) {
+                loop_remove(l, c);
+                close(c->fd);
+                free(c);
+                pibl_conn_closed();
+                continue;
+            }
+            set_bit(l, c->fd, 0, &maxfd);
+            if (c->deadline - now < wait)
+                wait = c->deadline - now;
+            i++;
+        }
+        struct timeval tv = { (time_t)(wait / 1000), (suseconds_t)(wait % 1000 * 1000) };
+        int first_new = l->n;
+        int n = select(maxfd + 1, (fd_set *)l->rset, NULL, NULL, &tv);
+        if (n <= 0)
+            continue;
+        for (int i = 0; i < first_new && i < l->n;) {
+            struct conn *c = l->conns[i];
+            if (c->fd <= maxfd && has_bit(l, c->fd, 0)) {
+                loop_remove(l, c);
+                loop_give(c);
+                continue;
+            }
+            i++;
+        }
+        if (has_bit(l, l->wake[0], 0))
+            loop_take(l);
+    }
+    return NULL;
+}
+
+int
+http_accept(int fd, const struct sockaddr_storage *peer)
+{
+    struct conn *c = (struct conn *)calloc(1, sizeof *c);
+
+    if (c == NULL)
+        return -1;
+    c->fd = fd;
+    c->addr = *peer;
+    c->u.fd = -1;
+    set_nonblocking(fd, 1);
+    loop_give(c);
+    return 0;
 }
 
 void
@@ -2645,6 +3720,8 @@ http_requests_total(void)
 int
 http_init(int n_fds)
 {
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+
     g_n_fds = n_fds;
     g_state = new std::atomic<uint8_t>[n_fds];
     for (int i = 0; i < n_fds; i++)
@@ -2653,6 +3730,18 @@ http_init(int n_fds)
         pthread_mutex_init(&g_pools[i].lock, NULL);
         g_pools[i].n = 0;
     }
+    pthread_attr_init(&g_slow_attr);
+    pthread_attr_setdetachstate(&g_slow_attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&g_slow_attr, THREAD_STACK_BYTES);
+    g_n_loops = cores < 1 ? 1 : cores > MAX_LOOPS ? MAX_LOOPS : (int)cores;
+    for (int i = 0; i <= g_n_loops; i++) {
+        struct loop *l = &g_loops[i];
+        pthread_t t;
+        pthread_mutex_init(&l->lock, NULL);
+        if (pipe2(l->wake, O_NONBLOCK | O_CLOEXEC) == -1 ||
+            pthread_create(&t, &g_slow_attr, i < g_n_loops ? loop_main : park_main, l) != 0)
+            return -1;
+    }
     return 0;
 }
 
@@ -2660,6 +3749,15 @@ void
 http_close_idle(void)
 {
     g_stopping.store(1);
+    for (int i = 0; i <= g_n_loops; i++) {
+        struct loop *l = &g_loops[i];
+        pthread_mutex_lock(&l->lock);
+        int wake = !l->woken;
+        l->woken = 1;
+        pthread_mutex_unlock(&l->lock);
+        if (wake)
+            (void)!write(l->wake[1], "", 1);
+    }
     for (int fd = 0; fd < g_n_fds; fd++) {
         uint8_t idle = ST_IDLE;
         if (g_state[fd].compare_exchange_strong(idle, ST_CLOSING)) {

@@ -338,6 +338,12 @@ pibl_open_connections(void)
     return g_n_active.load();
 }
 
+void
+pibl_conn_closed(void)
+{
+    g_n_active.fetch_sub(1);
+}
+
 time_t
 pibl_start_time(void)
 {
@@ -391,12 +397,6 @@ static int g_wake[2] = { -1, -1 };         /* signal -> select() */
 static sigset_t g_select_mask;             /* signal mask while in pselect() */
 static std::atomic<int> g_n_admin;         /* status page connections */
 static pthread_attr_t g_thread_attr;
-
-struct conn_arg {
-    int fd;
-    int admin;                     /* 1: a status page client */
-    struct sockaddr_storage peer;
-};
 
 static void
 on_signal(int sig)
@@ -505,23 +505,19 @@ open_listener(const char *addr, int port, char *bound, size_t bound_len)
     return fd;
 }
 
+/* A status page connection: a thread of its own. */
 static void *
-conn_main(void *arg)
+admin_main(void *arg)
 {
-    struct conn_arg *ca = (struct conn_arg *)arg;
+    int fd = (int)(intptr_t)arg;
 
-    if (ca->admin) {
-        admin_serve(ca->fd);
-        g_n_admin.fetch_sub(1);
-    } else {
-        http_serve(ca->fd, &ca->peer);
-        g_n_active.fetch_sub(1);
-    }
-    free(ca);
+    admin_serve(fd);
+    g_n_admin.fetch_sub(1);
     return NULL;
 }
 
-/* Hand a new client to a thread of its own, or turn it away with a 503. */
+/* Hand a new client to an event loop (or a status page client to a
+ * thread), or turn it away with a 503. */
 static void
 start_connection(int fd, const struct sockaddr_storage *peer, int admin)
 {
@@ -535,21 +531,19 @@ start_connection(int fd, const struct sockaddr_storage *peer, int admin)
             admin ? "status page connection limit" : "max_connections", limit);
         return;
     }
-    struct conn_arg *ca = (struct conn_arg *)malloc(sizeof *ca);
-    if (ca == NULL) {
-        http_reject(fd, 503, "out of memory");
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    count->fetch_add(1);
+    if (!admin) {
+        if (http_accept(fd, peer) == -1) {
+            count->fetch_sub(1);
+            http_reject(fd, 503, "out of memory");
+        }
         return;
     }
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    ca->fd = fd;
-    ca->admin = admin;
-    ca->peer = *peer;
-    count->fetch_add(1);
     pthread_t t;
-    int rc = pthread_create(&t, &g_thread_attr, conn_main, ca);
+    int rc = pthread_create(&t, &g_thread_attr, admin_main, (void *)(intptr_t)fd);
     if (rc != 0) {
         count->fetch_sub(1);
-        free(ca);
         http_reject(fd, 503, "cannot start a thread");
         log_line("pibl: warning: cannot start a connection thread: %s", strerror(rc));
     }

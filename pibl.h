@@ -99,6 +99,9 @@ const struct pibl_config *pibl_config_now(void);
 
 /* Client connections open now, and when PIBL started. */
 int pibl_open_connections(void);
+
+/* A client connection was closed (http.cpp calls it once per accepted one). */
+void pibl_conn_closed(void);
 time_t pibl_start_time(void);
 
 /* Start a detached helper thread (default stack). Returns 0 or -1. */
@@ -308,10 +311,11 @@ void http_pool_flush(int b);
 uint64_t http_requests_total(void);
 
 /*
- * Serve one client connection until it closes: read requests, forward them,
- * relay the answers. Blocks; closes fd before returning.
+ * Take a new client connection: an event loop serves it from now on and
+ * closes fd in the end (then calls pibl_conn_closed). Returns 0, or -1 when
+ * out of memory (fd is left to the caller).
  */
-void http_serve(int fd, const struct sockaddr_storage *peer);
+int http_accept(int fd, const struct sockaddr_storage *peer);
 
 /* Wake every idle client connection so it closes (graceful stop). */
 void http_close_idle(void);
