@@ -1357,16 +1357,24 @@ build_upstream_head(struct conn *c, struct exchange *x, const char *host, size_t
 
 /* ---------------------------------------------------------------- upstream */
 
+/* Take the most recently pooled connection to backend b, or -1. */
+static int
+pool_take(int b)
+{
+    struct pool *p = &g_pools[b];
+
+    pthread_mutex_lock(&p->lock);
+    int fd = p->n > 0 ? p->fds[--p->n] : -1;
+    pthread_mutex_unlock(&p->lock);
+    return fd;
+}
+
 /* Take a live idle connection to backend b from the pool, or -1. */
 static int
 pool_get(int b)
 {
-    struct pool *p = &g_pools[b];
-
     for (;;) {
-        pthread_mutex_lock(&p->lock);
-        int fd = p->n > 0 ? p->fds[--p->n] : -1;
-        pthread_mutex_unlock(&p->lock);
+        int fd = pool_take(b);
         if (fd == -1)
             return -1;
         /* An idle connection the backend closed reads EOF (or stray bytes). */
@@ -2813,6 +2821,11 @@ slow_give(struct conn *c)
  * idle clients cost the busy ones nothing.
  */
 enum { EV_HEAD, EV_UP_CONN, EV_UP_SEND, EV_UP_HEAD, EV_RELAY, EV_FILE };
+
+/* Body bytes one connection may move per turn, so that a fast download
+ * does not hold up the rest of its loop (select() is level-triggered: it
+ * comes back at once if the sockets are still ready). */
+#define EV_TURN_BYTES (256 * 1024)
 enum { EV_WAIT, EV_AGAIN, EV_END, EV_CLOSE, EV_GONE };
 
 #define MAX_LOOPS 64
@@ -3096,8 +3109,10 @@ ev_forward(struct loop *l, struct conn *c)
     c->u_out = 0;
     c->u_len = (size_t)head_len;                /* the head to send, until sent */
     c->t_sent = pibl_now_us();
+    /* No liveness check (a syscall per request): only GET and HEAD get
+     * here, and one the backend closed meanwhile is retried (ev_up_fail). */
     if (g_cfg->upstream_keepalive)
-        c->u.fd = pool_get(b);
+        c->u.fd = pool_take(b);
     c->u.reused = c->u.fd != -1;
     if (c->u.fd != -1) {
         c->state = EV_UP_SEND;
@@ -3254,8 +3269,9 @@ static int
 ev_relay(struct conn *c)
 {
     struct exchange *x = c->x;
+    size_t turn = 0;
 
-    for (;;) {
+    for (;; turn += c->p2_len) {
         int f = ev_flush(c, 0, 1);
         if (f == 0)
             return EV_WAIT;
@@ -3272,6 +3288,8 @@ ev_relay(struct conn *c)
             rr_mark_up(c->u.backend);
             return EV_END;
         }
+        if (turn >= EV_TURN_BYTES)
+            return EV_WAIT;
         size_t want = c->body_left < RELAY_BUF_BYTES ? (size_t)c->body_left : RELAY_BUF_BYTES;
         ssize_t n = recv(c->u.fd, c->relay, want, MSG_DONTWAIT);
         if (n == -1 && errno == EINTR)
@@ -3298,8 +3316,10 @@ ev_file(struct conn *c)
 
     if (f == 0)
         return EV_WAIT;
-    while (f == 1 && c->file_left > 0) {
-        size_t want = c->file_left > (1u << 30) ? (1u << 30) : (size_t)c->file_left;
+    for (size_t turn = 0; f == 1 && c->file_left > 0;) {
+        if (turn >= EV_TURN_BYTES)
+            return EV_WAIT;
+        size_t want = c->file_left > EV_TURN_BYTES ? EV_TURN_BYTES : (size_t)c->file_left;
         ssize_t n = sendfile(c->fd, x->hit.fd, &c->file_off, want);
         if (n == -1 && errno == EINTR)
             continue;
@@ -3311,6 +3331,7 @@ ev_file(struct conn *c)
         }
         c->file_left -= (uint64_t)n;
         x->bytes += (uint64_t)n;
+        turn += (size_t)n;
     }
     if (f == -1) {
         x->err = "client went away";
