@@ -84,6 +84,7 @@ static struct inflight *g_inflight;
  * use by a request (refs > 0) is never changed under it.
  */
 #define OPEN_SLOTS 1024
+#define MEM_BODY_BYTES 8192       /* bodies up to this stay in memory with the head */
 
 struct open_slot {
     int fd;                        /* -1: empty */
@@ -96,6 +97,8 @@ struct open_slot {
     struct timespec mtime;
     char *key;                     /* malloc'd, NUL-terminated */
     char *head;                    /* malloc'd copy of the stored head */
+    char *body;                    /* the body, right after head in the same
+                                    * block, when at most MEM_BODY_BYTES; or NULL */
     struct cache_entry meta;       /* parsed fields (no age, no fd) */
 };
 
@@ -420,7 +423,7 @@ slot_clear(struct open_slot *o)
     free(o->head);
     o->fd = -1;
     o->refs = o->doomed = 0;
-    o->key = o->head = NULL;
+    o->key = o->head = o->body = NULL;
 }
 
 /* Forget the open slot of hash h (file deleted or replaced). */
@@ -535,7 +538,7 @@ cache_lookup(const char *key, size_t key_len, struct cache_entry *e)
 
     e->fd = -1;
     e->slot = -1;
-    e->head = NULL;
+    e->head = e->body = NULL;
     if (g_ttl == 0)
         return 0;
     e->hash = hash_key(key, key_len);
@@ -557,6 +560,7 @@ cache_lookup(const char *key, size_t key_len, struct cache_entry *e)
         e->fd = o->fd;
         e->slot = idx;
         e->head = o->head;
+        e->body = o->body;
         pthread_mutex_unlock(&g_open_lock);
         entry_age(e, st.st_mtime);
         index_touch(e->hash);
@@ -571,10 +575,12 @@ cache_lookup(const char *key, size_t key_len, struct cache_entry *e)
     entry_age(e, st.st_mtime);
     index_touch(e->hash);
 
-    /* Keep it open for the next lookups, if the slot is free to take. */
-    char *head = (char *)malloc(e->head_len);
+    /* Keep it open for the next lookups, if the slot is free to take, with
+     * the head in memory, and a small body too (a hit is then one send). */
+    size_t mem = e->head_len + (e->body_len <= MEM_BODY_BYTES ? (size_t)e->body_len : 0);
+    char *head = (char *)malloc(mem);
     char *kc = (char *)malloc(key_len + 1);
-    if (head != NULL && kc != NULL && pread(e->fd, head, e->head_len, e->head_off) == (ssize_t)e->head_len) {
+    if (head != NULL && kc != NULL && pread(e->fd, head, mem, e->head_off) == (ssize_t)mem) {
         pthread_mutex_lock(&g_open_lock);
         if (o->refs == 0) {
             slot_clear(o);
@@ -589,9 +595,11 @@ cache_lookup(const char *key, size_t key_len, struct cache_entry *e)
             o->mtime = st.st_mtim;
             o->key = kc;
             o->head = head;
+            o->body = mem > e->head_len ? head + e->head_len : NULL;
             o->meta = *e;
             e->slot = idx;
             e->head = head;
+            e->body = o->body;
             head = kc = NULL;
         }
         pthread_mutex_unlock(&g_open_lock);
@@ -615,7 +623,7 @@ cache_release(struct cache_entry *e)
     }
     e->fd = -1;
     e->slot = -1;
-    e->head = NULL;
+    e->head = e->body = NULL;
 }
 
 int

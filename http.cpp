@@ -2003,11 +2003,18 @@ serve_entry(struct conn *c, struct exchange *x, struct cache_entry *e)
 
     if (head_len < 0)
         return -2;
-    /* The head waits (MSG_MORE) for the first bytes sendfile() adds: one
+    /* A small body kept in memory goes with the head in one send; else the
+     * head waits (MSG_MORE) for the first bytes sendfile() adds: one
      * segment for a small answer instead of two. */
-    struct iovec iov = { c->out, (size_t)head_len };
-    if (writev_flags(c->fd, &iov, 1, left > 0 ? MSG_MORE : 0) == -1) {
+    struct iovec iov[2] = { { c->out, (size_t)head_len }, { (void *)e->body, 0 } };
+    if (e->body != NULL) {
+        iov[1].iov_len = (size_t)left;
+        x->bytes = left;
+        left = 0;
+    }
+    if (writev_flags(c->fd, iov, 2, left > 0 ? MSG_MORE : 0) == -1) {
         x->err = "client went away";
+        x->bytes = 0;
         return -1;
     }
     off_t off = e->body_off;
@@ -3312,7 +3319,7 @@ static int
 ev_file(struct conn *c)
 {
     struct exchange *x = c->x;
-    int f = ev_flush(c, c->file_left > 0, 0);
+    int f = ev_flush(c, c->file_left > 0, 1);
 
     if (f == 0)
         return EV_WAIT;
@@ -3373,9 +3380,10 @@ ev_cache_hit(struct conn *c)
     }
     c->p1 = c->out;
     c->p1_len = (size_t)head_len;
-    c->p2_len = 0;
+    c->p2 = x->hit.body;                        /* a small body, in memory */
+    c->p2_len = x->hit.body != NULL ? (size_t)body : 0;
     c->file_off = x->hit.body_off;
-    c->file_left = body;
+    c->file_left = x->hit.body != NULL ? 0 : body;
     return 0;
 }
 

@@ -333,6 +333,7 @@ struct cache_entry {
     int fd;                        /* -1: none */
     int slot;                      /* private: open-entry slot, -1 = own fd */
     const char *head;              /* private: stored head in memory, or NULL */
+    const char *body;              /* the body in memory (small entries), or NULL */
     uint64_t hash;
     long lifetime;                 /* s, capped by the launch TTL */
     long age;                      /* s since stored or revalidated (mtime) */
