@@ -2469,11 +2469,16 @@ conn_block_bytes(void)
         sizeof(struct exchange);
 }
 
+/* Buffer blocks mapped now, all connections together. */
+static std::atomic<int> g_blocks;
+
 static void
 conn_free_buffers(struct conn *c)
 {
-    if (c->in != NULL)
+    if (c->in != NULL) {
         munmap(c->in, c->block_bytes);
+        g_blocks.fetch_sub(1, std::memory_order_relaxed);
+    }
     c->in = c->out = c->uin = c->relay = NULL;
     c->x = NULL;
     c->in_off = c->in_len = 0;
@@ -2491,6 +2496,7 @@ conn_buffers(struct conn *c)
 
     if (block == MAP_FAILED)
         return -1;
+    g_blocks.fetch_add(1, std::memory_order_relaxed);
     c->block_bytes = conn_block_bytes();
     c->in = block;
     c->in_cap = head;
@@ -2833,6 +2839,11 @@ enum { EV_HEAD, EV_UP_CONN, EV_UP_SEND, EV_UP_HEAD, EV_RELAY, EV_FILE };
  * does not hold up the rest of its loop (select() is level-triggered: it
  * comes back at once if the sockets are still ready). */
 #define EV_TURN_BYTES (256 * 1024)
+
+/* Past this many connections holding buffers, one gives them back as soon
+ * as an exchange ends (a block is about 100 KB of address space, of which a
+ * small exchange touches about 28 KB). */
+#define MAX_WARM_BLOCKS 2048
 enum { EV_WAIT, EV_AGAIN, EV_END, EV_CLOSE, EV_GONE };
 
 #define MAX_LOOPS 64
@@ -3559,7 +3570,11 @@ ev_run(struct loop *l, struct conn *c)
             c->first_byte = 0;
             c->idle_since = now_ms();
             if (c->in_len == 0) {
-                /* The client waits for this answer before sending more. */
+                /* The client waits for this answer before sending more.
+                 * With thousands of clients, the buffers go back now rather
+                 * than after IDLE_SHRINK_MS. */
+                if (g_blocks.load(std::memory_order_relaxed) > MAX_WARM_BLOCKS)
+                    conn_free_buffers(c);
                 ev_set_deadline(c);
                 return;
             }
