@@ -2535,6 +2535,9 @@ conn_setup(struct conn *c)
     }
     snprintf(c->peer_ip, sizeof c->peer_ip, "%s", ip);
     snprintf(c->peer, sizeof c->peer, strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip, port);
+    /* For the blocking threads: a client that stops reading frees its
+     * thread after client_timeout (the loops never block on it). */
+    set_timeout(c->fd, SO_SNDTIMEO, g_cfg->client_timeout * 1000);
     c->setup = 1;
 }
 
@@ -3201,11 +3204,13 @@ ev_response(struct loop *l, struct conn *c)
     struct body_in bi;
     struct conn_tokens ct;
 
-    /* 1xx, bad framing, chunked or close-delimited bodies, stores: the
-     * blocking code (relay_interim, relay_response) does all of those. */
+    /* 1xx, bad framing, chunked or close-delimited bodies, answers to
+     * store: the blocking code (relay_interim, relay_response) does all
+     * of those. */
     if (http_parse_response(c->uin, (size_t)c->u_head, &resp) == -1 || resp.status < 200 ||
         response_framing(x, &resp, &bi) == -1 || bi.kind == BODY_CHUNKED ||
-        bi.kind == BODY_CLOSE || (x->store_ok && x->key_len > 0) ||
+        bi.kind == BODY_CLOSE ||
+        (x->store_ok && x->key_len > 0 && storable_lifetime(x, &resp) >= 0) ||
         c->u_len - (size_t)c->u_head > (bi.kind == BODY_LENGTH ? bi.remaining : 0))
         return ev_slow(l, c, RESUME_AFTER_HEAD);
     scan_connection(resp.headers, resp.n_headers, &ct);
@@ -3359,11 +3364,14 @@ ev_file(struct conn *c)
 }
 
 /*
- * A fresh cache hit for this GET or HEAD, set up to be sent from the loop.
- * Returns 0, or -1 when it is anything else (cache_front() decides then).
+ * The cache's part of a GET or HEAD in the loop (cache_front() in short).
+ * Returns 0 for a fresh hit set up to be sent, 1 for a plain miss to fetch
+ * here (a GET holds the key's collapsing lock), or -1 for anything else:
+ * an expired entry, another Vary variant, a request with no-cache, a fetch
+ * of the same key in flight (cache_front() waits for it in a thread).
  */
 static int
-ev_cache_hit(struct conn *c)
+ev_cache(struct conn *c)
 {
     struct exchange *x = c->x;
     const struct http_request *r = &x->req;
@@ -3377,9 +3385,19 @@ ev_cache_hit(struct conn *c)
         return -1;
     }
     parse_cache_control(r->headers, r->n_headers, &cc);
-    if (cc.no_store || cc.no_cache || find_field(r->headers, r->n_headers, "pragma") != NULL ||
-        cache_lookup(x->key, (size_t)x->key_len, &x->hit) != 1)
+    if (cc.no_store || cc.no_cache || find_field(r->headers, r->n_headers, "pragma") != NULL)
         return -1;
+    if (cache_lookup(x->key, (size_t)x->key_len, &x->hit) != 1) {
+        if (!x->is_head) {
+            if (cache_lock(x->key, (size_t)x->key_len, 0) != 1)
+                return -1;                      /* taken: wait for it in a thread */
+            x->locked = 1;
+            x->store_ok = 1;
+        }
+        x->cache = CACHE_MISS;
+        x->cs_fwd = "uri-miss";
+        return 1;
+    }
     uint64_t body;
     long head_len;
     x->cache = CACHE_HIT;
@@ -3419,10 +3437,11 @@ ev_request(struct loop *l, struct conn *c, long head_len)
     if (g_stopping.load())
         x->keep_alive = 0;
     if (cache_enabled()) {
-        /* Only fresh hits here: misses fill the cache under its lock. */
-        if (ev_cache_hit(c) == -1)
+        int rc = ev_cache(c);
+        if (rc == -1)
             return ev_slow(l, c, RESUME_FRESH);
-        c->state = EV_FILE;
+        if (rc == 0)
+            c->state = EV_FILE;
     }
     c->in_off += (size_t)head_len;
     c->in_len -= (size_t)head_len;

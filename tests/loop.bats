@@ -481,3 +481,37 @@ EOF
     before "$took" 6
     wait_for_line "$PIBL_LOG" '"GET /stall HTTP/1\.1" .* status=200 .*err="backend timed out mid-answer"'
 }
+
+@test "a client that never reads a blocking-path answer (chunked) frees its thread after client_timeout" {
+    start_origin o1
+    start_pibl "client_timeout = 2"
+    # 64 MB chunked: a blocking thread relays it (the loops only relay Content-Length bodies). The client reads
+    # nothing and keeps its socket open; the thread's send must give up after client_timeout, log the exchange
+    # and close, instead of waiting forever.
+    local py rep=$BATS_TEST_TMPDIR/noread.rep
+    py=$(loop_py noread <<'EOF2'
+port, rep = int(sys.argv[1]), sys.argv[2]
+s = connect(port, timeout=20, rcvbuf=4096)
+s.sendall(req("GET", "/_chunked?n=64&size=1048576"))
+report(rep, "sent at=%.6f" % time.time())
+time.sleep(12)                          # never reads; held open well past client_timeout
+EOF2
+)
+    python3 "$py" "$PIBL_PORT" "$rep" >"$rep.out" 2>&1 3>&- &
+    local pid=$!
+    track_pid "$pid"
+    wait_for_line "$rep" '^sent at=' || return 1
+    local t0
+    t0=$(now_s)
+    # Logged (status 200, cut) within a few seconds of client_timeout, while the client still holds the socket.
+    wait_for_line "$PIBL_LOG" '"GET /_chunked\?n=64&size=1048576 HTTP/1\.1" .* status=200 .*err="client went away"' 10 || return 1
+    local took
+    took=$(elapsed_between "$t0" "$(now_s)")
+    echo "logged after $took s"
+    pid_alive "$pid"
+    before "$took" 8
+    # The connection is gone on PIBL's side, and PIBL still serves.
+    run pcurl -o /dev/null -w '%{http_code}' "$(url /hello.txt)"
+    [ "$output" = 200 ]
+    stop_pid "$pid"
+}
