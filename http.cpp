@@ -843,6 +843,7 @@ struct conn {
     size_t p1_len, p2_len;
     off_t file_off;                /* then this range of x->hit */
     uint64_t file_left;
+    int again;                     /* work is buffered: run without waiting */
     struct conn *next;             /* inbox and queue links */
     int slot;                      /* index in its loop's array */
 };
@@ -997,7 +998,10 @@ read_head(struct conn *c, struct exchange *x)
 {
     size_t scan = 0;
     int64_t deadline = 0;
-    size_t cap = (size_t)g_cfg->max_header_bytes;
+    /* The buffer was sized by the config of its time; a reload may have
+     * raised max_header_bytes since. */
+    size_t cap = (size_t)g_cfg->max_header_bytes < c->in_cap ? (size_t)g_cfg->max_header_bytes :
+        c->in_cap;
     std::atomic<uint8_t> *st = &g_state[c->fd];
 
     for (;;) {
@@ -2744,9 +2748,8 @@ slow_serve(struct conn *c)
 
     g_cfg = c->cfg != NULL ? c->cfg : pibl_config_now();
     set_nonblocking(c->fd, 0);
-    /* A fresh exchange waits for its head like an idle connection: a
-     * graceful stop may shut it down (http_close_idle). */
-    st->store(c->resume == RESUME_FRESH ? ST_IDLE : ST_BUSY);
+    /* Bytes of a request are here: busy (a graceful stop lets it finish). */
+    st->store(c->in_len > 0 || c->resume != RESUME_FRESH ? ST_BUSY : ST_IDLE);
     int rc = slow_exchange(c);
     if (rc != -1) {
         uint8_t cur = st->load();
@@ -2806,17 +2809,32 @@ slow_give(struct conn *c)
         g_slow_head = c;
     g_slow_tail = c;
     g_slow_queued++;
+    struct conn *orphans = NULL;
     if (g_slow_waiting >= g_slow_queued) {
         pthread_cond_signal(&g_slow_more);
     } else {
         int rc = pthread_create(&t, &g_slow_attr, slow_main, NULL);
-        if (rc == 0)
+        if (rc == 0) {
             g_slow_threads++;
-        else if (g_slow_threads == 0)
+        } else if (g_slow_threads == 0) {
+            /* No thread will ever take them: close them. */
             log_line("pibl: warning: cannot start a thread: %s", strerror(rc));
+            orphans = g_slow_head;
+            g_slow_head = g_slow_tail = NULL;
+            g_slow_queued = 0;
+        }
         /* Otherwise a running thread takes it when it is done. */
     }
     pthread_mutex_unlock(&g_slow_lock);
+    while (orphans != NULL) {
+        struct conn *next = orphans->next;
+        if (orphans->resume != RESUME_FRESH) {
+            orphans->x->err = "cannot start a thread";
+            end_exchange(orphans, orphans->x, -1);      /* the lock, the log line */
+        }
+        conn_close(orphans);
+        orphans = next;
+    }
 }
 
 /* ---------------------------------------------------------------- event loops */
@@ -2842,6 +2860,10 @@ enum { EV_HEAD, EV_UP_CONN, EV_UP_SEND, EV_UP_HEAD, EV_RELAY, EV_FILE };
  * does not hold up the rest of its loop (select() is level-triggered: it
  * comes back at once if the sockets are still ready). */
 #define EV_TURN_BYTES (256 * 1024)
+
+/* Likewise, pipelined exchanges and reads of one connection per turn. */
+#define EV_TURN_EXCHANGES 16
+#define EV_TURN_READS     16
 
 /* Past this many connections holding buffers, one gives them back as soon
  * as an exchange ends (a block is about 100 KB of address space, of which a
@@ -2893,6 +2915,7 @@ loop_give(struct conn *c)
 {
     c->state = EV_HEAD;
     c->resume = RESUME_FRESH;
+    c->again = 0;
     c->deadline = 0;
     c->first_byte = 0;
     c->idle_since = now_ms();
@@ -3130,10 +3153,11 @@ ev_forward(struct loop *l, struct conn *c)
     c->u_out = 0;
     c->u_len = (size_t)head_len;                /* the head to send, until sent */
     c->t_sent = pibl_now_us();
-    /* No liveness check (a syscall per request): only GET and HEAD get
-     * here, and one the backend closed meanwhile is retried (ev_up_fail). */
+    /* pool_get() peeks: a connection with stray bytes from a broken
+     * backend must not answer this request. One the backend closes after
+     * the peek is retried (ev_up_fail). */
     if (g_cfg->upstream_keepalive)
-        c->u.fd = pool_take(b);
+        c->u.fd = pool_get(b);
     c->u.reused = c->u.fd != -1;
     if (c->u.fd != -1) {
         c->state = EV_UP_SEND;
@@ -3165,6 +3189,7 @@ ev_connected(struct loop *l, struct conn *c)
     }
     upstream_close(&c->u);
     c->addr_k++;                                /* a refused address: the next one */
+    c->deadline = now_ms() + (int64_t)g_cfg->connect_timeout * 1000;
     int rc = ev_connect(c);
     if (rc == -1) {
         errno = err;
@@ -3464,7 +3489,7 @@ ev_read_head(struct loop *l, struct conn *c)
     cap = (size_t)g_cfg->max_header_bytes;
     if (cap > c->in_cap)
         cap = c->in_cap;
-    for (;;) {
+    for (int reads = 0;; reads++) {
         /* Empty lines before a request are ignored (RFC 9112 2.2). */
         while (c->in_len >= 2 && c->in[c->in_off] == '\r' && c->in[c->in_off + 1] == '\n') {
             c->in_off += 2;
@@ -3484,6 +3509,8 @@ ev_read_head(struct loop *l, struct conn *c)
             memmove(c->in, c->in + c->in_off, c->in_len);
             c->in_off = 0;
         }
+        if (reads == EV_TURN_READS)
+            return EV_WAIT;                     /* what is left waits in the socket */
         size_t room = cap - c->in_len;
         if (room > c->in_cap - c->in_off - c->in_len)
             room = c->in_cap - c->in_off - c->in_len;
@@ -3545,6 +3572,8 @@ ev_park(struct loop *l, struct conn *c)
 static void
 ev_run(struct loop *l, struct conn *c)
 {
+    int served = 0;
+
     for (;;) {
         g_cfg = c->cfg != NULL ? c->cfg : pibl_config_now();
         int rc;
@@ -3594,6 +3623,12 @@ ev_run(struct loop *l, struct conn *c)
                  * than after IDLE_SHRINK_MS. */
                 if (g_blocks.load(std::memory_order_relaxed) > MAX_WARM_BLOCKS)
                     conn_free_buffers(c);
+                ev_set_deadline(c);
+                return;
+            }
+            if (++served == EV_TURN_EXCHANGES) {
+                c->again = 1;                   /* the rest after the others */
+                c->first_byte = c->idle_since;  /* bytes are here: never parked */
                 ev_set_deadline(c);
                 return;
             }
@@ -3664,6 +3699,8 @@ loop_main(void *arg)
             } else {
                 int wr = 0, fd = ev_wait_fd(c, &wr);
                 set_bit(l, fd, wr, &maxfd);
+                if (c->again)
+                    wait = 0;
                 if (c->deadline != 0 && c->deadline - now < wait)
                     wait = c->deadline - now;
             }
@@ -3672,14 +3709,15 @@ loop_main(void *arg)
         }
         struct timeval tv = { (time_t)(wait / 1000), (suseconds_t)(wait % 1000 * 1000) };
         int n = select(maxfd + 1, (fd_set *)l->rset, (fd_set *)l->wset, NULL, &tv);
-        if (n <= 0)
+        if (n == -1)
             continue;
         int first_new = l->n;
-        if (has_bit(l, l->wake[0], 0)) {
+        if (n > 0 && has_bit(l, l->wake[0], 0)) {
             loop_take(l);
             for (int i = first_new; i < l->n;) {
                 struct conn *c = l->conns[i];
-                ev_run(l, c);                   /* it may have bytes buffered */
+                if (c->in != NULL)
+                    ev_run(l, c);               /* back from a thread: bytes may be buffered */
                 if (i < l->n && l->conns[i] == c)
                     i++;
             }
@@ -3687,8 +3725,10 @@ loop_main(void *arg)
         for (int i = 0; i < first_new && i < l->n;) {
             struct conn *c = l->conns[i];
             int wr = 0, fd = ev_wait_fd(c, &wr);
-            if (fd <= maxfd && has_bit(l, fd, wr))
+            if (c->again || (n > 0 && fd <= maxfd && has_bit(l, fd, wr))) {
+                c->again = 0;
                 ev_run(l, c);
+            }
             if (i < l->n && l->conns[i] == c)
                 i++;
         }
@@ -3801,9 +3841,13 @@ http_init(int n_fds)
         struct loop *l = &g_loops[i];
         pthread_t t;
         pthread_mutex_init(&l->lock, NULL);
-        if (pipe2(l->wake, O_NONBLOCK | O_CLOEXEC) == -1 ||
-            pthread_create(&t, &g_slow_attr, i < g_n_loops ? loop_main : park_main, l) != 0)
+        if (pipe2(l->wake, O_NONBLOCK | O_CLOEXEC) == -1)
             return -1;
+        int rc = pthread_create(&t, &g_slow_attr, i < g_n_loops ? loop_main : park_main, l);
+        if (rc != 0) {
+            errno = rc;
+            return -1;
+        }
     }
     return 0;
 }

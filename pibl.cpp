@@ -766,7 +766,10 @@ main(int argc, char **argv)
         fprintf(stderr, "pibl: cannot start: %s\n", strerror(errno));
         return 1;
     }
-    http_init(n_fds);
+    if (http_init(n_fds) == -1) {
+        fprintf(stderr, "pibl: cannot start the event loops: %s\n", strerror(errno));
+        return 1;
+    }
     pthread_attr_init(&g_thread_attr);
     pthread_attr_setdetachstate(&g_thread_attr, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&g_thread_attr, THREAD_STACK_BYTES);
