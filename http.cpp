@@ -3,9 +3,11 @@
  * into bounded buffers, framing bodies, rewriting hop-by-hop fields, relaying,
  * the upstream connection pool and the error answers.
  *
- * Each client connection is served by one thread (started by pibl.cpp) with
- * blocking sockets under SO_RCVTIMEO/SO_SNDTIMEO, so no fd ever goes into an
- * fd_set here. A request is read into a fixed head buffer, parsed in place
+ * Client connections are served by a few event loops (select() over bitmaps
+ * of their own, past FD_SETSIZE) that run the common exchanges without
+ * blocking, and by blocking threads (SO_RCVTIMEO/SO_SNDTIMEO) that take over
+ * any other exchange; see "event loops" below. A request is read into a fixed
+ * head buffer, parsed in place
  * into views (picohttpparser style), validated strictly (RFC 9112), rewritten
  * for the backend and forwarded; bodies stream through a fixed relay buffer
  * in both directions. Bodies are always decoded and re-framed on output, so
@@ -18,8 +20,8 @@
  *
  * A connection's buffers are one mmap'd block, taken when its client first
  * sends a byte; after IDLE_SHRINK_MS without a request the block is unmapped
- * and the stack pages below the waiting frame are given back, so an idle
- * keep-alive client costs about one thread's minimum.
+ * and the connection waits in the parking loop, so an idle keep-alive client
+ * costs its struct conn and its socket.
  *
  * Refused on purpose: CONNECT and Upgrade (no tunnels), transfer codings
  * other than chunked, obs-fold, bare LF or CR, NUL and other control bytes,

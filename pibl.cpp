@@ -2,12 +2,11 @@
  * pibl.cpp - PIBL's entry point: the command line, the config file, the
  * listening socket, the select() loop, connection threads and signals.
  *
- * Shape: one thread runs select() over the listening socket and a wake pipe
- * (signals are turned into bytes on that pipe); every accepted client gets a
- * detached thread with a small explicit stack that serves it with blocking
- * I/O under socket timeouts (http_serve). Only descriptors opened at
- * start-up ever enter an fd_set, so FD_SETSIZE bounds nothing but them, and
- * ten thousand clients cost ten thousand parked threads, not a bigger set.
+ * Shape: one thread runs select() over the listening sockets and a wake
+ * pipe (signals are turned into bytes on that pipe), accepts, and hands each
+ * client to http.cpp's event loops (http_accept); a status page client gets
+ * a detached thread with a small stack. Only descriptors opened at start-up
+ * enter this fd_set.
  *
  * It does not touch HTTP bytes (http.cpp does). Only start-up code exits;
  * once serving, errors cost a connection, never the process.
