@@ -8,7 +8,10 @@
 # Each test drives exact sockets from python3 (the client library is in loop_helpers.bash): a slow reader that
 # must not hold up anyone else (hit and miss paths), one connection reused after being parked, one connection
 # alternating the loop and the blocking path, pipelining across the hand-over, 1,200 connections (PIBL's
-# descriptors past 1023), a graceful stop with parked connections, and a backend stalling mid-body.
+# descriptors past 1023), a graceful stop with parked connections, a backend stalling mid-body, one connection
+# flooding its loop (pipelined cache hits, or bare CRLF) while probes on new connections must be served within
+# 0.5 s, a backend writing a stray answer on a pooled connection (never an answer to the next request, never
+# cached), and a reload raising max_header_bytes under a connection opened before it.
 # Every wait is bounded; ports are chosen at run time; everything stays on 127.0.0.1.
 # shellcheck disable=SC2034  # PIBL_TTL is read by the helpers
 
@@ -514,4 +517,426 @@ EOF2
     run pcurl -o /dev/null -w '%{http_code}' "$(url /hello.txt)"
     [ "$output" = 200 ]
     stop_pid "$pid"
+}
+
+# ---------------------------------------------------------------- fairness: one connection cannot hold a loop
+
+# hog_py: one connection that floods PIBL. Args: PORT MODE REPORT STOP_FILE MAX_SECS.
+#   MODE get:  a writer thread sendall()s batches of 20,000 pipelined GETs of /hello.txt (Host 127.0.0.1:PORT, the
+#              one curl sends, so they are cache hits) while a reader thread drains the answers and checks each one
+#              is a well-formed 200 with X-Cache: HIT and hello.txt's body; after the writer stops, every request
+#              sent must have had its answer. Both sides must outrun PIBL, or PIBL would find its socket empty or
+#              full and go back to select() anyway: batches of 2,000 (100 KB) left gaps while the writer waited for
+#              the GIL (a hogged loop then still came back within 0.4 s), and the reader checks the answers a
+#              buffer at a time with the regex engine.
+#   MODE crlf: the writer sends bare CRLF (empty lines PIBL must skip) with sendfile(); afterwards one GET on
+#              the same connection must still get its 200, and nothing else may have come back.
+# The writer stops when STOP_FILE exists or after MAX_SECS. REPORT gets "flooding at=T" once the flood is under
+# way, then "ok mode=M sent=N answers=A secs=S".
+hog_py() {
+    loop_py hog <<'EOF'
+import re, threading
+port, mode, rep, stop_file, max_secs = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
+HOST = "127.0.0.1:%d" % port            # the Host curl sends: the entry the test cached
+hello = b"hello from the test origin\n"
+s = connect(port, timeout=10)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+t0 = time.monotonic()
+deadline = t0 + max_secs
+state = {"sent": 0, "answers": 0, "done": False, "error": None}
+lock = threading.Lock()
+
+END = b"\r\n\r\n" + hello                 # every answer ends so: its blank line and hello.txt's body
+# A run of well-formed 200 answers with hello.txt's body, checked by the regex engine, not answer by answer in
+# python (which would read too slowly to keep PIBL busy).
+ANSWERS = re.compile(rb"(?:HTTP/1\.1 200 [^\r\n]*\r\n(?:[!-9;-~]+:[^\r\n]*\r\n)*\r\n" + re.escape(hello) + rb")+")
+
+def reader():
+    buf, n = bytearray(), 0
+    try:
+        while True:
+            with lock:
+                if state["done"] and n >= state["sent"]:
+                    break
+            if time.monotonic() > deadline + 10:
+                raise RuntimeError("answers still missing 10 s after the flood (%d of %d)" % (n, state["sent"]))
+            try:
+                d = s.recv(4 << 20)
+            except socket.timeout:
+                continue
+            if not d:
+                raise RuntimeError("connection closed after %d answers" % n)
+            buf += d
+            end = buf.rfind(END)
+            if end < 0:
+                if len(buf) > 65536:
+                    raise RuntimeError("no answer in %d bytes after answer %d: %r" % (len(buf), n, bytes(buf[:200])))
+                continue
+            end += len(END)
+            if ANSWERS.fullmatch(buf, 0, end) is None:
+                raise RuntimeError("malformed answers after answer %d: %r" % (n, bytes(buf[:300])))
+            k = buf.count(END, 0, end)
+            if buf.count(b"\r\nX-Cache: HIT\r\n", 0, end) != k or buf.count(b"\r\nContent-Length: 27\r\n", 0, end) != k:
+                raise RuntimeError("answers %d to %d: not all cache hits of 27 bytes" % (n + 1, n + k))
+            n += k
+            del buf[:end]
+            if n == k:
+                report(rep, "flooding at=%.6f" % time.time())
+        if buf:
+            raise RuntimeError("%d stray bytes after the last answer: %r" % (len(buf), bytes(buf[:80])))
+    except Exception as ex:             # reported by the main thread
+        state["error"] = "reader: %s" % ex
+    state["answers"] = n
+
+if mode == "get":
+    batch_n = 20000                     # about 1 MB a sendall(): see hog_py
+    batch = req("GET", "/hello.txt") * batch_n
+    rt = threading.Thread(target=reader, daemon=True)
+    rt.start()
+    try:
+        while time.monotonic() < deadline and not os.path.exists(stop_file) and state["error"] is None:
+            s.sendall(batch)
+            with lock:
+                state["sent"] += batch_n
+    except Exception as ex:
+        fail("writer: %s after %d requests" % (ex, state["sent"]))
+    with lock:
+        state["done"] = True
+    rt.join(deadline - time.monotonic() + 15)
+    if rt.is_alive():
+        fail("the reader did not finish (%d answers of %d)" % (state["answers"], state["sent"]))
+    if state["error"]:
+        fail(state["error"])
+    if state["answers"] != state["sent"]:
+        fail("%d answers for %d requests" % (state["answers"], state["sent"]))
+elif mode == "crlf":
+    # sendfile() from a file of CRLF: no copy on this side, so the writer outruns PIBL and its socket never empties
+    # (copying 1 MB buffers with sendall(), PIBL found it empty every few hundred ms and went back to select()).
+    crlf_path = rep + ".crlf"
+    with open(crlf_path, "wb") as f:
+        f.write(b"\r\n" * (8 << 20))     # 16 MB
+    crlf = open(crlf_path, "rb")
+    size = os.fstat(crlf.fileno()).st_size
+    sent, i = 0, 0
+    try:
+        while time.monotonic() < deadline and not os.path.exists(stop_file):
+            sent += s.sendfile(crlf, 0, size)
+            i += 1
+            if i == 1:
+                report(rep, "flooding at=%.6f" % time.time())
+    except Exception as ex:
+        fail("writer: %s after %d bytes" % (ex, sent))
+    state["sent"] = sent
+    # Every empty line is skipped: the next request on this connection gets its answer, and nothing else came.
+    s.settimeout(20)
+    s.sendall(req("GET", "/hello.txt"))
+    r = Reader(s)
+    _, h, _ = expect(r, "GET", 200, hello, "GET after %d bytes of CRLF" % sent)
+    if h.get("x-cache") != "HIT":
+        fail("GET after the CRLF flood: X-Cache %r" % h.get("x-cache"))
+    if r.buf:
+        fail("%d stray bytes after the answer: %r" % (len(r.buf), r.buf[:80]))
+    state["answers"] = 1
+else:
+    fail("unknown mode " + mode)
+report(rep, "ok mode=%s sent=%d answers=%d secs=%.2f" % (mode, state["sent"], state["answers"],
+                                                          time.monotonic() - t0))
+EOF
+}
+
+# probe_loop N URL: N curls of URL (each a new connection, --max-time 2), about 70 ms apart, never longer than 20 s
+# in all. Prints one line "CODE TIME_TOTAL" per probe made.
+probe_loop() {
+    local n=$1 u=$2 i out t_end
+    t_end=$(($(date +%s) + 20))
+    for ((i = 1; i <= n; i++)); do
+        out=$(curl -s -o /dev/null -w '%{http_code} %{time_total}' --max-time 2 "$u") || true
+        echo "$out"
+        [ "$(date +%s)" -lt "$t_end" ] || break
+        sleep 0.07
+    done
+}
+
+# run_hog_case MODE: cache /hello.txt (TTL 60), start the hog in MODE, and while it floods its loop, 40 probes
+# (new connections: round robin puts them on every loop, the hog's included) must each get a 200 within 0.5 s.
+# Then the hog stops and must report a clean run.
+run_hog_case() {
+    local mode=$1 rep=$BATS_TEST_TMPDIR/hog.rep stop=$BATS_TEST_TMPDIR/hog.stop py pid rc=0
+    PIBL_TTL=60
+    start_origin o1
+    start_pibl
+    pcurl -o /dev/null "$(url /hello.txt)"
+    local hdrs
+    hdrs=$(pcurl -D - -o /dev/null "$(url /hello.txt)")
+    [ "$(header_value "$hdrs" X-Cache)" = HIT ]
+    py=$(hog_py)
+    : >"$rep"
+    rm -f "$stop"
+    python3 "$py" "$PIBL_PORT" "$mode" "$rep" "$stop" 12 >"$rep.out" 2>&1 3>&- &
+    pid=$!
+    track_pid "$pid"
+    wait_for_line "$rep" '^flooding at=' || { cat "$rep.out"; return 1; }
+    sleep 0.3                                       # well under way
+    local probes max n ok
+    probes=$(probe_loop 40 "$(url /hello.txt)")
+    : >"$stop"
+    printf '%s\n' "$probes" | tr '\n' ' '
+    echo
+    n=$(printf '%s\n' "$probes" | grep -c .)
+    ok=$(printf '%s\n' "$probes" | grep -c '^200 ')
+    max=$(printf '%s\n' "$probes" | awk '{ if ($2 > m) m = $2 } END { printf "%.3f", m }')
+    echo "probes: $n made, $ok answered 200, slowest $max s"
+    wait_pid_exit "$pid" 30 || { echo "hog still running"; cat "$rep" "$rep.out"; return 1; }
+    wait "$pid" || rc=$?
+    untrack_pid "$pid"
+    cat "$rep" "$rep.out"
+    [ "$n" -eq 40 ]
+    [ "$ok" -eq 40 ]
+    before "$max" 0.5
+    [ "$rc" -eq 0 ]
+    grep -q "^ok mode=$mode " "$rep"
+    # The hog was still flooding when the last probe ended (it stopped on the stop file, not on its deadline).
+    local secs
+    secs=$(sed -n -E 's/^ok .* secs=([0-9.]+)$/\1/p' "$rep")
+    before "$secs" 11
+    pid_alive "$PIBL_PID"
+}
+
+@test "a client pipelining cached GETs faster than they are served does not hold up the other clients of its loop" {
+    run_hog_case get
+    # It really pipelined: thousands of answers on its one connection, all cache hits (one origin request in all).
+    local answers
+    answers=$(sed -n -E 's/^ok .* answers=([0-9]+) .*/\1/p' "$BATS_TEST_TMPDIR/hog.rep")
+    [ "$answers" -ge 10000 ]
+    [ "$(count_lines "$(origin_log o1)" ' GET /hello.txt$')" -eq 1 ]
+}
+
+@test "a client streaming bare CRLF as fast as it can does not hold up the other clients of its loop" {
+    run_hog_case crlf
+    local sent
+    sent=$(sed -n -E 's/^ok .* sent=([0-9]+) .*/\1/p' "$BATS_TEST_TMPDIR/hog.rep")
+    [ "$sent" -ge 1000000 ]
+}
+
+# ---------------------------------------------------------------- pooled backend connections
+
+# stray_backend_py: the script of a backend that breaks HTTP after /bad and /badc. Args: LOG MAX_SECS. Listens on
+# 127.0.0.1 (any free port; prints "stray listening on 127.0.0.1:PORT") for MAX_SECS at most, keeps every connection
+# open, and answers each GET/HEAD head in order: /bad and /badc get a 200 "hello" (Content-Length 5), then ~100 ms
+# later a second, unasked-for complete 200 "evil" on the same connection (with Cache-Control: max-age=60 after
+# /badc), logged "stray sent conn=C"; any other path P gets a 200 "good:P". Each request is logged "conn=C GET P".
+stray_backend_py() {
+    local f=$BATS_TEST_TMPDIR/stray_backend.py
+    cat >"$f" <<'EOF'
+import socket, sys, threading, time
+log_path, max_secs = sys.argv[1], float(sys.argv[2])
+lock = threading.Lock()
+
+def log(line):
+    with lock:
+        with open(log_path, "a") as f:
+            f.write(line + "\n")
+
+def answer(body, extra=b""):
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n" + extra +
+            b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+def serve(conn, cid):
+    conn.settimeout(max_secs)
+    buf = b""
+    try:
+        while True:
+            while b"\r\n\r\n" not in buf:
+                d = conn.recv(65536)
+                if not d:
+                    return
+                buf += d
+                if len(buf) > 1 << 20:
+                    return
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            method, path = head.split(b"\r\n", 1)[0].split(b" ")[:2]
+            log("conn=%d %s %s" % (cid, method.decode(), path.decode()))
+            if path in (b"/bad", b"/badc"):
+                conn.sendall(answer(b"hello"))
+                time.sleep(0.1)
+                extra = b"Cache-Control: max-age=60\r\n" if path == b"/badc" else b""
+                conn.sendall(answer(b"evil", extra))
+                log("stray sent conn=%d" % cid)
+            else:
+                data = answer(b"good:" + path)
+                conn.sendall(data if method != b"HEAD" else data[:data.index(b"\r\n\r\n") + 4])
+    except OSError:
+        return
+    finally:
+        conn.close()
+
+ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("127.0.0.1", 0))
+ls.listen(64)
+ls.settimeout(0.5)
+print("stray listening on 127.0.0.1:%d" % ls.getsockname()[1], flush=True)
+end, n = time.monotonic() + max_secs, 0
+while time.monotonic() < end:
+    try:
+        c, _ = ls.accept()
+    except socket.timeout:
+        continue
+    n += 1
+    threading.Thread(target=serve, args=(c, n), daemon=True).start()
+EOF
+    echo "$f"
+}
+
+# start_stray_backend: start stray_backend_py (tracked; 60 s at most) as the only backend. Sets STRAY_LOG.
+start_stray_backend() {
+    local py port
+    py=$(stray_backend_py)
+    STRAY_LOG=$BATS_TEST_TMPDIR/stray.log
+    : >"$STRAY_LOG"
+    python3 "$py" "$STRAY_LOG" 60 >"$BATS_TEST_TMPDIR/stray.out" 2>&1 3>&- &
+    track_pid $!
+    wait_for_line "$BATS_TEST_TMPDIR/stray.out" '^stray listening on ' || return 1
+    port=$(sed -n -E 's/^stray listening on 127\.0\.0\.1:([0-9]+)$/\1/p' "$BATS_TEST_TMPDIR/stray.out")
+    [ -n "$port" ] || return 1
+    BACKENDS+=("127.0.0.1:$port")
+}
+
+# get_body_is PATH WANT: one curl GET of PATH must be a 200 whose body is WANT.
+get_body_is() {
+    local out
+    out=$(pcurl -w ' %{http_code}' "$(url "$1")") || { echo "GET $1: curl failed: $out"; return 1; }
+    echo "GET $1: $out"
+    if [ "$out" != "$2 200" ]; then
+        echo "GET $1: want the body '$2' with a 200"
+        return 1
+    fi
+}
+
+@test "stray bytes a backend sends after its answer never answer the next request on that pooled connection" {
+    start_stray_backend
+    start_pibl "upstream_keepalive = on"
+    get_body_is /bad hello
+    # The extra answer is on the pooled connection before the next request.
+    wait_for_line "$STRAY_LOG" '^stray sent conn='
+    sleep 0.3
+    get_body_is /good1 good:/good1
+    get_body_is /good2 good:/good2
+    get_body_is /good3 good:/good3
+    cat "$STRAY_LOG"
+    # Each reached the backend once, and none on the connection that carried the stray bytes.
+    local bad_conn n
+    bad_conn=$(sed -n -E 's/^conn=([0-9]+) GET \/bad$/\1/p' "$STRAY_LOG")
+    [ -n "$bad_conn" ]
+    for n in 1 2 3; do
+        [ "$(count_lines "$STRAY_LOG" "^conn=[0-9]+ GET /good$n\$")" -eq 1 ]
+        [ "$(count_lines "$STRAY_LOG" "^conn=$bad_conn GET /good$n\$")" -eq 0 ]
+    done
+    wait_for_count "$PIBL_LOG" '"GET /good[123] HTTP/1\.1" .* status=200 bytes=1[0-9] ' 3
+}
+
+@test "a cacheable stray answer after a cached one is neither served nor cached under the next request's key" {
+    PIBL_TTL=60
+    start_stray_backend
+    start_pibl "upstream_keepalive = on"
+    get_body_is /badc hello
+    wait_for_line "$STRAY_LOG" '^stray sent conn='
+    sleep 0.3
+    get_body_is /index.html good:/index.html
+    get_body_is /other good:/other
+    # Asked again: hits, each with its own answer (what was cached under each key is that key's answer).
+    local p
+    for p in /index.html /other; do
+        run pcurl -i "$(url "$p")"
+        echo "$output"
+        [ "$(status_of "$output")" = 200 ]
+        [ "$(header_value "$output" X-Cache)" = HIT ]
+        [ "$(body_of "$output")" = "good:$p" ]
+    done
+    get_body_is /badc hello
+    cat "$STRAY_LOG"
+    [ "$(count_lines "$STRAY_LOG" '^conn=[0-9]+ GET /index\.html$')" -eq 1 ]
+    [ "$(count_lines "$STRAY_LOG" '^conn=[0-9]+ GET /other$')" -eq 1 ]
+    [ "$(count_lines "$STRAY_LOG" '^conn=[0-9]+ GET /badc$')" -eq 1 ]
+}
+
+# ---------------------------------------------------------------- reload
+
+@test "a reload raising max_header_bytes: a big head on a connection opened before gets an answer, a new one a 200" {
+    start_origin o1
+    start_pibl                                      # max_header_bytes: the default, 16384
+    local py
+    py=$(loop_py reload_head <<'EOF'
+import signal
+port, pid, cfg, log = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+hello = b"hello from the test origin\n"
+
+def big_head(target, size):
+    """A GET of target whose head is exactly size bytes (a long X-Pad field)."""
+    h = req("GET", target)[:-2] + b"X-Pad: "
+    return h + b"a" * (size - len(h) - 4) + b"\r\n\r\n"
+
+s = connect(port, timeout=5)
+r = Reader(s)
+s.sendall(req("GET", "/hello.txt"))
+expect(r, "GET", 200, hello, "GET before the reload")
+t_answer = time.monotonic()
+# The reload, at once: an idle connection is parked after 1 s and gets new buffers when it wakes up, which would
+# not be the case under test (buffers sized by the old config).
+with open(cfg, "a") as f:
+    f.write("max_header_bytes = 65536\n")
+os.kill(pid, signal.SIGHUP)
+t_end = time.monotonic() + 5
+while True:
+    with open(log, "rb") as f:
+        if b"pibl: reloaded " in f.read():
+            break
+    if time.monotonic() > t_end:
+        fail("no 'reloaded' line in the log 5 s after SIGHUP")
+    time.sleep(0.01)
+took = time.monotonic() - t_answer
+note("reloaded %.3f s after the answer" % took)
+if took > 0.8:
+    fail("the reload took %.3f s: the connection may have been parked meanwhile, nothing was tested" % took)
+head = big_head("/hello.txt?old=1", 20000)
+assert len(head) == 20000
+try:
+    s.sendall(head)
+except (BrokenPipeError, ConnectionResetError) as ex:
+    note("sending the big head: %s (the answer may still be there)" % ex)
+try:
+    status, headers, body = r.response()
+except (EOFError, ConnectionResetError) as ex:
+    fail("the big head on the connection opened before the reload got no answer: %s" % ex)
+note("old connection: %d" % status)
+if status == 200:
+    if body != hello:
+        fail("old connection: 200 with body %r" % body[:100])
+elif status != 431:
+    fail("old connection: status %d, want 431 (the buffer it has) or 200" % status)
+# A new connection has buffers for the new limit.
+s2 = connect(port, timeout=5)
+s2.sendall(big_head("/hello.txt?new=1", 20000))
+expect(Reader(s2), "GET", 200, hello, "20,000-byte head on a new connection")
+note("old=%d new=200" % status)
+EOF
+)
+    run python3 "$py" "$PIBL_PORT" "$PIBL_PID" "$PIBL_CFG" "$PIBL_LOG"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    local old
+    old=$(printf '%s\n' "$output" | sed -n -E 's/^old=([0-9]+) new=200$/\1/p')
+    [ -n "$old" ]
+    # Both big heads were logged with the answers they got, the first one on the connection opened before.
+    local peer
+    peer=$(sed -n -E 's/^[^ ]+ ([^ ]+) "GET \/hello\.txt HTTP\/1\.1" .* status=200 .*/\1/p' "$PIBL_LOG" | head -n 1)
+    [ -n "$peer" ]
+    if [ "$old" = 431 ]; then
+        wait_for_line "$PIBL_LOG" "^[^ ]+ $peer \".*\" .* status=431 .*err=\"request head too large\"\$"
+    else
+        wait_for_line "$PIBL_LOG" "^[^ ]+ $peer \"GET /hello\\.txt\\?old=1 HTTP/1\\.1\" .* status=200 "
+    fi
+    wait_for_line "$PIBL_LOG" "\"GET /hello\\.txt\\?new=1 HTTP/1\\.1\" .* status=200 "
+    pid_alive "$PIBL_PID"
 }
