@@ -1435,17 +1435,24 @@ http_connect_backend(int b, int connect_ms)
 }
 
 /* Open a new connection to backend b. Returns the fd, or -1 (errno set). */
-static int
-upstream_connect(int b)
+/* What every backend connection gets: backend_timeout both ways, no Nagle. */
+static void
+upstream_options(int fd)
 {
     int one = 1;
-    int fd = http_connect_backend(b, g_cfg->connect_timeout * 1000);
 
-    if (fd == -1)
-        return -1;
     set_timeout(fd, SO_SNDTIMEO, g_cfg->backend_timeout * 1000);
     set_timeout(fd, SO_RCVTIMEO, g_cfg->backend_timeout * 1000);
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+static int
+upstream_connect(int b)
+{
+    int fd = http_connect_backend(b, g_cfg->connect_timeout * 1000);
+
+    if (fd != -1)
+        upstream_options(fd);
     return fd;
 }
 
@@ -2671,6 +2678,17 @@ set_nonblocking(int fd, int on)
         fcntl(fd, F_SETFL, on ? fl | O_NONBLOCK : fl & ~O_NONBLOCK);
 }
 
+/* The end of every accepted connection, whoever holds it. */
+static void
+conn_free(struct conn *c)
+{
+    upstream_close(&c->u);
+    conn_free_buffers(c);
+    close(c->fd);
+    free(c);
+    pibl_conn_closed();
+}
+
 /* Close a connection from a blocking thread: the lingering close after an
  * error answer, and never while http_close_idle() is shutting the fd down. */
 static void
@@ -2701,11 +2719,7 @@ conn_close(struct conn *c)
         else if (st->compare_exchange_strong(cur, ST_NONE))
             break;
     }
-    upstream_close(&c->u);
-    conn_free_buffers(c);
-    close(c->fd);
-    free(c);
-    pibl_conn_closed();
+    conn_free(c);
 }
 
 /* Finish the exchange the loop handed over. Returns like serve_one(). */
@@ -2898,12 +2912,15 @@ now_ms(void)
     return pibl_now_us() / 1000;
 }
 
+/* Put c (if any) in the loop's inbox and make its select() return. */
 static void
 loop_push(struct loop *l, struct conn *c)
 {
     pthread_mutex_lock(&l->lock);
-    c->next = l->inbox;
-    l->inbox = c;
+    if (c != NULL) {
+        c->next = l->inbox;
+        l->inbox = c;
+    }
     int wake = !l->woken;
     l->woken = 1;
     pthread_mutex_unlock(&l->lock);
@@ -2964,12 +2981,8 @@ loop_take(struct loop *l)
     pthread_mutex_unlock(&l->lock);
     while (c != NULL) {
         struct conn *next = c->next;
-        if (loop_add(l, c) == -1) {
-            close(c->fd);
-            conn_free_buffers(c);
-            free(c);
-            pibl_conn_closed();
-        }
+        if (loop_add(l, c) == -1)
+            conn_free(c);
         c = next;
     }
 }
@@ -3035,12 +3048,8 @@ ev_close(struct loop *l, struct conn *c)
 {
     if (c->state != EV_HEAD && c->x != NULL)
         end_exchange(c, c->x, -1);
-    upstream_close(&c->u);
     loop_remove(l, c);
-    conn_free_buffers(c);
-    close(c->fd);
-    free(c);
-    pibl_conn_closed();
+    conn_free(c);
 }
 
 /* Hand the connection to a blocking thread (c->resume says where it is). */
@@ -3052,6 +3061,23 @@ ev_slow(struct loop *l, struct conn *c, int resume)
     loop_remove(l, c);
     slow_give(c);
     return EV_GONE;
+}
+
+/*
+ * Backend b failed without answering: mark it down, record why, and let
+ * forward() try the others (what it does for its own attempts).
+ */
+static int
+ev_blame(struct loop *l, struct conn *c, int b, int status, const char *why)
+{
+    struct exchange *x = c->x;
+
+    rr_mark_down(b);
+    x->fail_status = status;
+    x->fail_why = why;
+    rr_record(b, 0, 0, why);
+    x->tried |= (uint64_t)1 << b;
+    return ev_slow(l, c, RESUME_FORWARD);
 }
 
 /*
@@ -3073,12 +3099,8 @@ ev_up_fail(struct loop *l, struct conn *c, int hr)
         x->fail_why = hr == HEAD_BAD ? "invalid answer from backend" : "backend closed mid-head";
         return ev_slow(l, c, RESUME_BAD_HEAD);
     }
-    rr_mark_down(b);
-    x->fail_status = hr == HEAD_NONE_TIMEOUT ? 504 : 502;
-    x->fail_why = hr == HEAD_NONE_TIMEOUT ? "backend timed out" : "backend closed without answering";
-    rr_record(b, 0, 0, x->fail_why);
-    x->tried |= (uint64_t)1 << b;
-    return ev_slow(l, c, RESUME_FORWARD);
+    return ev_blame(l, c, b, hr == HEAD_NONE_TIMEOUT ? 504 : 502,
+        hr == HEAD_NONE_TIMEOUT ? "backend timed out" : "backend closed without answering");
 }
 
 /* Open a connection to the backend's address c->addr_k (or a later one).
@@ -3109,30 +3131,21 @@ ev_connect(struct conn *c)
 static void
 upstream_ready(int fd)
 {
-    int one = 1;
-
     set_nonblocking(fd, 0);                     /* the loop uses MSG_DONTWAIT */
-    set_timeout(fd, SO_SNDTIMEO, g_cfg->backend_timeout * 1000);
-    set_timeout(fd, SO_RCVTIMEO, g_cfg->backend_timeout * 1000);
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    upstream_options(fd);
 }
 
 /* The connection to the backend failed: errno says why. */
 static int
 ev_connect_fail(struct loop *l, struct conn *c)
 {
-    struct exchange *x = c->x;
-    int b = c->u.backend;
+    int err = errno;
 
     upstream_close(&c->u);
-    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM)
         return ev_slow(l, c, RESUME_FORWARD);   /* ours, not the backend's: it says 503 */
-    rr_mark_down(b);
-    x->fail_status = 502;
-    x->fail_why = errno == ETIMEDOUT ? "backend connect timed out" : "backend unreachable";
-    rr_record(b, 0, 0, x->fail_why);
-    x->tried |= (uint64_t)1 << b;
-    return ev_slow(l, c, RESUME_FORWARD);
+    return ev_blame(l, c, c->u.backend, 502,
+        err == ETIMEDOUT ? "backend connect timed out" : "backend unreachable");
 }
 
 /* Send the request to a backend chosen by round robin. */
@@ -3760,9 +3773,7 @@ park_main(void *arg)
             struct conn *c = l->conns[i];
             if (stopping || now >= c->deadline) {
                 loop_remove(l, c);
-                close(c->fd);
-                free(c);
-                pibl_conn_closed();
+                conn_free(c);
                 continue;
             }
             set_bit(l, c->fd, 0, &maxfd);
@@ -3858,15 +3869,8 @@ void
 http_close_idle(void)
 {
     g_stopping.store(1);
-    for (int i = 0; i <= g_n_loops; i++) {
-        struct loop *l = &g_loops[i];
-        pthread_mutex_lock(&l->lock);
-        int wake = !l->woken;
-        l->woken = 1;
-        pthread_mutex_unlock(&l->lock);
-        if (wake)
-            (void)!write(l->wake[1], "", 1);
-    }
+    for (int i = 0; i <= g_n_loops; i++)
+        loop_push(&g_loops[i], NULL);           /* they close their idle connections */
     for (int fd = 0; fd < g_n_fds; fd++) {
         uint8_t idle = ST_IDLE;
         if (g_state[fd].compare_exchange_strong(idle, ST_CLOSING)) {
