@@ -417,12 +417,20 @@ static std::atomic<uint8_t> *g_state;
 static int g_n_fds;                     /* entries in g_state */
 static std::atomic<int> g_stopping;     /* graceful stop in progress */
 
+/*
+ * Idle keep-alive connections to one backend, newest last. One a loop
+ * pooled is watched by that loop (owner) while idle: any event on it, the
+ * backend closing it or stray bytes after its last answer, closes it at
+ * once, as nginx does, so it is taken without a check. One a blocking
+ * thread pooled (owner -1) is peeked before reuse.
+ */
 struct pool {
     pthread_mutex_t lock;
-    int fds[POOL_MAX];
-    int n;
+    struct { int fd, owner; } idle[POOL_MAX];
+    std::atomic<int> n;            /* changed under lock; read without, to skip */
 };
 static struct pool g_pools[MAX_BACKENDS];
+static std::atomic<int> g_pool_slots;     /* past the highest slot ever pooled to */
 
 static void
 set_timeout(int fd, int opt, int ms)
@@ -693,6 +701,42 @@ puts_(struct builder *b, const char *s)
     put(b, s, strlen(s));
 }
 
+/* Decimal digits of v, without printf (one per answer head and log line). */
+static void
+put_num(struct builder *b, unsigned long long v)
+{
+    char d[24];
+    size_t i = sizeof d;
+
+    do {
+        d[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    put(b, d + i, sizeof d - i);
+}
+
+static void
+put_long(struct builder *b, long v)
+{
+    if (v < 0)
+        put(b, "-", 1);
+    put_num(b, v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v);
+}
+
+/* A log field: as much of s as fits; a cut sets overflow. */
+static void
+put_cut(struct builder *b, const char *s)
+{
+    size_t len = strlen(s), room = b->overflow ? 0 : b->cap - b->len;
+
+    if (len > room) {
+        len = room;
+        b->overflow = 1;
+    }
+    memcpy(b->buf + b->len, s, len);
+    b->len += len;
+}
+
 static void
 put_field(struct builder *b, const char *name, size_t name_len, const char *value, size_t value_len)
 {
@@ -933,23 +977,48 @@ copy_field(char *dst, size_t cap, const char *src, size_t len)
     dst[n] = '\0';
 }
 
+/*
+ * One line per exchange, put together by hand: the printf family was a
+ * tenth of PIBL's own CPU time on small answers. Cut like log_line().
+ */
 static void
 log_exchange(const struct conn *c, const struct exchange *x)
 {
-    char ts[40];
-    int64_t us = pibl_now_us() - x->t_start;   /* integer maths: no float printf */
+    char ts[40], line[LOG_LINE_MAX];
+    int64_t us = pibl_now_us() - x->t_start;
+    struct builder b = { line, sizeof line - 1, 0, 0 };
 
     g_requests.fetch_add(1, std::memory_order_relaxed);
     if (x->cache != CACHE_NONE)
         cache_note(x->cache);
     log_timestamp(ts, sizeof ts);
-    log_line("%s %s \"%s %s HTTP/1.%d\" host=%s backend=%s status=%d bytes=%llu ms=%lld.%02lld "
-        "cache=%s%s%s%s",
-        ts, c->peer, x->method[0] ? x->method : "-", x->target[0] ? x->target : "-", x->minor,
-        x->host[0] ? x->host : "-", x->backend >= 0 ? rr_name(x->backend) : "-", x->status,
-        (unsigned long long)x->bytes, (long long)(us / 1000), (long long)(us % 1000 / 10),
-        cache_status_name(x->cache),
-        x->err ? " err=\"" : "", x->err ? x->err : "", x->err ? "\"" : "");
+    put_cut(&b, ts);
+    put_cut(&b, " ");
+    put_cut(&b, c->peer);
+    put_cut(&b, " \"");
+    put_cut(&b, x->method[0] ? x->method : "-");
+    put_cut(&b, " ");
+    put_cut(&b, x->target[0] ? x->target : "-");
+    put_cut(&b, x->minor == 0 ? " HTTP/1.0\" host=" : " HTTP/1.1\" host=");
+    put_cut(&b, x->host[0] ? x->host : "-");
+    put_cut(&b, " backend=");
+    put_cut(&b, x->backend >= 0 ? rr_name(x->backend) : "-");
+    put_cut(&b, " status=");
+    put_num(&b, (unsigned long long)x->status);
+    put_cut(&b, " bytes=");
+    put_num(&b, (unsigned long long)x->bytes);
+    put_cut(&b, " ms=");
+    put_num(&b, (unsigned long long)(us < 0 ? 0 : us / 1000));
+    char frac[4] = { '.', (char)('0' + us % 1000 / 100), (char)('0' + us % 100 / 10), '\0' };
+    put_cut(&b, us < 0 ? ".00" : frac);
+    put_cut(&b, " cache=");
+    put_cut(&b, cache_status_name(x->cache));
+    if (x->err) {
+        put_cut(&b, " err=\"");
+        put_cut(&b, x->err);
+        put_cut(&b, "\"");
+    }
+    log_text(line, b.len, b.overflow);
 }
 
 /*
@@ -1363,48 +1432,55 @@ build_upstream_head(struct conn *c, struct exchange *x, const char *host, size_t
 
 /* ---------------------------------------------------------------- upstream */
 
-/* Take the most recently pooled connection to backend b, or -1. */
-static int
-pool_take(int b)
-{
-    struct pool *p = &g_pools[b];
-
-    pthread_mutex_lock(&p->lock);
-    int fd = p->n > 0 ? p->fds[--p->n] : -1;
-    pthread_mutex_unlock(&p->lock);
-    return fd;
-}
-
 /* Take a live idle connection to backend b from the pool, or -1. */
 static int
 pool_get(int b)
 {
+    struct pool *p = &g_pools[b];
+
     for (;;) {
-        int fd = pool_take(b);
-        if (fd == -1)
-            return -1;
+        int fd = -1, watched = 0;
+        pthread_mutex_lock(&p->lock);
+        int n = p->n.load(std::memory_order_relaxed);
+        if (n > 0) {
+            fd = p->idle[n - 1].fd;
+            watched = p->idle[n - 1].owner != -1;
+            p->n.store(n - 1, std::memory_order_relaxed);
+        }
+        pthread_mutex_unlock(&p->lock);
+        if (fd == -1 || watched)
+            return fd;
         /* An idle connection the backend closed reads EOF (or stray bytes). */
         char ch;
-        ssize_t n = recv(fd, &ch, 1, MSG_PEEK | MSG_DONTWAIT);
-        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        ssize_t got = recv(fd, &ch, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (got == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return fd;
         close(fd);
     }
 }
 
+/* Pool fd (to backend b); owner is the loop that will watch it, or -1. */
 static void
-pool_put(int b, int fd)
+pool_put(int b, int fd, int owner)
 {
     struct pool *p = &g_pools[b];
 
     pthread_mutex_lock(&p->lock);
-    if (p->n < POOL_MAX && !g_stopping.load() && rr_is_active(b)) {
-        p->fds[p->n++] = fd;
+    int n = p->n.load(std::memory_order_relaxed);
+    if (n < POOL_MAX && !g_stopping.load() && rr_is_active(b)) {
+        p->idle[n].fd = fd;
+        p->idle[n].owner = owner;
+        p->n.store(n + 1, std::memory_order_relaxed);
         fd = -1;
     }
     pthread_mutex_unlock(&p->lock);
-    if (fd != -1)
+    if (fd != -1) {
         close(fd);
+        return;
+    }
+    int slots = g_pool_slots.load(std::memory_order_relaxed);
+    while (slots <= b && !g_pool_slots.compare_exchange_weak(slots, b + 1))
+        ;
 }
 
 int
@@ -1553,26 +1629,30 @@ send_request(struct conn *c, struct exchange *x, struct upstream *u, long head_l
 static void
 put_cache_fields(struct builder *b, const struct exchange *x)
 {
-    char line[200];
-    int n;
-
     if (x->cache == CACHE_NONE)
         return;
     int from_cache = x->cache == CACHE_HIT || x->cache == CACHE_STALE || x->revalidated;
     if (from_cache) {
-        n = snprintf(line, sizeof line, "Age: %ld\r\n", x->age);
-        put(b, line, (size_t)n);
+        puts_(b, "Age: ");
+        put_long(b, x->age);
+        puts_(b, "\r\n");
     }
-    n = snprintf(line, sizeof line, "X-Cache: %s\r\n", cache_status_name(x->cache));
-    put(b, line, (size_t)n);
-    if (x->cache == CACHE_HIT || x->cache == CACHE_STALE)
-        n = snprintf(line, sizeof line, "Cache-Status: %s; hit; ttl=%ld%s\r\n", PIBL_NAME,
-            x->ttl_left, x->cache == CACHE_STALE ? "; detail=stale-if-error" : "");
-    else
-        n = snprintf(line, sizeof line, "Cache-Status: %s; fwd=%s%s%s\r\n", PIBL_NAME,
-            x->cs_fwd ? x->cs_fwd : "miss", x->revalidated ? "; fwd-status=304" : "",
-            x->stored ? "; stored" : "");
-    put(b, line, (size_t)n);
+    puts_(b, "X-Cache: ");
+    puts_(b, cache_status_name(x->cache));
+    puts_(b, "\r\nCache-Status: " PIBL_NAME);
+    if (x->cache == CACHE_HIT || x->cache == CACHE_STALE) {
+        puts_(b, "; hit; ttl=");
+        put_long(b, x->ttl_left);
+        puts_(b, x->cache == CACHE_STALE ? "; detail=stale-if-error\r\n" : "\r\n");
+        return;
+    }
+    puts_(b, "; fwd=");
+    puts_(b, x->cs_fwd ? x->cs_fwd : "miss");
+    if (x->revalidated)
+        puts_(b, "; fwd-status=304");
+    if (x->stored)
+        puts_(b, "; stored");
+    puts_(b, "\r\n");
 }
 
 /*
@@ -1611,10 +1691,10 @@ build_client_head(struct conn *c, struct exchange *x, const struct http_response
     const struct conn_tokens *ct, int out_chunked, int mode)
 {
     struct builder b = { c->out, c->out_cap, 0, 0 };
-    char line[32];
 
-    int n = snprintf(line, sizeof line, "HTTP/1.1 %d ", resp->status);
-    put(&b, line, (size_t)n);
+    puts_(&b, "HTTP/1.1 ");
+    put_num(&b, (unsigned long long)resp->status);
+    put(&b, " ", 1);
     put(&b, resp->reason, resp->reason_len);
     put(&b, "\r\n", 2);
     for (int i = 0; i < resp->n_headers; i++) {
@@ -1956,7 +2036,6 @@ entry_head(struct conn *c, struct exchange *x, struct cache_entry *e, uint64_t *
 {
     struct http_response resp;
     struct conn_tokens none;
-    char line[64];
 
     memset(&none, 0, sizeof none);
     if (cache_read_head(e, c->uin, c->uin_cap) == -1 ||
@@ -1971,8 +2050,9 @@ entry_head(struct conn *c, struct exchange *x, struct cache_entry *e, uint64_t *
     if (g_stopping.load())
         x->keep_alive = 0;
     struct builder b = { c->out, c->out_cap, 0, 0 };
-    int n = snprintf(line, sizeof line, "HTTP/1.1 %d ", status);
-    put(&b, line, (size_t)n);
+    puts_(&b, "HTTP/1.1 ");
+    put_num(&b, (unsigned long long)status);
+    put(&b, " ", 1);
     if (not_modified)
         puts_(&b, "Not Modified");
     else
@@ -1986,8 +2066,9 @@ entry_head(struct conn *c, struct exchange *x, struct cache_entry *e, uint64_t *
         put_field(&b, h->name, h->name_len, h->value, h->value_len);
     }
     if (status != 204 && status != 304) {
-        n = snprintf(line, sizeof line, "Content-Length: %llu\r\n", (unsigned long long)e->body_len);
-        put(&b, line, (size_t)n);
+        puts_(&b, "Content-Length: ");
+        put_num(&b, (unsigned long long)e->body_len);
+        puts_(&b, "\r\n");
     }
     put_cache_fields(&b, x);
     put_head_end(&b, x);
@@ -2355,7 +2436,7 @@ relay_final(struct conn *c, struct exchange *x, struct upstream *u, size_t len, 
     rr_record(u->backend, 1, pibl_now_us() - t_sent, NULL);
     int keep = relay_response(c, x, u, len, rh_len, &reuse);
     if (reuse && g_cfg->upstream_keepalive && keep == 0) {
-        pool_put(u->backend, u->fd);
+        pool_put(u->backend, u->fd, -1);
         u->fd = -1;
     }
     upstream_close(u);
@@ -2856,8 +2937,10 @@ slow_give(struct conn *c)
 /* ---------------------------------------------------------------- event loops */
 
 /*
- * The common exchanges run in a few event-loop threads (one per core), each
- * with select() over its connections' sockets: a GET or HEAD without a body
+ * The common exchanges run in a few event-loop threads (two per core, so
+ * that a loop the scheduler preempts holds up only its share of clients on
+ * a machine it shares with the backends), each with select() over its
+ * connections' sockets: a GET or HEAD without a body
  * whose answer is a fresh cache entry (sent with sendfile) or comes from a
  * backend with a Content-Length. Everything else goes to a blocking thread
  * at the point where it stops being common, and the connection comes back
@@ -2888,6 +2971,7 @@ enum { EV_HEAD, EV_UP_CONN, EV_UP_SEND, EV_UP_HEAD, EV_RELAY, EV_FILE };
 enum { EV_WAIT, EV_AGAIN, EV_END, EV_CLOSE, EV_GONE };
 
 #define MAX_LOOPS 64
+#define LOOPS_PER_CORE 2
 
 struct loop {
     pthread_mutex_t lock;
@@ -3016,6 +3100,52 @@ has_bit(const struct loop *l, int fd, int wr)
     size_t w = (size_t)fd / NFDBITS;
 
     return w < l->words && (((wr ? l->wset : l->rset)[w] >> ((size_t)fd % NFDBITS)) & 1);
+}
+
+/*
+ * The idle backend connections this loop pooled (see struct pool): watched
+ * for reading before select(), closed after it if anything came. The sets
+ * are rebuilt every turn, so one another thread takes meanwhile is dropped
+ * from them on the next; its bit, if set, is ignored, since only entries
+ * still pooled and still ours are closed.
+ */
+static void
+loop_pool_watch(struct loop *l, int *maxfd)
+{
+    int me = (int)(l - g_loops), slots = g_pool_slots.load(std::memory_order_relaxed);
+
+    for (int b = 0; b < slots; b++) {
+        struct pool *p = &g_pools[b];
+        if (p->n.load(std::memory_order_relaxed) == 0)
+            continue;
+        pthread_mutex_lock(&p->lock);
+        for (int i = 0, n = p->n.load(std::memory_order_relaxed); i < n; i++)
+            if (p->idle[i].owner == me)
+                set_bit(l, p->idle[i].fd, 0, maxfd);
+        pthread_mutex_unlock(&p->lock);
+    }
+}
+
+static void
+loop_pool_reap(struct loop *l, int maxfd)
+{
+    int me = (int)(l - g_loops), slots = g_pool_slots.load(std::memory_order_relaxed);
+
+    for (int b = 0; b < slots; b++) {
+        struct pool *p = &g_pools[b];
+        if (p->n.load(std::memory_order_relaxed) == 0)
+            continue;
+        pthread_mutex_lock(&p->lock);
+        int n = p->n.load(std::memory_order_relaxed), kept = 0;
+        for (int i = 0; i < n; i++) {
+            if (p->idle[i].owner == me && p->idle[i].fd <= maxfd && has_bit(l, p->idle[i].fd, 0))
+                close(p->idle[i].fd);
+            else
+                p->idle[kept++] = p->idle[i];
+        }
+        p->n.store(kept, std::memory_order_relaxed);
+        pthread_mutex_unlock(&p->lock);
+    }
 }
 
 /* The socket a connection waits on in its state, and for which direction. */
@@ -3168,9 +3298,9 @@ ev_forward(struct loop *l, struct conn *c)
     c->u_out = 0;
     c->u_len = (size_t)head_len;                /* the head to send, until sent */
     c->t_sent = pibl_now_us();
-    /* pool_get() peeks: a connection with stray bytes from a broken
-     * backend must not answer this request. One the backend closes after
-     * the peek is retried (ev_up_fail). */
+    /* Stray bytes from a broken backend must not answer this request:
+     * see struct pool. One the backend closes just now is retried
+     * (ev_up_fail). */
     if (g_cfg->upstream_keepalive)
         c->u.fd = pool_get(b);
     c->u.reused = c->u.fd != -1;
@@ -3329,7 +3459,7 @@ ev_flush(struct conn *c, int more, int body)
 
 /* Relay a Content-Length body from the backend to the client. */
 static int
-ev_relay(struct conn *c)
+ev_relay(struct loop *l, struct conn *c)
 {
     struct exchange *x = c->x;
     size_t turn = 0;
@@ -3344,7 +3474,7 @@ ev_relay(struct conn *c)
         }
         if (c->body_left == 0) {
             if (c->u_reuse && g_cfg->upstream_keepalive) {
-                pool_put(c->u.backend, c->u.fd);
+                pool_put(c->u.backend, c->u.fd, (int)(l - g_loops));
                 c->u.fd = -1;
             }
             upstream_close(&c->u);
@@ -3606,7 +3736,7 @@ ev_run(struct loop *l, struct conn *c)
             rc = ev_up_head(l, c);
             break;
         case EV_RELAY:
-            rc = ev_relay(c);
+            rc = ev_relay(l, c);
             break;
         default:
             rc = ev_file(c);
@@ -3706,6 +3836,7 @@ loop_main(void *arg)
             memset(l->wset, 0, l->words * sizeof *l->wset);
         }
         set_bit(l, l->wake[0], 0, &maxfd);
+        loop_pool_watch(l, &maxfd);
         for (int i = 0; i < l->n;) {
             struct conn *c = l->conns[i];
             if ((c->deadline != 0 && now >= c->deadline) ||
@@ -3726,6 +3857,8 @@ loop_main(void *arg)
         int n = select(maxfd + 1, (fd_set *)l->rset, (fd_set *)l->wset, NULL, &tv);
         if (n == -1)
             continue;
+        if (n > 0)
+            loop_pool_reap(l, maxfd);
         int first_new = l->n;
         if (n > 0 && has_bit(l, l->wake[0], 0)) {
             loop_take(l);
@@ -3822,8 +3955,9 @@ http_pool_flush(int b)
     struct pool *p = &g_pools[b];
 
     pthread_mutex_lock(&p->lock);
-    while (p->n > 0)
-        close(p->fds[--p->n]);
+    for (int i = p->n.load(std::memory_order_relaxed); i > 0; i--)
+        close(p->idle[i - 1].fd);                /* a loop watching one drops it next turn */
+    p->n.store(0, std::memory_order_relaxed);
     pthread_mutex_unlock(&p->lock);
 }
 
@@ -3844,12 +3978,13 @@ http_init(int n_fds)
         g_state[i].store(ST_NONE);
     for (int i = 0; i < MAX_BACKENDS; i++) {
         pthread_mutex_init(&g_pools[i].lock, NULL);
-        g_pools[i].n = 0;
+        g_pools[i].n.store(0);
     }
     pthread_attr_init(&g_slow_attr);
     pthread_attr_setdetachstate(&g_slow_attr, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&g_slow_attr, THREAD_STACK_BYTES);
-    g_n_loops = cores < 1 ? 1 : cores > MAX_LOOPS ? MAX_LOOPS : (int)cores;
+    cores = cores < 1 ? 1 : cores * LOOPS_PER_CORE;
+    g_n_loops = cores > MAX_LOOPS ? MAX_LOOPS : (int)cores;
     for (int i = 0; i <= g_n_loops; i++) {
         struct loop *l = &g_loops[i];
         pthread_t t;

@@ -180,6 +180,24 @@ log_line(const char *fmt, ...)
 }
 
 void
+log_text(const char *text, size_t len, int cut)
+{
+    char buf[LOG_LINE_MAX];
+    int saved_errno = errno;
+
+    if (len > sizeof buf - 1)
+        len = sizeof buf - 1;
+    memcpy(buf, text, len);
+    if (cut || len == sizeof buf - 1) {
+        len = sizeof buf - 2;
+        memcpy(buf + len - 3, "...", 3);
+    }
+    buf[len++] = '\n';
+    enqueue(buf, len);
+    errno = saved_errno;
+}
+
+void
 log_block(const char *title, const char *text, size_t text_len)
 {
     char buf[LOG_LINE_MAX * 4];
@@ -223,7 +241,17 @@ log_timestamp(char *buf, size_t len)
         strftime(cached, sizeof cached, "%Y-%m-%dT%H:%M:%S", &tm);
         cached_sec = ts.tv_sec;
     }
-    snprintf(buf, len, "%s.%03ldZ", cached, ts.tv_nsec / 1000000);
+    /* By hand: this runs once per exchange. */
+    long ms = ts.tv_nsec / 1000000;
+    char tail[6] = { '.', (char)('0' + ms / 100), (char)('0' + ms / 10 % 10), (char)('0' + ms % 10),
+        'Z', '\0' };
+    if (len >= sizeof cached + sizeof tail) {
+        size_t n = strlen(cached);
+        memcpy(buf, cached, n);
+        memcpy(buf + n, tail, sizeof tail);
+    } else if (len > 0) {
+        buf[0] = '\0';
+    }
 }
 
 void

@@ -202,6 +202,10 @@ int log_open(const char *path);
  */
 void log_line(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Queue one line already formatted (len bytes, no newline); cut says it
+ * was cut short, and it then ends in "...", as log_line() does. */
+void log_text(const char *text, size_t len, int cut);
+
 /* Queue a multi-line block (header dumps) as one unit, each line indented. */
 void log_block(const char *title, const char *text, size_t text_len);
 

@@ -725,7 +725,9 @@ run_hog_case() {
 # 127.0.0.1 (any free port; prints "stray listening on 127.0.0.1:PORT") for MAX_SECS at most, keeps every connection
 # open, and answers each GET/HEAD head in order: /bad and /badc get a 200 "hello" (Content-Length 5), then ~100 ms
 # later a second, unasked-for complete 200 "evil" on the same connection (with Cache-Control: max-age=60 after
-# /badc), logged "stray sent conn=C"; any other path P gets a 200 "good:P". Each request is logged "conn=C GET P".
+# /badc), logged "stray sent conn=C"; /fin gets a 200 "hello", then the backend closes its side of the connection
+# and waits up to 5 s for PIBL to close the other, logged "fin closed conn=C after=SECS" or "fin open conn=C after=5";
+# any other path P gets a 200 "good:P". Each request is logged "conn=C GET P".
 stray_backend_py() {
     local f=$BATS_TEST_TMPDIR/stray_backend.py
     cat >"$f" <<'EOF'
@@ -763,6 +765,18 @@ def serve(conn, cid):
                 extra = b"Cache-Control: max-age=60\r\n" if path == b"/badc" else b""
                 conn.sendall(answer(b"evil", extra))
                 log("stray sent conn=%d" % cid)
+            elif path == b"/fin":
+                conn.sendall(answer(b"hello"))
+                conn.shutdown(socket.SHUT_WR)
+                t0 = time.monotonic()
+                conn.settimeout(5)
+                try:
+                    while conn.recv(65536):
+                        pass
+                    log("fin closed conn=%d after=%.3f" % (cid, time.monotonic() - t0))
+                except socket.timeout:
+                    log("fin open conn=%d after=5" % cid)
+                return
             else:
                 data = answer(b"good:" + path)
                 conn.sendall(data if method != b"HEAD" else data[:data.index(b"\r\n\r\n") + 4])
@@ -834,6 +848,19 @@ get_body_is() {
         [ "$(count_lines "$STRAY_LOG" "^conn=$bad_conn GET /good$n\$")" -eq 0 ]
     done
     wait_for_count "$PIBL_LOG" '"GET /good[123] HTTP/1\.1" .* status=200 bytes=1[0-9] ' 3
+}
+
+@test "an idle pooled backend connection the backend closes is closed by PIBL at once, not at its next use" {
+    # The loop watches its idle backend connections (no peek before reuse): the backend's FIN is seen as it comes.
+    start_stray_backend
+    start_pibl "upstream_keepalive = on"
+    get_body_is /fin hello
+    wait_for_line "$STRAY_LOG" '^fin (closed|open) conn=' 10
+    cat "$STRAY_LOG"
+    grep -Eq '^fin closed conn=[0-9]+ after=[01]\.' "$STRAY_LOG"
+    # The next request goes on a new connection and is answered.
+    get_body_is /good1 good:/good1
+    [ "$(count_lines "$STRAY_LOG" '^conn=[0-9]+ GET /good1$')" -eq 1 ]
 }
 
 @test "a cacheable stray answer after a cached one is neither served nor cached under the next request's key" {
