@@ -33,7 +33,7 @@
 #   --quick   PIBL only, one 2 s run of the 1.4 KB miss at 16 connections:
 #             proves the script works (make test); exits 0 when wrk completed
 #             requests without errors.
-# Environment: BENCH_SECONDS (10) per wrk run, BENCH_ROUNDS (2) runs per
+# Environment: BENCH_SECONDS (10) per wrk run, BENCH_ROUNDS (3) runs per
 # proxy, BENCH_IDLE (10000) idle connections, BENCH_STREAM_BYTES (1 GiB),
 # BENCH_ONLY (regex of scenario names to run), BENCH_PROXIES ("pibl nginx
 # haproxy"), BENCH_OUT (bench-out).
@@ -44,7 +44,7 @@ PIBL_BIN=$ROOT/pibl
 ORIGIN_BIN=$ROOT/pibl-origin
 OUT=${BENCH_OUT:-$ROOT/bench-out}
 DUR=${BENCH_SECONDS:-10}
-ROUNDS=${BENCH_ROUNDS:-2}
+ROUNDS=${BENCH_ROUNDS:-3}
 IDLE_N=${BENCH_IDLE:-10000}
 STREAM_BYTES=${BENCH_STREAM_BYTES:-1073741824}
 ONLY=${BENCH_ONLY:-}
