@@ -82,20 +82,28 @@ static struct inflight *g_inflight;
  * the file is still the same (device, inode, size, mtime), instead of
  * open + read + parse + close. Slots are direct-mapped by hash; a slot in
  * use by a request (refs > 0) is never changed under it.
+ *
+ * A reference is taken under g_open_lock but dropped without it, so that
+ * the hits on a hot entry take the lock once, not twice. Dooming stores
+ * doomed before it reads refs, and a release drops refs before it reads
+ * doomed: one of the two sees the other, and clears the slot under the
+ * lock after checking again.
  */
 #define OPEN_SLOTS 1024
 #define MEM_BODY_BYTES 8192       /* bodies up to this stay in memory with the head */
 
 struct open_slot {
     int fd;                        /* -1: empty */
-    int refs;                      /* lookups holding fd */
-    int doomed;                    /* close when refs drops to 0 */
+    std::atomic<int> refs;         /* lookups holding fd */
+    std::atomic<int> doomed;       /* close when refs drops to 0 */
+    int64_t touched;               /* second of the last index_touch for it */
     uint64_t hash;
     dev_t dev;
     ino_t ino;
     off_t size;
     struct timespec mtime;
     char *key;                     /* malloc'd, NUL-terminated */
+    size_t key_len;
     char *head;                    /* malloc'd copy of the stored head */
     char *body;                    /* the body, right after head in the same
                                     * block, when at most MEM_BODY_BYTES; or NULL */
@@ -422,7 +430,9 @@ slot_clear(struct open_slot *o)
     free(o->key);
     free(o->head);
     o->fd = -1;
-    o->refs = o->doomed = 0;
+    o->refs.store(0);
+    o->doomed.store(0);
+    o->touched = 0;
     o->key = o->head = o->body = NULL;
 }
 
@@ -435,10 +445,9 @@ open_forget(uint64_t h)
     pthread_mutex_lock(&g_open_lock);
     struct open_slot *o = &g_open[h % OPEN_SLOTS];
     if (o->fd != -1 && o->hash == h) {
-        if (o->refs == 0)
+        o->doomed.store(1);
+        if (o->refs.load() == 0)
             slot_clear(o);
-        else
-            o->doomed = 1;
     }
     pthread_mutex_unlock(&g_open_lock);
 }
@@ -552,18 +561,26 @@ cache_lookup(const char *key, size_t key_len, struct cache_entry *e)
     int idx = (int)(e->hash % OPEN_SLOTS);
     struct open_slot *o = &g_open[idx];
     pthread_mutex_lock(&g_open_lock);
-    if (o->fd != -1 && !o->doomed && o->hash == e->hash && same_file(o, &st) &&
-        strlen(o->key) == key_len && memcmp(o->key, key, key_len) == 0) {
-        o->refs++;
+    if (o->fd != -1 && !o->doomed.load() && o->hash == e->hash && same_file(o, &st) &&
+        o->key_len == key_len && memcmp(o->key, key, key_len) == 0) {
+        o->refs.fetch_add(1);
+        /* The LRU clock counts seconds: one touch per second is enough,
+         * and a hot entry's hits do not all queue on the index lock. */
+        int64_t now = now_s();
+        int touch = o->touched != now;
+        o->touched = now;
+        pthread_mutex_unlock(&g_open_lock);
+        /* Our reference keeps the slot as it is: copy without the lock,
+         * which the other loops want for the same hot entry. */
         memcpy(e, &o->meta, offsetof(struct cache_entry, vary));
         memcpy(e->vary, o->meta.vary, strlen(o->meta.vary) + 1);
         e->fd = o->fd;
         e->slot = idx;
         e->head = o->head;
         e->body = o->body;
-        pthread_mutex_unlock(&g_open_lock);
         entry_age(e, st.st_mtime);
-        index_touch(e->hash);
+        if (touch)
+            index_touch(e->hash);
         return 1;
     }
     pthread_mutex_unlock(&g_open_lock);
@@ -582,18 +599,19 @@ cache_lookup(const char *key, size_t key_len, struct cache_entry *e)
     char *kc = (char *)malloc(key_len + 1);
     if (head != NULL && kc != NULL && pread(e->fd, head, mem, e->head_off) == (ssize_t)mem) {
         pthread_mutex_lock(&g_open_lock);
-        if (o->refs == 0) {
+        if (o->refs.load() == 0) {
             slot_clear(o);
             memcpy(kc, key, key_len);
             kc[key_len] = '\0';
             o->fd = e->fd;
-            o->refs = 1;
+            o->refs.store(1);
             o->hash = e->hash;
             o->dev = st.st_dev;
             o->ino = st.st_ino;
             o->size = st.st_size;
             o->mtime = st.st_mtim;
             o->key = kc;
+            o->key_len = key_len;
             o->head = head;
             o->body = mem > e->head_len ? head + e->head_len : NULL;
             o->meta = *e;
@@ -613,11 +631,13 @@ void
 cache_release(struct cache_entry *e)
 {
     if (e->slot >= 0) {
-        pthread_mutex_lock(&g_open_lock);
         struct open_slot *o = &g_open[e->slot];
-        if (--o->refs == 0 && o->doomed)
-            slot_clear(o);
-        pthread_mutex_unlock(&g_open_lock);
+        if (o->refs.fetch_sub(1) == 1 && o->doomed.load()) {
+            pthread_mutex_lock(&g_open_lock);
+            if (o->fd != -1 && o->refs.load() == 0 && o->doomed.load())
+                slot_clear(o);
+            pthread_mutex_unlock(&g_open_lock);
+        }
     } else if (e->fd != -1) {
         close(e->fd);
     }

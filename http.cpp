@@ -999,7 +999,9 @@ log_exchange(const struct conn *c, const struct exchange *x)
     put_cut(&b, x->method[0] ? x->method : "-");
     put_cut(&b, " ");
     put_cut(&b, x->target[0] ? x->target : "-");
-    put_cut(&b, x->minor == 0 ? " HTTP/1.0\" host=" : " HTTP/1.1\" host=");
+    put_cut(&b, " HTTP/1.");
+    put_long(&b, x->minor);
+    put_cut(&b, "\" host=");
     put_cut(&b, x->host[0] ? x->host : "-");
     put_cut(&b, " backend=");
     put_cut(&b, x->backend >= 0 ? rr_name(x->backend) : "-");
@@ -2763,6 +2765,7 @@ set_nonblocking(int fd, int on)
 static void
 conn_free(struct conn *c)
 {
+    log_flush();                                /* its last line, before it counts as closed */
     upstream_close(&c->u);
     conn_free_buffers(c);
     close(c->fd);
@@ -2937,10 +2940,8 @@ slow_give(struct conn *c)
 /* ---------------------------------------------------------------- event loops */
 
 /*
- * The common exchanges run in a few event-loop threads (two per core, so
- * that a loop the scheduler preempts holds up only its share of clients on
- * a machine it shares with the backends), each with select() over its
- * connections' sockets: a GET or HEAD without a body
+ * The common exchanges run in a few event-loop threads (one per core), each
+ * with select() over its connections' sockets: a GET or HEAD without a body
  * whose answer is a fresh cache entry (sent with sendfile) or comes from a
  * backend with a Content-Length. Everything else goes to a blocking thread
  * at the point where it stops being common, and the connection comes back
@@ -2971,7 +2972,6 @@ enum { EV_HEAD, EV_UP_CONN, EV_UP_SEND, EV_UP_HEAD, EV_RELAY, EV_FILE };
 enum { EV_WAIT, EV_AGAIN, EV_END, EV_CLOSE, EV_GONE };
 
 #define MAX_LOOPS 64
-#define LOOPS_PER_CORE 2
 
 struct loop {
     pthread_mutex_t lock;
@@ -3103,31 +3103,14 @@ has_bit(const struct loop *l, int fd, int wr)
 }
 
 /*
- * The idle backend connections this loop pooled (see struct pool): watched
- * for reading before select(), closed after it if anything came. The sets
- * are rebuilt every turn, so one another thread takes meanwhile is dropped
- * from them on the next; its bit, if set, is ignored, since only entries
- * still pooled and still ours are closed.
+ * The idle backend connections this loop pooled (see struct pool). Before
+ * select() (reap 0) each is put in the read set; after it (reap 1) each
+ * with something to read is closed. The sets are rebuilt every turn, so
+ * one another thread takes meanwhile drops out on the next; its bit, if
+ * set, is ignored, since only entries still pooled and still ours close.
  */
 static void
-loop_pool_watch(struct loop *l, int *maxfd)
-{
-    int me = (int)(l - g_loops), slots = g_pool_slots.load(std::memory_order_relaxed);
-
-    for (int b = 0; b < slots; b++) {
-        struct pool *p = &g_pools[b];
-        if (p->n.load(std::memory_order_relaxed) == 0)
-            continue;
-        pthread_mutex_lock(&p->lock);
-        for (int i = 0, n = p->n.load(std::memory_order_relaxed); i < n; i++)
-            if (p->idle[i].owner == me)
-                set_bit(l, p->idle[i].fd, 0, maxfd);
-        pthread_mutex_unlock(&p->lock);
-    }
-}
-
-static void
-loop_pool_reap(struct loop *l, int maxfd)
+loop_pool_scan(struct loop *l, int *maxfd, int reap)
 {
     int me = (int)(l - g_loops), slots = g_pool_slots.load(std::memory_order_relaxed);
 
@@ -3138,8 +3121,11 @@ loop_pool_reap(struct loop *l, int maxfd)
         pthread_mutex_lock(&p->lock);
         int n = p->n.load(std::memory_order_relaxed), kept = 0;
         for (int i = 0; i < n; i++) {
-            if (p->idle[i].owner == me && p->idle[i].fd <= maxfd && has_bit(l, p->idle[i].fd, 0))
-                close(p->idle[i].fd);
+            int fd = p->idle[i].fd, ours = p->idle[i].owner == me;
+            if (ours && !reap)
+                set_bit(l, fd, 0, maxfd);
+            if (ours && reap && fd <= *maxfd && has_bit(l, fd, 0))
+                close(fd);
             else
                 p->idle[kept++] = p->idle[i];
         }
@@ -3189,6 +3175,7 @@ ev_slow(struct loop *l, struct conn *c, int resume)
     c->resume = resume;
     c->deadline = 0;
     loop_remove(l, c);
+    log_flush();                                /* its earlier lines before the thread's */
     slow_give(c);
     return EV_GONE;
 }
@@ -3826,6 +3813,7 @@ loop_main(void *arg)
 {
     struct loop *l = (struct loop *)arg;
 
+    log_batch_begin();
     for (;;) {
         int64_t now = now_ms(), wait = 1000;
         int maxfd = l->wake[0];
@@ -3836,7 +3824,7 @@ loop_main(void *arg)
             memset(l->wset, 0, l->words * sizeof *l->wset);
         }
         set_bit(l, l->wake[0], 0, &maxfd);
-        loop_pool_watch(l, &maxfd);
+        loop_pool_scan(l, &maxfd, 0);
         for (int i = 0; i < l->n;) {
             struct conn *c = l->conns[i];
             if ((c->deadline != 0 && now >= c->deadline) ||
@@ -3854,11 +3842,12 @@ loop_main(void *arg)
                 i++;
         }
         struct timeval tv = { (time_t)(wait / 1000), (suseconds_t)(wait % 1000 * 1000) };
+        log_flush();                            /* the lines of this turn */
         int n = select(maxfd + 1, (fd_set *)l->rset, (fd_set *)l->wset, NULL, &tv);
         if (n == -1)
             continue;
         if (n > 0)
-            loop_pool_reap(l, maxfd);
+            loop_pool_scan(l, &maxfd, 1);
         int first_new = l->n;
         if (n > 0 && has_bit(l, l->wake[0], 0)) {
             loop_take(l);
@@ -3983,8 +3972,7 @@ http_init(int n_fds)
     pthread_attr_init(&g_slow_attr);
     pthread_attr_setdetachstate(&g_slow_attr, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&g_slow_attr, THREAD_STACK_BYTES);
-    cores = cores < 1 ? 1 : cores * LOOPS_PER_CORE;
-    g_n_loops = cores > MAX_LOOPS ? MAX_LOOPS : (int)cores;
+    g_n_loops = cores < 1 ? 1 : cores > MAX_LOOPS ? MAX_LOOPS : (int)cores;
     for (int i = 0; i <= g_n_loops; i++) {
         struct loop *l = &g_loops[i];
         pthread_t t;

@@ -3,7 +3,9 @@
  * file from a thread of its own.
  *
  * Request threads format a line into a stack buffer and append it to a
- * shared queue under a mutex held only for a memcpy; the writer thread swaps
+ * shared queue under a mutex held only for a memcpy (an event loop gathers
+ * its lines in a buffer of its own and appends them once per turn, see
+ * log_batch_begin); the writer thread swaps
  * the queue out and writes it with no lock held, so a slow terminal or disk
  * never sits inside the request path. After each write it pauses
  * LOG_BATCH_MS, so under load lines reach the disk in batches and request
@@ -28,6 +30,7 @@
 #include <unistd.h>
 
 #define LOG_QUEUE_BYTES (1024 * 1024)
+#define LOG_BATCH_BYTES (32 * 1024)   /* an event loop's own lines, per turn */
 #define LOG_BATCH_MS    5          /* the writer's pause between two writes */
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -45,6 +48,8 @@ static pthread_t g_writer;
 static char g_reopen_path[PATH_MAX];   /* set by log_reopen, under g_lock */
 static int g_reopen;                   /* the writer should reopen the file */
 static int g_writer_waiting;           /* the writer sleeps on g_have_lines */
+static thread_local char *t_batch;     /* this thread's lines not yet queued */
+static thread_local size_t t_batch_len;
 
 static void
 write_out(const char *buf, size_t len)
@@ -138,7 +143,7 @@ log_open(const char *path)
 /* Append len bytes to the queue, waiting for room. Writes directly if the
  * writer is not running (start-up errors, unit tests). */
 static void
-enqueue(const char *buf, size_t len)
+enqueue_now(const char *buf, size_t len)
 {
     if (!g_started) {
         write_out(buf, len);
@@ -156,6 +161,40 @@ enqueue(const char *buf, size_t len)
             pthread_cond_signal(&g_have_lines);
     }
     pthread_mutex_unlock(&g_lock);
+}
+
+/* Queue len bytes, or keep them in this thread's batch if it has one. */
+static void
+enqueue(const char *buf, size_t len)
+{
+    if (t_batch != NULL && g_started) {
+        if (t_batch_len + len > LOG_BATCH_BYTES)
+            log_flush();
+        if (len <= LOG_BATCH_BYTES) {
+            memcpy(t_batch + t_batch_len, buf, len);
+            t_batch_len += len;
+            return;
+        }
+    }
+    enqueue_now(buf, len);
+}
+
+void
+log_batch_begin(void)
+{
+    if (t_batch == NULL)
+        t_batch = (char *)malloc(LOG_BATCH_BYTES);   /* none: lines go one by one */
+}
+
+void
+log_flush(void)
+{
+    if (t_batch_len > 0) {
+        int saved_errno = errno;
+        enqueue_now(t_batch, t_batch_len);
+        t_batch_len = 0;
+        errno = saved_errno;
+    }
 }
 
 void

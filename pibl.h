@@ -202,6 +202,18 @@ int log_open(const char *path);
  */
 void log_line(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/*
+ * From log_batch_begin() on, this thread's lines wait in a buffer of its own
+ * until log_flush() (or until it fills), so that an event loop takes the
+ * queue lock once per turn rather than once per line: two loops taking it
+ * per line made each other wait, and a loop that waits holds up all its
+ * clients. The thread must call log_flush() before it blocks, and before
+ * anything that waits for its lines (a connection it closes may be the one
+ * a graceful stop waits for).
+ */
+void log_batch_begin(void);
+void log_flush(void);
+
 /* Queue one line already formatted (len bytes, no newline); cut says it
  * was cut short, and it then ends in "...", as log_line() does. */
 void log_text(const char *text, size_t len, int cut);
