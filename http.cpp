@@ -723,6 +723,15 @@ put_long(struct builder *b, long v)
     put_num(b, v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v);
 }
 
+/* An answer's status line up to its reason phrase: "HTTP/1.1 200 ". */
+static void
+put_status(struct builder *b, int status)
+{
+    puts_(b, "HTTP/1.1 ");
+    put_num(b, (unsigned long long)status);
+    put(b, " ", 1);
+}
+
 /* A log field: as much of s as fits; a cut sets overflow. */
 static void
 put_cut(struct builder *b, const char *s)
@@ -1694,9 +1703,7 @@ build_client_head(struct conn *c, struct exchange *x, const struct http_response
 {
     struct builder b = { c->out, c->out_cap, 0, 0 };
 
-    puts_(&b, "HTTP/1.1 ");
-    put_num(&b, (unsigned long long)resp->status);
-    put(&b, " ", 1);
+    put_status(&b, resp->status);
     put(&b, resp->reason, resp->reason_len);
     put(&b, "\r\n", 2);
     for (int i = 0; i < resp->n_headers; i++) {
@@ -2052,9 +2059,7 @@ entry_head(struct conn *c, struct exchange *x, struct cache_entry *e, uint64_t *
     if (g_stopping.load())
         x->keep_alive = 0;
     struct builder b = { c->out, c->out_cap, 0, 0 };
-    puts_(&b, "HTTP/1.1 ");
-    put_num(&b, (unsigned long long)status);
-    put(&b, " ", 1);
+    put_status(&b, status);
     if (not_modified)
         puts_(&b, "Not Modified");
     else

@@ -89,18 +89,27 @@ origin_got_nothing() {
     fi
 }
 
+# start_test_backend OUT ERR WORD CMD...: start CMD (tracked; stdout to OUT, stderr to ERR), wait until it prints
+# "WORD listening on 127.0.0.1:PORT", set BACKEND_PORT and append the address to BACKENDS.
+start_test_backend() {
+    local out=$1 err=$2 word=$3
+    shift 3
+    "$@" >"$out" 2>"$err" 3>&- &
+    track_pid $!
+    wait_for_line "$out" "^$word listening on " || return 1
+    BACKEND_PORT=$(sed -n -E "s/^$word listening on 127\.0\.0\.1:([0-9]+)\$/\1/p" "$out")
+    [ -n "$BACKEND_PORT" ] || return 1
+    BACKENDS+=("127.0.0.1:$BACKEND_PORT")
+}
+
 # start_fake_backend DIR: start `hostile_peer.py backend DIR` (answer files DIR/1, DIR/2, ..., DIR/default),
 # set FAKE_DIR and FAKE_PORT, append it to BACKENDS.
 start_fake_backend() {
     FAKE_DIR=$1
     mkdir -p "$FAKE_DIR"
     : >"$FAKE_DIR/log"
-    python3 "$PEER_PY" backend "$FAKE_DIR" >"$FAKE_DIR/stdout" 2>"$FAKE_DIR/stderr" 3>&- &
-    track_pid $!
-    wait_for_line "$FAKE_DIR/stdout" '^fake listening on ' || return 1
-    FAKE_PORT=$(sed -n -E 's/^fake listening on 127\.0\.0\.1:([0-9]+)$/\1/p' "$FAKE_DIR/stdout")
-    [ -n "$FAKE_PORT" ] || return 1
-    BACKENDS+=("127.0.0.1:$FAKE_PORT")
+    start_test_backend "$FAKE_DIR/stdout" "$FAKE_DIR/stderr" fake python3 "$PEER_PY" backend "$FAKE_DIR" || return 1
+    FAKE_PORT=$BACKEND_PORT
 }
 
 # fake_answer N FMT [close]: the fake backend answers request N (or "default") with the bytes FMT (printf %b);

@@ -805,16 +805,12 @@ EOF
 
 # start_stray_backend: start stray_backend_py (tracked; 60 s at most) as the only backend. Sets STRAY_LOG.
 start_stray_backend() {
-    local py port
+    local py
     py=$(stray_backend_py)
     STRAY_LOG=$BATS_TEST_TMPDIR/stray.log
     : >"$STRAY_LOG"
-    python3 "$py" "$STRAY_LOG" 60 >"$BATS_TEST_TMPDIR/stray.out" 2>&1 3>&- &
-    track_pid $!
-    wait_for_line "$BATS_TEST_TMPDIR/stray.out" '^stray listening on ' || return 1
-    port=$(sed -n -E 's/^stray listening on 127\.0\.0\.1:([0-9]+)$/\1/p' "$BATS_TEST_TMPDIR/stray.out")
-    [ -n "$port" ] || return 1
-    BACKENDS+=("127.0.0.1:$port")
+    start_test_backend "$BATS_TEST_TMPDIR/stray.out" "$BATS_TEST_TMPDIR/stray.err" stray \
+        python3 "$py" "$STRAY_LOG" 60
 }
 
 # get_body_is PATH WANT: one curl GET of PATH must be a 200 whose body is WANT.
