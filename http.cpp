@@ -2976,6 +2976,21 @@ enum { EV_HEAD, EV_UP_CONN, EV_UP_SEND, EV_UP_HEAD, EV_RELAY, EV_FILE };
 #define MAX_WARM_BLOCKS 2048
 enum { EV_WAIT, EV_AGAIN, EV_END, EV_CLOSE, EV_GONE };
 
+/*
+ * A loop that always finds work never sleeps, so the scheduler takes it for
+ * a CPU hog. A client or backend on the same machine that has work too is
+ * runnable but never woken, so it does not preempt the loop: it waits until
+ * the loop's time slice runs out (a millisecond or more), and so do its
+ * requests. So after a turn that did work the loop yields: such a peer runs
+ * its short burst (reads its answers, sends the next requests, sleeps) and
+ * the loop goes on; with nothing else runnable the call returns at once.
+ * An unrelated CPU hog, though, keeps the CPU for a whole slice each time:
+ * when yields take more than YIELD_SLOW_US on average the loop stops
+ * yielding, and tries one again YIELD_PROBE_US later.
+ */
+#define YIELD_SLOW_US  1000
+#define YIELD_PROBE_US 1000000
+
 #define MAX_LOOPS 64
 
 struct loop {
@@ -2987,6 +3002,8 @@ struct loop {
     int n, cap;
     fd_mask *rset, *wset;          /* select() sets, `words` long */
     size_t words;
+    int64_t yield_avg;             /* µs a sched_yield() took, averaged */
+    int64_t yield_probe;           /* while yield_avg is high: next try */
 };
 
 static struct loop g_loops[MAX_LOOPS + 1]; /* the workers, then the parking loop */
@@ -3705,6 +3722,22 @@ ev_park(struct loop *l, struct conn *c)
     loop_push(PARK, c);
 }
 
+/* Yield after a busy turn, unless yields have become slow (see YIELD_SLOW_US). */
+static void
+loop_yield(struct loop *l)
+{
+    int64_t t0 = pibl_now_us();
+    int slow = l->yield_avg > YIELD_SLOW_US;
+
+    if (slow && t0 < l->yield_probe)
+        return;
+    sched_yield();
+    int64_t took = pibl_now_us() - t0;
+    l->yield_avg = slow ? took : l->yield_avg + (took - l->yield_avg) / 8;
+    if (l->yield_avg > YIELD_SLOW_US)
+        l->yield_probe = t0 + took + YIELD_PROBE_US;
+}
+
 /* Run a connection until it has to wait, leaves the loop or closes. */
 static void
 ev_run(struct loop *l, struct conn *c)
@@ -3874,6 +3907,8 @@ loop_main(void *arg)
             if (i < l->n && l->conns[i] == c)
                 i++;
         }
+        if (n > 0)
+            loop_yield(l);
     }
     return NULL;
 }
