@@ -36,7 +36,8 @@
 # Environment: BENCH_SECONDS (10) per wrk run, BENCH_ROUNDS (3) runs per
 # proxy, BENCH_IDLE (10000) idle connections, BENCH_STREAM_BYTES (1 GiB),
 # BENCH_ONLY (regex of scenario names to run), BENCH_PROXIES ("pibl nginx
-# haproxy"), BENCH_OUT (bench-out).
+# haproxy"), BENCH_OUT (bench-out), BENCH_HOGS (0) busy shell loops that
+# share the CPUs for the whole run (each stops by itself after HOG_MAX_SEC).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,6 +48,8 @@ DUR=${BENCH_SECONDS:-10}
 ROUNDS=${BENCH_ROUNDS:-3}
 IDLE_N=${BENCH_IDLE:-10000}
 STREAM_BYTES=${BENCH_STREAM_BYTES:-1073741824}
+HOGS=${BENCH_HOGS:-0}
+HOG_MAX_SEC=7200
 ONLY=${BENCH_ONLY:-}
 WANTED=${BENCH_PROXIES:-pibl nginx haproxy}
 SMALL_BYTES=1434
@@ -58,6 +61,7 @@ RUN_START=$(date -u '+%Y-%m-%d %H:%M UTC')
 
 PIDS=()                         # servers we started (killed at exit)
 JOBS=()                         # clients we started (killed first at exit)
+HOG_PIDS=()                     # BENCH_HOGS busy loops (also in JOBS)
 TMP=""
 PROXIES=()                      # proxies that take part: pibl [nginx] [haproxy]
 ORIGIN_PORTS=()
@@ -592,6 +596,28 @@ stream_scenario() {
     stop_proxies
 }
 
+# start_hogs: BENCH_HOGS busy loops, to see each proxy on a machine whose
+# CPUs something else wants too. Killed at exit like any client.
+start_hogs() {
+    local i
+    for ((i = 0; i < HOGS; i++)); do
+        timeout "$HOG_MAX_SEC" sh -c 'while :; do :; done' &
+        JOBS+=("$!")
+        HOG_PIDS+=("$!")
+    done
+}
+
+# live_hogs: how many of them still run (all, unless one was killed).
+live_hogs() {
+    local p n=0
+    for p in "${HOG_PIDS[@]}"; do
+        if kill -0 "$p" 2>/dev/null; then
+            n=$((n + 1))
+        fi
+    done
+    echo "$n"
+}
+
 # ------------------------------------------------------------ report
 
 # report: the Markdown tables and the target checks, from the TSV files.
@@ -607,6 +633,9 @@ report() {
         "$(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')$(command -v nginx > /dev/null && nginx -v 2>&1 |
             sed 's/.*\//; nginx /')$(command -v haproxy > /dev/null && haproxy -v | awk 'NR == 1 { print "; haproxy", $3 }')."
     echo "Each row: median of $ROUNDS runs of ${DUR} s (wrk -t2), proxies alternated; CPU = proxy utime+stime per request."
+    if [ "$HOGS" -gt 0 ]; then
+        echo "$(live_hogs) busy loops (BENCH_HOGS) shared the CPUs during every run."
+    fi
     echo
     awk -F'\t' -v hz="$hz" -v rss_file="$OUT/rss.tsv" '
         function median(list,    a, n, i, j, t) {
@@ -735,6 +764,7 @@ main() {
     check_range BENCH_ROUNDS "$ROUNDS" 1 20
     check_range BENCH_IDLE "$IDLE_N" 1 100000
     check_range BENCH_STREAM_BYTES "$STREAM_BYTES" 1 68719476736
+    check_range BENCH_HOGS "$HOGS" 0 64
     command -v wrk > /dev/null || die "wrk not found (Debian: apt-get install wrk)"
     command -v curl > /dev/null || die "curl not found"
     [ -x "$PIBL_BIN" ] || die "run make first ($PIBL_BIN missing)"
@@ -762,6 +792,7 @@ main() {
     : > "$OUT/rss.tsv"
     make_files
     start_origins
+    start_hogs
 
     if [ "$QUICK" -eq 1 ]; then
         DUR=2

@@ -3,8 +3,9 @@
 #
 # Speed is never asserted here: the benchmark measures it (README, Rendimiento).
 # These tests only prove that the script runs its smallest scenario (--quick:
-# PIBL alone, 2 s of wrk on the 1.4 KB miss) and prints a table row, that it
-# refuses bad settings, and that its idle-connection helper compiles cleanly.
+# PIBL alone, 2 s of wrk on the 1.4 KB miss) and prints a table row, that the
+# busy loops of BENCH_HOGS run and are gone after it, that it refuses bad
+# settings, and that its idle-connection helper compiles cleanly.
 # wrk missing: the run test is skipped (the script installs nothing).
 
 BENCH="$BATS_TEST_DIRNAME/../scripts/bench.sh"
@@ -21,10 +22,25 @@ BENCH="$BATS_TEST_DIRNAME/../scripts/bench.sh"
     [ -z "$(ls -A "$BATS_TEST_TMPDIR/tmp")" ]
 }
 
+@test "bench.sh BENCH_HOGS: busy loops share the CPUs during the run and are stopped at its end" {
+    command -v wrk > /dev/null || skip "wrk not installed"
+    hog='timeout 7200 sh -c while :; do :; done'
+    ! pgrep -f -x "$hog" > /dev/null || skip "another run's busy loops are running"
+    mkdir "$BATS_TEST_TMPDIR/tmp"
+    run env BENCH_HOGS=2 BENCH_OUT="$BATS_TEST_TMPDIR/bench-out" TMPDIR="$BATS_TEST_TMPDIR/tmp" timeout 60 "$BENCH" --quick
+    [ "$status" -eq 0 ]
+    [[ $output == *"2 busy loops (BENCH_HOGS) shared the CPUs during every run."* ]]
+    [[ $output =~ \|\ quick-small-miss-c16\ \|\ pibl\ \|\ [1-9][0-9]*\ \| ]]
+    ! pgrep -f -x "$hog"
+}
+
 @test "bench.sh refuses a bad setting and an unknown option with status 2" {
     run env BENCH_SECONDS=abc "$BENCH" --quick
     [ "$status" -eq 2 ]
     [[ $output == *"BENCH_SECONDS must be a number"* ]]
+    run env BENCH_HOGS=65 "$BENCH" --quick
+    [ "$status" -eq 2 ]
+    [[ $output == *"BENCH_HOGS must be a number in 0..64"* ]]
     run "$BENCH" --fast
     [ "$status" -eq 2 ]
 }
