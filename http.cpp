@@ -899,6 +899,7 @@ struct conn {
     off_t file_off;                /* then this range of x->hit */
     uint64_t file_left;
     int again;                     /* work is buffered: run without waiting */
+    unsigned turn;                 /* the loop turn that last ran it */
     struct conn *next;             /* inbox and queue links */
     int slot;                      /* index in its loop's array */
 };
@@ -3008,6 +3009,7 @@ struct loop {
     int64_t yield_avg;             /* µs a sched_yield() took, averaged */
     int64_t yield_probe;           /* while yield_avg is high: next try */
     int sent_up;                   /* this turn sent a request to a backend */
+    unsigned turn;                 /* turns taken */
 };
 
 static struct loop g_loops[MAX_LOOPS + 1]; /* the workers, then the parking loop */
@@ -3851,6 +3853,32 @@ ev_timeout(struct loop *l, struct conn *c)
     }
 }
 
+/*
+ * Run the connections select() found ready, or that have buffered work:
+ * first those in the middle of an exchange (heads == 0), then those
+ * waiting for a request (heads == 1). Answers that are already here go
+ * out before new requests wake backend threads, which preempt the loop:
+ * A/B on the 1.4 KB miss at 64 connections (12 alternating rounds of
+ * 5 s), p99 6.5 ms against 8.0 and 11% more requests/s. A connection runs
+ * at most once a turn (c->turn), even if it changed state in between.
+ */
+static void
+loop_run_ready(struct loop *l, int n, int maxfd, int first_new, int heads)
+{
+    for (int i = 0; i < first_new && i < l->n;) {
+        struct conn *c = l->conns[i];
+        int wr = 0, fd = ev_wait_fd(c, &wr);
+        if (c->turn != l->turn && (heads || c->state != EV_HEAD) &&
+            (c->again || (n > 0 && fd <= maxfd && has_bit(l, fd, wr)))) {
+            c->again = 0;
+            c->turn = l->turn;
+            ev_run(l, c);
+        }
+        if (i < l->n && l->conns[i] == c)
+            i++;
+    }
+}
+
 static void *
 loop_main(void *arg)
 {
@@ -3902,16 +3930,9 @@ loop_main(void *arg)
                     i++;
             }
         }
-        for (int i = 0; i < first_new && i < l->n;) {
-            struct conn *c = l->conns[i];
-            int wr = 0, fd = ev_wait_fd(c, &wr);
-            if (c->again || (n > 0 && fd <= maxfd && has_bit(l, fd, wr))) {
-                c->again = 0;
-                ev_run(l, c);
-            }
-            if (i < l->n && l->conns[i] == c)
-                i++;
-        }
+        l->turn++;
+        loop_run_ready(l, n, maxfd, first_new, 0);
+        loop_run_ready(l, n, maxfd, first_new, 1);
         if (n > 0 && !l->sent_up)
             loop_yield(l);
         l->sent_up = 0;
