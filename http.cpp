@@ -1444,9 +1444,17 @@ build_upstream_head(struct conn *c, struct exchange *x, const char *host, size_t
 
 /* ---------------------------------------------------------------- upstream */
 
-/* Take a live idle connection to backend b from the pool, or -1. */
+/*
+ * Take a live idle connection to backend b from the pool, or -1. A loop
+ * (owner >= 0) takes the newest one it pooled itself if there is one, so
+ * each loop keeps reusing the same few connections, as an nginx worker
+ * does with its own keep-alive cache: the backend's side of them (with
+ * pibl-origin, a thread each) stays on the CPUs that loop wakes.
+ * A/B, 1.4 KB miss, c64, two runs of 10 alternating 5 s rounds: p99 4.9
+ * against 5.3 ms and 4.4 against 4.8, CPU per request the same.
+ */
 static int
-pool_get(int b)
+pool_get(int b, int owner)
 {
     struct pool *p = &g_pools[b];
 
@@ -1455,8 +1463,16 @@ pool_get(int b)
         pthread_mutex_lock(&p->lock);
         int n = p->n.load(std::memory_order_relaxed);
         if (n > 0) {
-            fd = p->idle[n - 1].fd;
-            watched = p->idle[n - 1].owner != -1;
+            int k = n - 1;
+            for (int j = n - 1; owner != -1 && j >= 0; j--) {
+                if (p->idle[j].owner == owner) {
+                    k = j;
+                    break;
+                }
+            }
+            fd = p->idle[k].fd;
+            watched = p->idle[k].owner != -1;
+            memmove(&p->idle[k], &p->idle[k + 1], (size_t)(n - 1 - k) * sizeof p->idle[0]);
             p->n.store(n - 1, std::memory_order_relaxed);
         }
         pthread_mutex_unlock(&p->lock);
@@ -2485,7 +2501,7 @@ forward(struct conn *c, struct exchange *x, const char *host, size_t host_len, c
         struct upstream u = { -1, b, 0 };
         int64_t t_sent = pibl_now_us();
         if (g_cfg->upstream_keepalive)
-            u.fd = pool_get(b);
+            u.fd = pool_get(b, -1);
         u.reused = u.fd != -1;
         if (u.fd == -1)
             u.fd = upstream_connect(b);
@@ -3317,7 +3333,7 @@ ev_forward(struct loop *l, struct conn *c)
      * see struct pool. One the backend closes just now is retried
      * (ev_up_fail). */
     if (g_cfg->upstream_keepalive)
-        c->u.fd = pool_get(b);
+        c->u.fd = pool_get(b, (int)(l - g_loops));
     c->u.reused = c->u.fd != -1;
     if (c->u.fd != -1) {
         c->state = EV_UP_SEND;
