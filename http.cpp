@@ -3883,12 +3883,13 @@ loop_run_ready(struct loop *l, int n, int maxfd, int first_new, int heads)
 {
     for (int i = 0; i < first_new && i < l->n;) {
         struct conn *c = l->conns[i];
-        int wr = 0, fd = ev_wait_fd(c, &wr);
-        if (c->turn != l->turn && (heads || c->state != EV_HEAD) &&
-            (c->again || (n > 0 && fd <= maxfd && has_bit(l, fd, wr)))) {
-            c->again = 0;
-            c->turn = l->turn;
-            ev_run(l, c);
+        if (c->turn != l->turn && (heads || c->state != EV_HEAD)) {
+            int wr = 0, fd = ev_wait_fd(c, &wr);
+            if (c->again || (n > 0 && fd <= maxfd && has_bit(l, fd, wr))) {
+                c->again = 0;
+                c->turn = l->turn;
+                ev_run(l, c);
+            }
         }
         if (i < l->n && l->conns[i] == c)
             i++;
