@@ -58,6 +58,7 @@
 #include <unistd.h>
 
 #define POOL_MAX            128    /* idle upstream connections per backend */
+#define POOL_PURGE_MS       5000   /* then half of those idle this long close */
 #define MAX_INTERIM         8      /* 1xx answers relayed before the final one */
 #define HEAD_EXTRA_BYTES    1024   /* room for the fields PIBL adds to a head */
 #define LINGER_MS           1000   /* draining input before closing after an error */
@@ -422,11 +423,12 @@ static std::atomic<int> g_stopping;     /* graceful stop in progress */
  * pooled is watched by that loop (owner) while idle: any event on it, the
  * backend closing it or stray bytes after its last answer, closes it at
  * once, as nginx does, so it is taken without a check. One a blocking
- * thread pooled (owner -1) is peeked before reuse.
+ * thread pooled (owner -1) is peeked before reuse. Entries a burst left
+ * over are closed by halves (see POOL_PURGE_MS).
  */
 struct pool {
     pthread_mutex_t lock;
-    struct { int fd, owner; } idle[POOL_MAX];
+    struct { int fd, owner; int64_t since; } idle[POOL_MAX];   /* since: ms, pooled */
     std::atomic<int> n;            /* changed under lock; read without, to skip */
 };
 static struct pool g_pools[MAX_BACKENDS];
@@ -1498,6 +1500,7 @@ pool_put(int b, int fd, int owner)
     if (n < POOL_MAX && !g_stopping.load() && rr_is_active(b)) {
         p->idle[n].fd = fd;
         p->idle[n].owner = owner;
+        p->idle[n].since = pibl_now_us() / 1000;
         p->n.store(n + 1, std::memory_order_relaxed);
         fd = -1;
     }
@@ -3026,6 +3029,7 @@ struct loop {
     int64_t yield_probe;           /* while yield_avg is high: next try */
     int sent_up;                   /* this turn sent a request to a backend */
     unsigned turn;                 /* turns taken */
+    int64_t pool_purge_at;         /* ms: next look for surplus pooled connections */
 };
 
 static struct loop g_loops[MAX_LOOPS + 1]; /* the workers, then the parking loop */
@@ -3152,20 +3156,41 @@ has_bit(const struct loop *l, int fd, int wr)
  * with something to read is closed. The sets are rebuilt every turn, so
  * one another thread takes meanwhile drops out on the next; its bit, if
  * set, is ignored, since only entries still pooled and still ours close.
+ *
+ * Every POOL_PURGE_MS, before select(), half (rounded down) of the entries
+ * this loop may close that stayed idle that long are closed, oldest first
+ * (loop 0 also takes the blocking threads' entries). A burst leaves more connections
+ * than the steady load takes, and the per-loop preference of pool_get
+ * leaves the surplus at the bottom; each one costs a poll in every select()
+ * of its loop. HAProxy's pool-purge-delay does the same, with the same 5 s.
  */
 static void
-loop_pool_scan(struct loop *l, int *maxfd, int reap)
+loop_pool_scan(struct loop *l, int *maxfd, int reap, int64_t now)
 {
     int me = (int)(l - g_loops), slots = g_pool_slots.load(std::memory_order_relaxed);
+    int purge = !reap && now >= l->pool_purge_at;
 
+    if (purge)
+        l->pool_purge_at = now + POOL_PURGE_MS;
     for (int b = 0; b < slots; b++) {
         struct pool *p = &g_pools[b];
         if (p->n.load(std::memory_order_relaxed) == 0)
             continue;
         pthread_mutex_lock(&p->lock);
-        int n = p->n.load(std::memory_order_relaxed), kept = 0;
+        int n = p->n.load(std::memory_order_relaxed), kept = 0, drop = 0;
+        for (int i = 0; purge && i < n; i++) {
+            int owner = p->idle[i].owner;
+            if ((owner == me || (owner == -1 && me == 0)) && now - p->idle[i].since >= POOL_PURGE_MS)
+                drop++;
+        }
+        drop /= 2;                      /* a last one stays: the next request needs no connect */
         for (int i = 0; i < n; i++) {
-            int fd = p->idle[i].fd, ours = p->idle[i].owner == me;
+            int fd = p->idle[i].fd, owner = p->idle[i].owner, ours = owner == me;
+            if (drop > 0 && (ours || (owner == -1 && me == 0)) && now - p->idle[i].since >= POOL_PURGE_MS) {
+                close(fd);
+                drop--;
+                continue;
+            }
             if (ours && !reap)
                 set_bit(l, fd, 0, maxfd);
             if (ours && reap && fd <= *maxfd && has_bit(l, fd, 0))
@@ -3912,7 +3937,7 @@ loop_main(void *arg)
             memset(l->wset, 0, l->words * sizeof *l->wset);
         }
         set_bit(l, l->wake[0], 0, &maxfd);
-        loop_pool_scan(l, &maxfd, 0);
+        loop_pool_scan(l, &maxfd, 0, now);
         for (int i = 0; i < l->n;) {
             struct conn *c = l->conns[i];
             if ((c->deadline != 0 && now >= c->deadline) ||
@@ -3935,7 +3960,7 @@ loop_main(void *arg)
         if (n == -1)
             continue;
         if (n > 0)
-            loop_pool_scan(l, &maxfd, 1);
+            loop_pool_scan(l, &maxfd, 1, now);
         int first_new = l->n;
         if (n > 0 && has_bit(l, l->wake[0], 0)) {
             loop_take(l);

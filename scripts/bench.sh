@@ -19,8 +19,11 @@
 # warmed first), at 64 and 1000 connections; 10000 idle keep-alive
 # connections (scripts/idle-conns.c) held while 64 others run the 1.4 KB miss
 # (VmRSS the moment they are all open, and the most seen while they are held,
-# from 2 s later on, around each run); one 1 GiB response streamed through
-# each proxy with curl (peak RSS).
+# from 2 s later on, around each run; a second PIBL without them runs the
+# same load in the same rounds, as the run to compare with); one 1 GiB
+# response streamed through each proxy with curl (peak RSS). The 1.4 KB miss
+# at 64 connections also runs HAProxy in TCP mode (haproxy-tcp): a relay
+# that parses no HTTP, the floor for the CPU a proxy spends per request.
 #
 # What it refuses: it installs nothing (nginx or HAProxy missing: skipped with
 # a note; wrk missing: exit 2), listens and connects on 127.0.0.1 only, kills
@@ -277,16 +280,17 @@ start_origins() {
     done
 }
 
-# start_pibl TTL: a fresh PIBL (working folder $TMP/pibl, cache under it).
+# start_pibl TTL [NAME]: a fresh PIBL known as NAME (default pibl; working
+# folder $TMP/NAME, cache under it).
 start_pibl() {
-    local dir=$TMP/pibl p
+    local name=${2:-pibl} dir=$TMP/${2:-pibl} p
     rm -rf "$dir"
     mkdir -p "$dir"
-    PORT[pibl]=$(free_port)
+    PORT[$name]=$(free_port)
     {
         echo "# written by scripts/bench.sh"
         echo "listen = 127.0.0.1"
-        echo "port = ${PORT[pibl]}"
+        echo "port = ${PORT[$name]}"
         for p in "${ORIGIN_PORTS[@]}"; do
             echo "backend = 127.0.0.1:$p"
         done
@@ -296,8 +300,8 @@ start_pibl() {
         echo "max_connections = 12000"
     } > "$dir/pibl.cfg"
     (cd "$dir" && exec "$PIBL_BIN" pibl.cfg "$1") > /dev/null 2> "$dir/stderr" &
-    PID[pibl]=$!
-    PIDS+=("${PID[pibl]}")
+    PID[$name]=$!
+    PIDS+=("${PID[$name]}")
 }
 
 # start_nginx CACHE(0|1): a fresh nginx in the foreground, 2 workers.
@@ -413,6 +417,47 @@ EOF
     PIDS+=("${PID[haproxy]}")
 }
 
+# start_relay: HAProxy in TCP mode (the key haproxy-tcp), 2 threads, its
+# connection log on stdout (a file). It parses no HTTP: it copies bytes
+# between each client connection and one origin connection it opened for
+# it, so its CPU per request is the floor for moving these bytes through a
+# user-space process on this machine.
+start_relay() {
+    local dir=$TMP/haproxy-tcp p i=0
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    PORT[haproxy-tcp]=$(free_port)
+    {
+        cat <<EOF
+# written by scripts/bench.sh
+global
+    nbthread 2
+    maxconn 12000
+    no strict-limits
+    log stdout format raw local0
+defaults
+    mode tcp
+    log global
+    option tcplog
+    timeout connect 3s
+    timeout client 300s
+    timeout server 300s
+frontend fe
+    bind 127.0.0.1:${PORT[haproxy-tcp]}
+    default_backend origins
+backend origins
+    balance roundrobin
+EOF
+        for p in "${ORIGIN_PORTS[@]}"; do
+            i=$((i + 1))
+            echo "    server o$i 127.0.0.1:$p"
+        done
+    } > "$dir/haproxy.cfg"
+    haproxy -db -f "$dir/haproxy.cfg" > "$dir/access.log" 2> "$dir/stderr" &
+    PID[haproxy-tcp]=$!
+    PIDS+=("${PID[haproxy-tcp]}")
+}
+
 # start_proxies CACHE(0|1): fresh instances of every proxy, ready to serve.
 start_proxies() {
     local p
@@ -421,6 +466,7 @@ start_proxies() {
             pibl) start_pibl "$([ "$1" -eq 1 ] && echo "$HIT_TTL" || echo 0)" ;;
             nginx) start_nginx "$1" ;;
             haproxy) start_haproxy "$1" ;;
+            haproxy-tcp) start_relay ;;
         esac
         if ! wait_http "${PORT[$p]}" "${PID[$p]}"; then
             cat "$TMP/$p/stderr" >&2 2>/dev/null || true
@@ -496,12 +542,16 @@ wanted() {
     [ -z "$ONLY" ] || [[ $1 =~ $ONLY ]]
 }
 
-# scenario NAME CONNS PATH CACHE(0|1): fresh proxies, warm-up, ROUNDS
-# alternating wrk runs, peak RSS.
+# scenario NAME CONNS PATH CACHE(0|1) [RELAY(0|1)]: fresh proxies, warm-up,
+# ROUNDS alternating wrk runs, peak RSS. RELAY 1 adds HAProxy in TCP mode
+# (when HAProxy takes part) as the floor of the row.
 scenario() {
-    local round p
+    local round p saved=("${PROXIES[@]}")
     SCEN=$1
     wanted "$SCEN" || return 0
+    if [ "${5:-0}" -eq 1 ] && [[ " ${PROXIES[*]} " == *" haproxy "* ]]; then
+        PROXIES+=(haproxy-tcp)
+    fi
     note "$SCEN: ${#PROXIES[@]} proxies x $ROUNDS rounds x ${DUR}s"
     start_proxies "$4"
     if [ "$4" -eq 1 ]; then
@@ -516,12 +566,15 @@ scenario() {
         record_rss "$p"
     done
     stop_proxies
+    PROXIES=("${saved[@]}")
 }
 
 # idle_scenario: IDLE_N idle keep-alive connections held on every proxy
-# while 64 others run the 1.4 KB miss; VmRSS sampled around every run.
+# while 64 others run the 1.4 KB miss; VmRSS sampled around every run. A
+# second PIBL (pibl-noidle) that holds none runs the same load right after
+# PIBL in every round: the run without them, under the same drift.
 idle_scenario() {
-    local p round line rss hold_secs i helper=$TMP/idle-conns
+    local p round line rss hold_secs i helper=$TMP/idle-conns base=""
     declare -A hpid=() max_rss=() open_rss=()
     SCEN=idle-small-miss-c64
     wanted "$SCEN" || return 0
@@ -532,7 +585,7 @@ idle_scenario() {
     cc -O2 -o "$helper" "$ROOT/scripts/idle-conns.c" || die "cannot compile scripts/idle-conns.c"
     note "$SCEN: $IDLE_N idle connections per proxy, ${#PROXIES[@]} proxies x $ROUNDS rounds x ${DUR}s"
     start_proxies 0
-    hold_secs=$((60 + ROUNDS * ${#PROXIES[@]} * (DUR + 10)))
+    hold_secs=$((60 + ROUNDS * (${#PROXIES[@]} + 1) * (DUR + 10)))
     for p in "${PROXIES[@]}"; do
         "$helper" 127.0.0.1 "${PORT[$p]}" "$IDLE_N" "$hold_secs" > "$TMP/idle-$p.out" 2>&1 &
         hpid[$p]=$!
@@ -550,6 +603,11 @@ idle_scenario() {
         open_rss[$p]=$(proxy_kb VmRSS "$p")
         max_rss[$p]=0
     done
+    if [[ " ${PROXIES[*]} " == *" pibl "* ]]; then
+        base=pibl-noidle
+        start_pibl 0 "$base"
+        wait_http "${PORT[$base]}" "${PID[$base]}" || die "$base did not start: $(cat "$TMP/$base/stderr")"
+    fi
     sleep 2
     for ((round = 1; round <= ROUNDS; round++)); do
         for p in "${PROXIES[@]}"; do
@@ -558,8 +616,15 @@ idle_scenario() {
             run_wrk "$p" "$round" 64 /small.html
             rss=$(proxy_kb VmRSS "$p")
             max_rss[$p]=$((rss > max_rss[$p] ? rss : max_rss[$p]))
+            if [ "$p" = pibl ] && [ -n "$base" ]; then
+                run_wrk "$base" "$round" 64 /small.html
+            fi
         done
     done
+    if [ -n "$base" ]; then
+        record_rss "$base"
+        stop_proxy "$base"
+    fi
     for p in "${PROXIES[@]}"; do
         stop_pid "${hpid[$p]}"
         untrack_job "${hpid[$p]}"
@@ -678,15 +743,20 @@ report() {
         echo
         echo "$IDLE_N idle keep-alive connections held while 64 others run the 1.4 KB miss:"
         echo
-        echo "| proxy | idle conns opened / still open | RSS just opened MB | RSS while held MB | active req/s | vs. 1.4 KB miss c64 without them |"
-        echo "|---|---:|---:|---:|---:|---:|"
+        echo "| proxy | idle conns opened / still open | RSS just opened MB | RSS while held MB | active req/s | vs. without them, same rounds | vs. 1.4 KB miss c64 row |"
+        echo "|---|---:|---:|---:|---:|---:|---:|"
         awk -F'\t' -v sum="$OUT/summary.tsv" '
+            function ratio(a, b) { return b > 0 ? sprintf("%.2f x", a / b) : "-" }
             BEGIN { while ((getline l < sum) > 0) { split(l, f, "\t"); r[f[1] SUBSEP f[2]] = f[3] } }
             {
                 a = r["idle-small-miss-c64" SUBSEP $1]; b = r["small-miss-c64" SUBSEP $1]
-                printf "| %s | %s / %s | %.1f | %.1f | %.0f | %s |\n", $1, $3, $2, $5 / 1024, $4 / 1024, a,
-                    (b > 0 ? sprintf("%.2f x", a / b) : "-")
+                s = r["idle-small-miss-c64" SUBSEP $1 "-noidle"]
+                printf "| %s | %s / %s | %.1f | %.1f | %.0f | %s | %s |\n", $1, $3, $2, $5 / 1024, $4 / 1024, a,
+                    ratio(a, s), ratio(a, b)
             }' "$OUT/idle.tsv"
+        echo
+        echo "Same rounds: against pibl-noidle, a second PIBL holding no idle connection, run right after PIBL" \
+            "in every round. The c64 row was measured minutes earlier."
     fi
     if [ -s "$OUT/stream.tsv" ]; then
         echo
@@ -729,11 +799,14 @@ targets() {
             while ((getline l < idle) > 0) {
                 split(l, f, "\t")
                 if (f[1] != "pibl") continue
-                a = R["idle-small-miss-c64" SUBSEP "pibl"]; b = R["small-miss-c64" SUBSEP "pibl"]
+                a = R["idle-small-miss-c64" SUBSEP "pibl"]; b = R["idle-small-miss-c64" SUBSEP "pibl-noidle"]
+                w = "pibl-noidle, same rounds"
+                if (!(b > 0)) { b = R["small-miss-c64" SUBSEP "pibl"]; w = "1.4 KB miss c64 row" }
                 printf "%s%d idle connections held: %d still open at the end\n", mark(f[2] >= idle_n), idle_n, f[2]
                 printf "%sRSS with them < 128 MB: %.1f MB\n", mark(f[4] < 131072), f[4] / 1024
                 if (b > 0)
-                    printf "%sactive req/s within 10%% of the run without them: %.2f x\n", mark(a >= 0.9 * b), div(a, b)
+                    printf "%sactive req/s within 10%% of the run without them (%s): %.2f x\n", mark(a >= 0.9 * b),
+                        w, div(a, b)
             }
             while ((getline l < stream) > 0) {
                 split(l, f, "\t")
@@ -802,7 +875,7 @@ main() {
         awk -F'\t' '$2 == "pibl" && $7 > 0 && $8 == 0 { ok = 1 } END { exit !ok }' "$OUT/results.tsv"
         return
     fi
-    scenario small-miss-c64 64 /small.html 0
+    scenario small-miss-c64 64 /small.html 0 1
     scenario small-hit-c64 64 /small.html 1
     scenario big-miss-c64 64 /big.bin 0
     scenario big-hit-c64 64 /big.bin 1

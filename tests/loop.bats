@@ -884,6 +884,50 @@ get_body_is() {
     [ "$(count_lines "$STRAY_LOG" '^conn=[0-9]+ GET /badc$')" -eq 1 ]
 }
 
+# established_to PORT: established TCP connections whose far end is 127.0.0.1:PORT, counted on the near side.
+established_to() {
+    local hex
+    hex=$(printf '%04X' "$1")
+    awk -v p="$hex" 'NR > 1 && $4 == "01" { split($3, r, ":"); if (r[2] == p) n++ } END { print n + 0 }' /proc/net/tcp
+}
+
+@test "backend connections a burst left in the pool close by halves once idle 5 s; some stay and are reused" {
+    start_origin o1
+    start_pibl
+    local port=${ORIGIN_PORT[o1]} pids=() i n0 n start
+    # Twelve requests at once, each held 800 ms by the origin: twelve backend connections, all pooled after.
+    for ((i = 0; i < 12; i++)); do
+        pcurl -o /dev/null "$(url "/_slow?ms=800")" &
+        pids+=($!)
+    done
+    for i in "${pids[@]}"; do
+        wait "$i"
+    done
+    start=$SECONDS
+    n0=$(established_to "$port")
+    echo "pooled after the burst: $n0"
+    [ "$n0" -eq 12 ]
+    sleep 3
+    n=$(established_to "$port")
+    echo "after 3 s: $n"
+    [ "$n" -eq 12 ]                             # none closes before it has been idle 5 s
+    # Each loop looks every 5 s and closes half (rounded down) of its own that were idle 5 s: 5 or 6 of the 12.
+    for ((i = 0; i < 150; i++)); do
+        n=$(established_to "$port")
+        [ "$n" -le 7 ] && break
+        sleep 0.1
+    done
+    echo "after $((SECONDS - start)) s: $n"
+    [ "$n" -le 7 ]
+    [ "$n" -ge 3 ]                              # halves, not all at once
+    # Those left still serve: the next requests reuse them, with no new connection.
+    for i in 1 2 3; do
+        [ "$(pcurl "$(url /hello.txt)")" = "$HELLO_BODY" ]
+    done
+    [ "$(established_to "$port")" -le "$n" ]
+    [ "$(established_to "$port")" -ge 1 ]
+}
+
 # ---------------------------------------------------------------- reload
 
 @test "a reload raising max_header_bytes: a big head on a connection opened before gets an answer, a new one a 200" {
