@@ -57,7 +57,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define POOL_MAX            128    /* idle upstream connections per backend */
+#define POOL_MAX            1024   /* idle upstream connections per backend */
 #define POOL_PURGE_MS       5000   /* then half of those idle this long close */
 #define MAX_INTERIM         8      /* 1xx answers relayed before the final one */
 #define HEAD_EXTRA_BYTES    1024   /* room for the fields PIBL adds to a head */
@@ -3159,11 +3159,21 @@ has_bit(const struct loop *l, int fd, int wr)
  *
  * Every POOL_PURGE_MS, before select(), half (rounded down) of the entries
  * this loop may close that stayed idle that long are closed, oldest first
- * (loop 0 also takes the blocking threads' entries). A burst leaves more connections
- * than the steady load takes, and the per-loop preference of pool_get
- * leaves the surplus at the bottom; each one costs a poll in every select()
- * of its loop. HAProxy's pool-purge-delay does the same, with the same 5 s.
+ * (loop 0 also takes the blocking threads' entries). A burst leaves more
+ * connections than the steady load takes, and the per-loop preference of
+ * pool_get leaves the surplus at the bottom; each one costs a poll in every
+ * select() of its loop. HAProxy's pool-purge-delay does the same, with the
+ * same 5 s. A last one stays, so the next request after a pause needs no
+ * connect.
  */
+static int
+pool_stale(const struct pool *p, int i, int me, int64_t now)
+{
+    int owner = p->idle[i].owner;
+
+    return (owner == me || (owner == -1 && me == 0)) && now - p->idle[i].since >= POOL_PURGE_MS;
+}
+
 static void
 loop_pool_scan(struct loop *l, int *maxfd, int reap, int64_t now)
 {
@@ -3178,15 +3188,12 @@ loop_pool_scan(struct loop *l, int *maxfd, int reap, int64_t now)
             continue;
         pthread_mutex_lock(&p->lock);
         int n = p->n.load(std::memory_order_relaxed), kept = 0, drop = 0;
-        for (int i = 0; purge && i < n; i++) {
-            int owner = p->idle[i].owner;
-            if ((owner == me || (owner == -1 && me == 0)) && now - p->idle[i].since >= POOL_PURGE_MS)
-                drop++;
-        }
-        drop /= 2;                      /* a last one stays: the next request needs no connect */
+        for (int i = 0; purge && i < n; i++)
+            drop += pool_stale(p, i, me, now);
+        drop /= 2;
         for (int i = 0; i < n; i++) {
-            int fd = p->idle[i].fd, owner = p->idle[i].owner, ours = owner == me;
-            if (drop > 0 && (ours || (owner == -1 && me == 0)) && now - p->idle[i].since >= POOL_PURGE_MS) {
+            int fd = p->idle[i].fd, ours = p->idle[i].owner == me;
+            if (drop > 0 && pool_stale(p, i, me, now)) {
                 close(fd);
                 drop--;
                 continue;

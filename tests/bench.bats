@@ -4,8 +4,11 @@
 # Speed is never asserted here: the benchmark measures it (README, Rendimiento).
 # These tests only prove that the script runs its smallest scenario (--quick:
 # PIBL alone, 2 s of wrk on the 1.4 KB miss) and prints a table row, that the
-# busy loops of BENCH_HOGS run and are gone after it, that it refuses bad
-# settings, and that its idle-connection helper compiles cleanly.
+# busy loops of BENCH_HOGS run and are gone after it, that the idle row
+# measures a second PIBL without idle connections in the same rounds, that
+# HAProxy in TCP mode joins the 1.4 KB miss c64 row as its floor (when
+# HAProxy is installed), that it refuses bad settings, and that its
+# idle-connection helper compiles cleanly.
 # wrk missing: the run test is skipped (the script installs nothing).
 
 BENCH="$BATS_TEST_DIRNAME/../scripts/bench.sh"
@@ -32,6 +35,41 @@ BENCH="$BATS_TEST_DIRNAME/../scripts/bench.sh"
     [[ $output == *"2 busy loops (BENCH_HOGS) shared the CPUs during every run."* ]]
     [[ $output =~ \|\ quick-small-miss-c16\ \|\ pibl\ \|\ [1-9][0-9]*\ \| ]]
     ! pgrep -f -x "$hog"
+}
+
+@test "bench.sh idle row: a second PIBL without idle connections runs in the same rounds and is the target's baseline" {
+    command -v wrk > /dev/null || skip "wrk not installed"
+    mkdir "$BATS_TEST_TMPDIR/tmp"
+    run env BENCH_PROXIES=pibl BENCH_ONLY='^idle-small-miss-c64$' BENCH_IDLE=300 BENCH_SECONDS=1 BENCH_ROUNDS=2 \
+        BENCH_STREAM_BYTES=1 BENCH_OUT="$BATS_TEST_TMPDIR/bench-out" TMPDIR="$BATS_TEST_TMPDIR/tmp" timeout 120 "$BENCH"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ $output =~ \|\ idle-small-miss-c64\ \|\ pibl\ \|\ [1-9][0-9]*\ \| ]]
+    [[ $output =~ \|\ idle-small-miss-c64\ \|\ pibl-noidle\ \|\ [1-9][0-9]*\ \| ]]
+    # Alternated: pibl, then pibl-noidle, in each round.
+    local out=$BATS_TEST_TMPDIR/bench-out
+    [ -s "$out/idle-small-miss-c64-pibl-r1.txt" ] && [ -s "$out/idle-small-miss-c64-pibl-noidle-r1.txt" ]
+    [ -s "$out/idle-small-miss-c64-pibl-r2.txt" ] && [ -s "$out/idle-small-miss-c64-pibl-noidle-r2.txt" ]
+    [ "$(awk -F'\t' '{ print $2 "-" $3 }' "$out/results.tsv" | tr '\n' ' ')" = "pibl-1 pibl-noidle-1 pibl-2 pibl-noidle-2 " ]
+    # The idle table's ratio against it, and the target line that uses it.
+    [[ $output =~ \|\ pibl\ \|\ 300\ /\ 300\ \|.*\|\ [0-9]+\.[0-9]{2}\ x\ \|\ -\ \| ]]
+    [[ $output =~ active\ req/s\ within\ 10%\ of\ the\ run\ without\ them\ \(pibl-noidle,\ same\ rounds\):\ [0-9.]+\ x ]]
+    [ -z "$(ls -A "$BATS_TEST_TMPDIR/tmp")" ]
+}
+
+@test "bench.sh 1.4 KB miss c64: HAProxy in TCP mode runs as the floor row, outside the targets" {
+    command -v wrk > /dev/null || skip "wrk not installed"
+    command -v haproxy > /dev/null || skip "haproxy not installed"
+    mkdir "$BATS_TEST_TMPDIR/tmp"
+    run env BENCH_PROXIES="pibl haproxy" BENCH_ONLY='^small-miss-c64$' BENCH_SECONDS=1 BENCH_ROUNDS=1 \
+        BENCH_STREAM_BYTES=1 BENCH_OUT="$BATS_TEST_TMPDIR/bench-out" TMPDIR="$BATS_TEST_TMPDIR/tmp" timeout 120 "$BENCH"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ $output =~ \|\ small-miss-c64\ \|\ haproxy-tcp\ \|\ [1-9][0-9]*\ \|.*\|\ 0\ \|\ [0-9.]+\ x,\ [0-9.]+\ x,\ [0-9.]+\ x\ \| ]]
+    [[ $output =~ \|\ small-miss-c64\ \|\ haproxy\ \|\ [1-9][0-9]*\ \| ]]
+    [[ $output == *"req/s >= 1.0 x HAProxy, small-miss-c64"* ]]
+    ! grep -q 'haproxy-tcp' <<< "$(sed -n '/^Targets/,$p' <<< "$output")"
+    [ -z "$(ls -A "$BATS_TEST_TMPDIR/tmp")" ]
 }
 
 @test "bench.sh refuses a bad setting and an unknown option with status 2" {

@@ -891,6 +891,14 @@ established_to() {
     awk -v p="$hex" 'NR > 1 && $4 == "01" { split($3, r, ":"); if (r[2] == p) n++ } END { print n + 0 }' /proc/net/tcp
 }
 
+# ports_to PORT: the near-side ports of the established connections to 127.0.0.1:PORT, sorted, one per line.
+ports_to() {
+    local hex
+    hex=$(printf '%04X' "$1")
+    awk -v p="$hex" 'NR > 1 && $4 == "01" { split($2, l, ":"); split($3, r, ":"); if (r[2] == p) print l[2] }' \
+        /proc/net/tcp | sort
+}
+
 @test "backend connections a burst left in the pool close by halves once idle 5 s; some stay and are reused" {
     start_origin o1
     start_pibl
@@ -926,6 +934,43 @@ established_to() {
     done
     [ "$(established_to "$port")" -le "$n" ]
     [ "$(established_to "$port")" -ge 1 ]
+}
+
+@test "300 requests at once to one backend leave 300 pooled connections, and the next 300 reuse them" {
+    start_origin o1
+    start_pibl
+    local port=${ORIGIN_PORT[o1]} py n
+    py=$(loop_py pool_burst <<'EOF'
+port, count = int(sys.argv[1]), int(sys.argv[2])
+raise_nofile(count + 64)
+socks = [connect(port, timeout=20) for _ in range(count)]
+for i, s in enumerate(socks):
+    s.sendall(req("GET", "/_slow?ms=700&n=%d" % i))
+for i, s in enumerate(socks):
+    expect(Reader(s), "GET", 200, b"slow\n", "request %d" % i)
+for s in socks:
+    s.close()
+note("ok %d" % count)
+EOF
+)
+    run timeout 60 python3 "$py" "$PIBL_PORT" 300
+    echo "$output"
+    [ "$status" -eq 0 ]
+    # Each was answered on its own backend connection (all 300 wait at the origin together), and all went back to
+    # the pool: none is closed for want of room (the pool held 128 per backend before).
+    n=$(established_to "$port")
+    echo "established to the origin after the first burst: $n"
+    [ "$n" -eq 300 ]
+    local first
+    first=$(ports_to "$port")
+    run timeout 60 python3 "$py" "$PIBL_PORT" 300
+    [ "$status" -eq 0 ]
+    n=$(established_to "$port")
+    echo "after the second: $n"
+    [ "$n" -eq 300 ]
+    # The same 300 connections (by PIBL's local ports) carried the second burst: none was opened anew.
+    [ "$(ports_to "$port")" = "$first" ]
+    [ "$(grep -c 'o1 GET /_slow' "$(origin_log o1)")" -eq 600 ]
 }
 
 # ---------------------------------------------------------------- reload
