@@ -23,7 +23,7 @@
 # same load in the same rounds, as the run to compare with); one 1 GiB
 # response streamed through each proxy with curl (peak RSS). The 1.4 KB miss
 # at 64 connections also runs HAProxy in TCP mode (haproxy-tcp): a relay
-# that parses no HTTP, the floor for the CPU a proxy spends per request.
+# that parses no HTTP, a reference for what moving these bytes costs.
 #
 # What it refuses: it installs nothing (nginx or HAProxy missing: skipped with
 # a note; wrk missing: exit 2), listens and connects on 127.0.0.1 only, kills
@@ -420,8 +420,8 @@ EOF
 # start_relay: HAProxy in TCP mode (the key haproxy-tcp), 2 threads, its
 # connection log on stdout (a file). It parses no HTTP: it copies bytes
 # between each client connection and one origin connection it opened for
-# it, so its CPU per request is the floor for moving these bytes through a
-# user-space process on this machine.
+# it, so its CPU per request is what moving these bytes through a user-space
+# relay costs on this machine, with no HTTP work.
 start_relay() {
     local dir=$TMP/haproxy-tcp p i=0
     rm -rf "$dir"
@@ -544,7 +544,7 @@ wanted() {
 
 # scenario NAME CONNS PATH CACHE(0|1) [RELAY(0|1)]: fresh proxies, warm-up,
 # ROUNDS alternating wrk runs, peak RSS. RELAY 1 adds HAProxy in TCP mode
-# (when HAProxy takes part) as the floor of the row.
+# (when HAProxy takes part) as the row's reference relay.
 scenario() {
     local round p saved=("${PROXIES[@]}")
     SCEN=$1

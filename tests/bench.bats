@@ -6,7 +6,7 @@
 # PIBL alone, 2 s of wrk on the 1.4 KB miss) and prints a table row, that the
 # busy loops of BENCH_HOGS run and are gone after it, that the idle row
 # measures a second PIBL without idle connections in the same rounds, that
-# HAProxy in TCP mode joins the 1.4 KB miss c64 row as its floor (when
+# HAProxy in TCP mode joins the 1.4 KB miss c64 row as a reference relay (when
 # HAProxy is installed), that it refuses bad settings, and that its
 # idle-connection helper compiles cleanly.
 # wrk missing: the run test is skipped (the script installs nothing).
@@ -57,7 +57,7 @@ BENCH="$BATS_TEST_DIRNAME/../scripts/bench.sh"
     [ -z "$(ls -A "$BATS_TEST_TMPDIR/tmp")" ]
 }
 
-@test "bench.sh 1.4 KB miss c64: HAProxy in TCP mode runs as the floor row, outside the targets" {
+@test "bench.sh 1.4 KB miss c64: HAProxy in TCP mode runs as a reference row, outside the targets" {
     command -v wrk > /dev/null || skip "wrk not installed"
     command -v haproxy > /dev/null || skip "haproxy not installed"
     mkdir "$BATS_TEST_TMPDIR/tmp"

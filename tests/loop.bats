@@ -11,7 +11,8 @@
 # descriptors past 1023), a graceful stop with parked connections, a backend stalling mid-body, one connection
 # flooding its loop (pipelined cache hits, or bare CRLF) while probes on new connections must be served within
 # 0.5 s, a backend writing a stray answer on a pooled connection (never an answer to the next request, never
-# cached), and a reload raising max_header_bytes under a connection opened before it.
+# cached), 300 requests at once leaving 300 pooled backend connections that the next 300 reuse, the surplus of a
+# burst closed by halves once idle 5 s, and a reload raising max_header_bytes under a connection opened before it.
 # Every wait is bounded; ports are chosen at run time; everything stays on 127.0.0.1.
 # shellcheck disable=SC2034  # PIBL_TTL is read by the helpers
 
