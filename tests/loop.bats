@@ -904,9 +904,9 @@ ports_to() {
     start_origin o1
     start_pibl
     local port=${ORIGIN_PORT[o1]} pids=() i n0 n start
-    # Twelve requests at once, each held 800 ms by the origin: twelve backend connections, all pooled after.
+    # Twelve requests at once, each held 2 s by the origin: twelve backend connections, all pooled after.
     for ((i = 0; i < 12; i++)); do
-        pcurl -o /dev/null "$(url "/_slow?ms=800")" &
+        pcurl -o /dev/null "$(url "/_slow?ms=2000")" &
         pids+=($!)
     done
     for i in "${pids[@]}"; do
@@ -946,7 +946,7 @@ port, count = int(sys.argv[1]), int(sys.argv[2])
 raise_nofile(count + 64)
 socks = [connect(port, timeout=20) for _ in range(count)]
 for i, s in enumerate(socks):
-    s.sendall(req("GET", "/_slow?ms=700&n=%d" % i))
+    s.sendall(req("GET", "/_slow?ms=2000&n=%d" % i))
 for i, s in enumerate(socks):
     expect(Reader(s), "GET", 200, b"slow\n", "request %d" % i)
 for s in socks:
