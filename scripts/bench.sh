@@ -361,13 +361,40 @@ EOF
     PIDS+=("${PID[nginx]}")
 }
 
-# start_haproxy CACHE(0|1): a fresh HAProxy in the foreground, 2 threads, its
-# log on stdout (a file), its RAM cache for the hit rows.
+# start_haproxy CACHE(0|1) [MODE]: a fresh HAProxy in the foreground, 2
+# threads, its log on stdout (a file). MODE http (the key haproxy): its RAM
+# cache for the hit rows. MODE tcp (the key haproxy-tcp): a relay that parses
+# no HTTP and copies bytes between each client connection and one origin
+# connection it opened for it, so its CPU per request is what moving these
+# bytes through a user-space relay costs on this machine, with no HTTP work.
 start_haproxy() {
-    local dir=$TMP/haproxy p i=0 cache_use="" cache_section=""
+    local mode=${2:-http} name=haproxy dir p i=0 defaults cache_use="" cache_section="" backend=""
+    if [ "$mode" = tcp ]; then
+        name=haproxy-tcp
+        defaults="    mode tcp
+    log global
+    option tcplog
+    timeout connect 3s
+    timeout client 300s
+    timeout server 300s"
+    else
+        defaults="    mode http
+    log global
+    option httplog
+    option forwardfor
+    http-reuse always
+    timeout connect 3s
+    timeout client 300s
+    timeout server 30s
+    timeout http-keep-alive 300s
+    timeout http-request 10s"
+        backend="    http-request set-header X-Forwarded-Proto http
+    http-request add-header Via \"1.1 haproxy\""
+    fi
+    dir=$TMP/$name
     rm -rf "$dir"
     mkdir -p "$dir"
-    PORT[haproxy]=$(free_port)
+    PORT[$name]=$(free_port)
     if [ "$1" -eq 1 ]; then
         cache_section="cache bench
     total-max-size 16
@@ -387,24 +414,14 @@ global
     no strict-limits
     log stdout format raw local0
 defaults
-    mode http
-    log global
-    option httplog
-    option forwardfor
-    http-reuse always
-    timeout connect 3s
-    timeout client 300s
-    timeout server 30s
-    timeout http-keep-alive 300s
-    timeout http-request 10s
+$defaults
 $cache_section
 frontend fe
-    bind 127.0.0.1:${PORT[haproxy]}
+    bind 127.0.0.1:${PORT[$name]}
     default_backend origins
 backend origins
     balance roundrobin
-    http-request set-header X-Forwarded-Proto http
-    http-request add-header Via "1.1 haproxy"
+$backend
 $cache_use
 EOF
         for p in "${ORIGIN_PORTS[@]}"; do
@@ -413,49 +430,8 @@ EOF
         done
     } > "$dir/haproxy.cfg"
     haproxy -db -f "$dir/haproxy.cfg" > "$dir/access.log" 2> "$dir/stderr" &
-    PID[haproxy]=$!
-    PIDS+=("${PID[haproxy]}")
-}
-
-# start_relay: HAProxy in TCP mode (the key haproxy-tcp), 2 threads, its
-# connection log on stdout (a file). It parses no HTTP: it copies bytes
-# between each client connection and one origin connection it opened for
-# it, so its CPU per request is what moving these bytes through a user-space
-# relay costs on this machine, with no HTTP work.
-start_relay() {
-    local dir=$TMP/haproxy-tcp p i=0
-    rm -rf "$dir"
-    mkdir -p "$dir"
-    PORT[haproxy-tcp]=$(free_port)
-    {
-        cat <<EOF
-# written by scripts/bench.sh
-global
-    nbthread 2
-    maxconn 12000
-    no strict-limits
-    log stdout format raw local0
-defaults
-    mode tcp
-    log global
-    option tcplog
-    timeout connect 3s
-    timeout client 300s
-    timeout server 300s
-frontend fe
-    bind 127.0.0.1:${PORT[haproxy-tcp]}
-    default_backend origins
-backend origins
-    balance roundrobin
-EOF
-        for p in "${ORIGIN_PORTS[@]}"; do
-            i=$((i + 1))
-            echo "    server o$i 127.0.0.1:$p"
-        done
-    } > "$dir/haproxy.cfg"
-    haproxy -db -f "$dir/haproxy.cfg" > "$dir/access.log" 2> "$dir/stderr" &
-    PID[haproxy-tcp]=$!
-    PIDS+=("${PID[haproxy-tcp]}")
+    PID[$name]=$!
+    PIDS+=("${PID[$name]}")
 }
 
 # start_proxies CACHE(0|1): fresh instances of every proxy, ready to serve.
@@ -466,7 +442,7 @@ start_proxies() {
             pibl) start_pibl "$([ "$1" -eq 1 ] && echo "$HIT_TTL" || echo 0)" ;;
             nginx) start_nginx "$1" ;;
             haproxy) start_haproxy "$1" ;;
-            haproxy-tcp) start_relay ;;
+            haproxy-tcp) start_haproxy 0 tcp ;;
         esac
         if ! wait_http "${PORT[$p]}" "${PID[$p]}"; then
             cat "$TMP/$p/stderr" >&2 2>/dev/null || true
