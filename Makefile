@@ -6,8 +6,10 @@ CXXFLAGS ?= -O2 -g
 CXXFLAGS += -std=c++17 -Wall -Wextra -pthread
 LDFLAGS  += -pthread
 
-PIBL_SRCS = pibl.cpp http.cpp cache.cpp rr.cpp log.cpp health.cpp admin.cpp
-HDRS      = pibl.h
+PIBL_SRCS = pibl.cpp http.cpp sock.cpp exchange.cpp cachepolicy.cpp cache.cpp upstream.cpp \
+            conn.cpp loop.cpp ev.cpp rr.cpp health.cpp log.cpp admin.cpp
+HDRS      = pibl.h http.h sock.h exchange.h cachepolicy.h cache.h upstream.h conn.h loop.h ev.h \
+            rr.h health.h log.h admin.h
 
 all: pibl pibl-origin
 

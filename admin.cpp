@@ -4,14 +4,20 @@
  * /status.json and as Prometheus text at /metrics.
  *
  * Everything shown is read from counters kept elsewhere (rr.cpp per
- * backend, cache.cpp, http.cpp); this file only samples the request count
+ * backend, cache.cpp, exchange.cpp); this file only samples the request count
  * once a second for the requests-per-second figure and formats.
  *
  * It does not change anything (no POST, no actions) and answers one request
  * per connection. Limits: ADMIN_HEAD_MAX bytes of request head,
  * ADMIN_TIMEOUT_S to send it, ADMIN_OUT_MAX bytes of page.
  */
+#include "admin.h"
+#include "cache.h"
+#include "exchange.h"
+#include "http.h"
+#include "log.h"
 #include "pibl.h"
+#include "rr.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -24,9 +30,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define ADMIN_HEAD_MAX   8192
-#define ADMIN_TIMEOUT_S  5
-#define ADMIN_OUT_MAX    (256 * 1024)
 #define RATE_WINDOW      10        /* seconds averaged for requests/s */
 
 /* The request count once a second, a ring of RATE_WINDOW + 1 samples. */
@@ -43,7 +46,7 @@ admin_tick(void)
     pthread_mutex_lock(&g_rate_lock);
     int last = (g_next_sample + RATE_WINDOW) % (RATE_WINDOW + 1);
     if (g_n_samples == 0 || g_when[last] != now) {
-        g_count[g_next_sample] = http_requests_total();
+        g_count[g_next_sample] = exchange_requests_total();
         g_when[g_next_sample] = now;
         g_next_sample = (g_next_sample + 1) % (RATE_WINDOW + 1);
         if (g_n_samples < RATE_WINDOW + 1)
@@ -92,7 +95,7 @@ take_snapshot(struct snapshot *s)
     memset(s, 0, sizeof *s);
     s->uptime = (long)(time(NULL) - pibl_start_time());
     s->open_connections = pibl_open_connections();
-    s->requests = http_requests_total();
+    s->requests = exchange_requests_total();
     s->rps = request_rate();
     s->n_backends = rr_active_slots(slots, MAX_BACKENDS);
     for (int i = 0; i < s->n_backends; i++)

@@ -23,11 +23,13 @@
  * file (removed at start-up); a file whose size does not add up is deleted
  * when found, never served.
  *
- * It does not parse HTTP: http.cpp decides what is cacheable and for how
+ * It does not parse HTTP: cachepolicy.cpp decides what is cacheable and for how
  * long, and hands over the bytes. Limits: cache_max_bytes in total (least
  * recently used entries evicted off the request path), cache_max_object per
  * entry, MAX_CACHE_KEY bytes of key, META_MAX bytes of meta block.
  */
+#include "cache.h"
+#include "log.h"
 #include "pibl.h"
 
 #include <atomic>
@@ -826,12 +828,12 @@ cache_lock(const char *key, size_t key_len, int timeout_s)
         waited = 1;
         if (pthread_cond_timedwait(&g_fetch_done, &g_fetch_lock, &deadline) == ETIMEDOUT) {
             pthread_mutex_unlock(&g_fetch_lock);
-            return -1;
+            return CACHE_LOCK_TIMEOUT;
         }
     }
     if (waited) {
         pthread_mutex_unlock(&g_fetch_lock);
-        return 0;
+        return CACHE_LOCK_WAITED;
     }
     struct inflight *f = (struct inflight *)malloc(sizeof *f);
     if (f != NULL) {
@@ -840,7 +842,7 @@ cache_lock(const char *key, size_t key_len, int timeout_s)
         g_inflight = f;
     }
     pthread_mutex_unlock(&g_fetch_lock);
-    return f != NULL ? 1 : -1;
+    return f != NULL ? CACHE_LOCK_OWNED : CACHE_LOCK_TIMEOUT;
 }
 
 void

@@ -5,16 +5,22 @@
  * back after health_rise good ones.
  *
  * A probe is one HTTP/1.1 GET on a fresh connection with Connection: close;
- * a 2xx or 3xx status line is good, anything else (refused, timeout after
- * connect_timeout, 4xx/5xx, garbage) is a failure. The passive marks of the
+ * an answer head that http_parse_response() accepts, with a 2xx or 3xx
+ * status, is good; anything else (refused, timeout after connect_timeout,
+ * 4xx/5xx, a malformed or cut head) is a failure. The passive marks of the
  * request path (rr_mark_down) apply as well; the two are independent.
  *
  * It never takes out the last backend still up: with no alternative, a
  * failing backend stays in rotation (logged), so that a health path that is
  * wrong or a flapping check cannot turn every request into a 503.
- * Limits: reads at most PROBE_READ bytes of each answer.
+ * Limits: reads at most PROBE_HEAD_MAX bytes of each answer (its head).
  */
+#include "health.h"
+#include "http.h"
+#include "log.h"
 #include "pibl.h"
+#include "rr.h"
+#include "upstream.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -24,7 +30,6 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-#define PROBE_READ 64
 
 static int g_fails[MAX_BACKENDS];          /* failed probes in a row */
 static int g_goods[MAX_BACKENDS];          /* good probes in a row */
@@ -47,11 +52,13 @@ set_timeouts(int fd, int seconds)
 static int
 probe(const struct pibl_config *cfg, int i, const char **why)
 {
-    char req[512], ans[PROBE_READ + 1];
-    size_t got = 0;
+    char req[512], ans[PROBE_HEAD_MAX];
+    struct http_response resp;
+    size_t got = 0, scan = 0;
+    long head_len = -2;
     int ok = 0;
 
-    int fd = http_connect_backend(i, cfg->connect_timeout * 1000);
+    int fd = upstream_connect(i, cfg->connect_timeout * 1000);
     if (fd == -1) {
         *why = errno == ETIMEDOUT ? "health check: connect timed out" :
             errno == ECONNREFUSED ? "health check: refused" : "health check: cannot connect";
@@ -64,20 +71,21 @@ probe(const struct pibl_config *cfg, int i, const char **why)
         *why = "health check: send failed";
         goto done;
     }
-    while (got < 12) {
-        ssize_t r = recv(fd, ans + got, PROBE_READ - got, 0);
+    /* The answer's head, parsed as the proxy parses any backend's. */
+    while (head_len == -2 && got < sizeof ans) {
+        ssize_t r = recv(fd, ans + got, sizeof ans - got, 0);
         if (r == -1 && errno == EINTR)
             continue;
         if (r <= 0)
             break;
         got += (size_t)r;
+        head_len = http_find_head_end(ans, got, &scan);
     }
-    ans[got] = '\0';
-    if (got < 12 || strncmp(ans, "HTTP/1.", 7) != 0 || ans[8] != ' ') {
+    if (head_len <= 0 || http_parse_response(ans, (size_t)head_len, &resp) == -1) {
         *why = got == 0 ? "health check: no answer" : "health check: bad answer";
         goto done;
     }
-    ok = ans[9] == '2' || ans[9] == '3';
+    ok = resp.status >= 200 && resp.status < 400;
     if (!ok)
         *why = "health check: error status";
 done:

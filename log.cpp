@@ -12,11 +12,12 @@
  * threads almost never have to wake it. Lines are appended whole, so the file
  * never holds two lines interleaved.
  *
- * What it does not do: decide what to log (http.cpp does), rotate files.
+ * What it does not do: decide what to log (exchange.cpp does), rotate files.
  * Limits: LOG_LINE_MAX bytes per line (longer lines are cut and end in
  * "..."), LOG_QUEUE_BYTES queued; a producer waits when the queue is full
  * rather than dropping a line.
  */
+#include "log.h"
 #include "pibl.h"
 
 #include <errno.h>

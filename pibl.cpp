@@ -1,19 +1,29 @@
 /*
- * pibl.cpp - PIBL's entry point: the command line, the config file, the
- * listening socket, the select() loop, connection threads and signals.
+ * pibl.cpp - PIBL's entry point: the command line, the config file into an
+ * immutable config (and its reload on SIGHUP), the listening sockets, the
+ * main select() loop, signals and the graceful stop.
  *
  * Shape: one thread runs select() over the listening sockets and a wake
  * pipe (signals are turned into bytes on that pipe), accepts, and hands each
- * client to http.cpp's event loops (http_accept); a status page client gets
- * a detached thread with a small stack. Only descriptors opened at start-up
- * enter this fd_set.
+ * client to the event loops (loop_accept, loop.cpp); a status page client
+ * gets a detached thread with a small stack (admin.cpp). Only descriptors
+ * opened at start-up enter this fd_set.
  *
- * It does not touch HTTP bytes (http.cpp does). Only start-up code exits;
- * once serving, errors cost a connection, never the process.
- * Limits: max_connections client connections (past it: a quick 503), the
- * RLIMIT_NOFILE hard limit, MAX_CONFIG_LINE bytes per config line.
+ * It does not touch HTTP bytes. Only start-up code exits; once serving,
+ * errors cost a connection, never the process.
+ * Limits: max_connections client connections (past it: a quick 503),
+ * MAX_ADMIN_CONNS status page clients, the RLIMIT_NOFILE hard limit,
+ * MAX_CONFIG_LINE bytes per config line.
  */
 #include "pibl.h"
+#include "admin.h"
+#include "cache.h"
+#include "conn.h"
+#include "health.h"
+#include "log.h"
+#include "loop.h"
+#include "rr.h"
+#include "upstream.h"
 
 #include <arpa/inet.h>
 #include <atomic>
@@ -358,6 +368,20 @@ pibl_now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+static std::atomic<int> g_stopping;        /* a graceful stop is in progress */
+
+void
+pibl_stop(void)
+{
+    g_stopping.store(1);
+}
+
+int
+pibl_stopping(void)
+{
+    return g_stopping.load();
+}
+
 int
 pibl_spawn(void *(*fn)(void *), void *arg)
 {
@@ -389,7 +413,6 @@ pibl_write_all(int fd, const char *buf, size_t len)
 
 #ifndef PIBL_NO_MAIN   /* unit tests link the config parser alone */
 
-#define MAX_ADMIN_CONNS    32      /* concurrent status page clients */
 
 static const char *g_config_path;          /* for reloads */
 static int g_wake[2] = { -1, -1 };         /* signal -> select() */
@@ -525,7 +548,7 @@ start_connection(int fd, const struct sockaddr_storage *peer, int admin)
     int limit = admin ? MAX_ADMIN_CONNS : pibl_config_now()->max_connections;
 
     if (count->load() >= limit) {
-        http_reject(fd, 503, "too many connections");
+        loop_reject(fd, 503, "too many connections");
         log_line("pibl: warning: %s (%d) reached, a client got 503",
             admin ? "status page connection limit" : "max_connections", limit);
         return;
@@ -533,9 +556,9 @@ start_connection(int fd, const struct sockaddr_storage *peer, int admin)
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     count->fetch_add(1);
     if (!admin) {
-        if (http_accept(fd, peer) == -1) {
+        if (loop_accept(fd, peer) == -1) {
             count->fetch_sub(1);
-            http_reject(fd, 503, "out of memory");
+            loop_reject(fd, 503, "out of memory");
         }
         return;
     }
@@ -543,7 +566,7 @@ start_connection(int fd, const struct sockaddr_storage *peer, int admin)
     int rc = pthread_create(&t, &g_thread_attr, admin_main, (void *)(intptr_t)fd);
     if (rc != 0) {
         count->fetch_sub(1);
-        http_reject(fd, 503, "cannot start a thread");
+        loop_reject(fd, 503, "cannot start a thread");
         log_line("pibl: warning: cannot start a connection thread: %s", strerror(rc));
     }
 }
@@ -617,7 +640,7 @@ reload(void)
     }
     g_cfg_now.store(next, std::memory_order_release);
     for (int i = 0; i < n_removed; i++)
-        http_pool_flush(removed[i]);
+        upstream_pool_flush(removed[i]);
     if (strcmp(next->log_file, cur->log_file) != 0)
         log_reopen(next->log_file);
     log_line("pibl: reloaded %s: %d backends, %d removed", g_config_path, next->n_backends,
@@ -634,8 +657,9 @@ shut_down(int lfd, int afd, int sig)
     log_line("pibl: signal %d: stopping, %d connection(s) open", sig, g_n_active.load());
     struct timespec t0, t;
     clock_gettime(CLOCK_MONOTONIC, &t0);
+    pibl_stop();
     for (;;) {
-        http_close_idle();
+        conn_stop_idle();
         if (g_n_active.load() == 0)
             break;
         clock_gettime(CLOCK_MONOTONIC, &t);
@@ -765,7 +789,8 @@ main(int argc, char **argv)
         fprintf(stderr, "pibl: cannot start: %s\n", strerror(errno));
         return 1;
     }
-    if (http_init(n_fds) == -1) {
+    upstream_init();
+    if (conn_init(n_fds) == -1 || loop_init() == -1) {
         fprintf(stderr, "pibl: cannot start the event loops: %s\n", strerror(errno));
         return 1;
     }

@@ -17,6 +17,8 @@
  * This file never opens a socket: it only names addresses and keeps score.
  * Limits: MAX_BACKENDS slots in all, weights 1..MAX_WEIGHT.
  */
+#include "rr.h"
+#include "log.h"
 #include "pibl.h"
 
 #include <atomic>

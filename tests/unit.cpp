@@ -4,7 +4,12 @@
  * robin. Prints one line per failure and ends with "N passed, N failed".
  * Built by `make unit`, also under -fsanitize=address,undefined.
  */
+#include "cache.h"
+#include "cachepolicy.h"
+#include "exchange.h"
+#include "http.h"
 #include "pibl.h"
+#include "rr.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,7 +75,8 @@ test_request_heads(void)
         char *copy = (char *)malloc(len);
         memcpy(copy, c->head, len);
         int rc = http_parse_request(copy, len, 32, &req);
-        CHECK(rc == c->want, "request case %zu: got %d, want %d", i, rc, c->want);
+        int got = rc == 0 ? 0 : http_error_status(rc);    /* the table lists statuses */
+        CHECK(rc <= 0 && got == c->want, "request case %zu: got %d, want %d", i, got, c->want);
         free(copy);
     }
 
@@ -88,7 +94,7 @@ test_request_heads(void)
     for (int i = 0; i <= MAX_HEADERS; i++)
         n += (size_t)snprintf(big + n, sizeof big - n, "X: 1\r\n");
     n += (size_t)snprintf(big + n, sizeof big - n, "\r\n");
-    CHECK(http_parse_request(big, n, 8192, &req) == 431, "too many fields");
+    CHECK(http_parse_request(big, n, 8192, &req) == HTTP_TOO_MANY_FIELDS, "too many fields");
 }
 
 /* ------------------------------------------------------------ head ends */
@@ -395,6 +401,106 @@ test_round_robin(void)
     CHECK(configure_text("backend = 127.0.0.1:1 wait=2\n", &cfg) == -1, "bad option refused");
 }
 
+/* ------------------------------------------------------------ field lists */
+
+/* Parse head into req (a test's own request); returns 0 or the parser's error. */
+static int
+parse_into(const char *head, struct http_request *req)
+{
+    return http_parse_request(head, strlen(head), 8192, req);
+}
+
+static void
+test_field_lists(void)
+{
+    struct http_request req;
+    const struct http_header *h = NULL;
+
+    /* One return convention: counts, 0, -1 or a named error. */
+    CHECK(http_error_status(HTTP_MALFORMED) == 400 && http_error_status(HTTP_URI_TOO_LONG) == 414 &&
+        http_error_status(HTTP_TOO_MANY_FIELDS) == 431 && http_error_status(HTTP_BAD_VERSION) == 505 &&
+        http_error_status(HTTP_UNSUPPORTED) == 501, "error statuses");
+    CHECK(parse_into("GET / HTTP/2.0\r\nHost: a\r\n\r\n", &req) == HTTP_BAD_VERSION, "HTTP/2 head");
+    CHECK(parse_into("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nX: 1\r\n\r\n", &req) == 0, "parsed");
+    CHECK(http_find_single(req.headers, req.n_headers, "host", &h) == 2 && h == &req.headers[0],
+        "two Host fields counted, the first returned");
+    CHECK(http_find_single(req.headers, req.n_headers, "x", &h) == 1 && h == &req.headers[2], "one X");
+    CHECK(http_find_single(req.headers, req.n_headers, "via", &h) == 0, "no Via");
+
+    static const struct { const char *te; int want; } te_cases[] = {
+        { "chunked", 0 },
+        { "gzip, chunked", HTTP_UNSUPPORTED },
+        { "chunked, gzip", HTTP_MALFORMED },
+        { "chunked, chunked", HTTP_MALFORMED },
+        { "gzip", HTTP_UNSUPPORTED },
+        { "", HTTP_MALFORMED },
+    };
+    for (size_t i = 0; i < sizeof te_cases / sizeof te_cases[0]; i++) {
+        struct http_header f = { "Transfer-Encoding", 17, te_cases[i].te, strlen(te_cases[i].te) };
+        int rc = http_check_transfer_coding(&f, 1);
+        CHECK(rc == te_cases[i].want, "Transfer-Encoding \"%s\": got %d, want %d", te_cases[i].te, rc,
+            te_cases[i].want);
+    }
+}
+
+/* ------------------------------------------------------------ cache decisions */
+
+/* The exchange for one request head, as exchange_check_request leaves it. */
+static int
+plan_for(const char *head, struct exchange *x)
+{
+    static struct pibl_config cfg;
+    int status;
+    const char *why, *host, *path;
+    size_t host_len, path_len;
+    struct http_tokens ct;
+
+    pibl_config_defaults(&cfg);
+    exchange_reset(x);
+    if (parse_into(head, &x->req) != 0 ||
+        exchange_check_request(&cfg, x, &status, &why, &host, &host_len, &path, &path_len, &ct) == -1)
+        return -1;
+    return cachepolicy_plan(x, host, host_len, path, path_len);
+}
+
+static void
+test_cache_decisions(void)
+{
+    static struct exchange x;       /* large: not on the stack */
+    struct cache_entry e;
+
+    CHECK(plan_for("GET /a HTTP/1.1\r\nHost: h\r\n\r\n", &x) == PLAN_LOOKUP && x.store_ok &&
+        x.key_len > 0 && strcmp(x.key, "http://h/a") == 0, "GET: look up, may store, key");
+    CHECK(plan_for("HEAD /a HTTP/1.1\r\nHost: h\r\n\r\n", &x) == PLAN_LOOKUP && !x.store_ok,
+        "HEAD: look up, never stores");
+    CHECK(plan_for("POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\n", &x) == PLAN_FORWARD &&
+        x.invalidate && strcmp(x.cs_fwd, "method") == 0, "POST: forward and invalidate");
+    CHECK(plan_for("PURGE /a HTTP/1.1\r\nHost: h\r\n\r\n", &x) == PLAN_PURGE, "PURGE");
+    CHECK(plan_for("GET /a HTTP/1.1\r\nHost: h\r\nCache-Control: no-store\r\n\r\n", &x) ==
+        PLAN_FORWARD && !x.store_ok && strcmp(x.cs_fwd, "request") == 0, "no-store request");
+    CHECK(plan_for("GET /a HTTP/1.1\r\nHost: h\r\nPragma: no-cache\r\n\r\n", &x) == PLAN_FORWARD,
+        "Pragma: no-cache without Cache-Control");
+    CHECK(plan_for("GET /a HTTP/1.1\r\nHost: h\r\nPragma: no-cache\r\nCache-Control: max-age=5\r\n\r\n",
+        &x) == PLAN_LOOKUP, "Pragma is ignored beside Cache-Control (RFC 9111 5.4)");
+    CHECK(plan_for("GET /a HTTP/1.0\r\n\r\n", &x) == PLAN_FORWARD && x.key_len == 0,
+        "no Host: no key");
+
+    /* One freshness and Vary rule for both paths. */
+    CHECK(plan_for("GET /a HTTP/1.1\r\nHost: h\r\nAccept-Language: es\r\n\r\n", &x) == PLAN_LOOKUP,
+        "varying request");
+    memset(&e, 0, sizeof e);
+    e.fresh = 1;
+    snprintf(e.vary, sizeof e.vary, "accept-language=es\n");
+    CHECK(cachepolicy_judge(&x, &e) == ENTRY_FRESH, "same variant, fresh");
+    e.fresh = 0;
+    CHECK(cachepolicy_judge(&x, &e) == ENTRY_STALE, "same variant, expired");
+    snprintf(e.vary, sizeof e.vary, "accept-language=en\n");
+    CHECK(cachepolicy_judge(&x, &e) == ENTRY_OTHER_VARIANT, "other variant");
+    e.vary[0] = '\0';
+    e.fresh = 1;
+    CHECK(cachepolicy_judge(&x, &e) == ENTRY_FRESH, "no Vary");
+}
+
 int
 main(void)
 {
@@ -405,6 +511,8 @@ main(void)
     test_content_length();
     test_config();
     test_round_robin();
+    test_field_lists();
+    test_cache_decisions();
     printf("unit: %d passed, %d failed\n", n_passed, n_failed);
     return n_failed == 0 ? 0 : 1;
 }

@@ -1,0 +1,126 @@
+/*
+ * cache.h - the cache's files (cache.cpp): the key, hashed file names in the
+ * cache folder, TTL by mtime, store through a temp file and rename(), lookup,
+ * LRU eviction and request collapsing. The HTTP rules of what is stored and
+ * served are cachepolicy.h's.
+ */
+#ifndef PIBL_CACHE_H
+#define PIBL_CACHE_H
+
+#include "pibl.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define MAX_CACHE_KEY        4096     /* longer keys are not cached */
+#define MAX_VARY_BYTES       1024     /* request values an entry varies on */
+
+/* Cache status of one exchange, for the log line and X-Cache. */
+enum cache_status { CACHE_NONE, CACHE_HIT, CACHE_MISS, CACHE_EXPIRED, CACHE_STALE, CACHE_BYPASS };
+
+/* A stored entry found by cache_lookup, open for reading. */
+struct cache_entry {
+    int fd;                        /* -1: none */
+    int slot;                      /* private: open-entry slot, -1 = own fd */
+    const char *head;              /* private: stored head in memory, or NULL */
+    const char *body;              /* the body in memory (small entries), or NULL */
+    uint64_t hash;
+    long lifetime;                 /* s, capped by the launch TTL */
+    long age;                      /* s since stored or revalidated (mtime) */
+    int fresh;                     /* age < lifetime */
+    int status;
+    off_t head_off;                /* stored head: file offset and length */
+    size_t head_len;
+    off_t body_off;                /* body: file offset and length */
+    uint64_t body_len;
+    char vary[MAX_VARY_BYTES];     /* "name=value\n" lines it was stored for */
+};
+
+struct cache_writer;
+
+/* Name of a cache status ("-", "HIT", ...). */
+const char *cache_status_name(int status);
+
+/*
+ * Prepare the cache folder (made if missing), delete temp files a crash
+ * left, index the entries and start the eviction thread. TTL 0: cache off.
+ * Returns 0, or -1 (errno set) when the folder is unusable: cache off.
+ */
+int cache_init(const struct pibl_config *cfg);
+
+/* 1 when the cache is on. */
+int cache_enabled(void);
+
+/* Launch TTL in seconds. */
+long cache_ttl(void);
+
+/* Build the key "http://host/target" (host lower-cased) into buf.
+ * Returns its length, or -1 when it is longer than MAX_CACHE_KEY. */
+int cache_key(char *buf, size_t cap, const char *host, size_t host_len, const char *target,
+    size_t target_len);
+
+/*
+ * Open the entry for key. Returns 1 with e filled (fresh or not; the caller
+ * must cache_release it), 0 when there is none. A damaged entry is deleted
+ * and reported as none. Blocks on disk only.
+ */
+int cache_lookup(const char *key, size_t key_len, struct cache_entry *e);
+
+/* Close an entry from cache_lookup (safe on an empty one). */
+void cache_release(struct cache_entry *e);
+
+/* Read the stored head into buf. Returns 0, or -1 if it does not fit. */
+int cache_read_head(const struct cache_entry *e, char *buf, size_t cap);
+
+/* Mark the entry fresh again (mtime = now) after a 304 from the origin. */
+void cache_touch(const struct cache_entry *e);
+
+/* Delete the entry for key. Returns 1 if one was deleted, 0 if none. */
+int cache_remove(const char *key, size_t key_len);
+
+/*
+ * Start storing an answer: a temp file gets the meta block and head. vary
+ * holds "name=value\n" lines (or ""). Returns NULL when it cannot store
+ * (logged once); the caller then just serves without storing.
+ */
+struct cache_writer *cache_store_begin(const char *key, size_t key_len, int status, long lifetime,
+    const char *vary, const char *head, size_t head_len);
+
+/* Append body bytes. Returns 0, or -1 after abandoning the entry (too big,
+ * disk full): the writer is freed and must not be used again. */
+int cache_store_write(struct cache_writer *w, const char *data, size_t len);
+
+/* Make the entry visible (rename). Frees w. Returns 0 or -1. */
+int cache_store_commit(struct cache_writer *w);
+
+/* Drop an unfinished entry. Frees w. Safe on NULL. */
+void cache_store_abort(struct cache_writer *w);
+
+/* Counters for the status page. */
+struct cache_stats {
+    uint64_t entries;
+    uint64_t bytes;
+    uint64_t hits;                 /* HIT and STALE answers */
+    uint64_t lookups;              /* answers with any cache status but BYPASS */
+};
+
+/* Count one answer with this cache status. */
+void cache_note(int status);
+
+/* Read the counters. */
+void cache_get_stats(struct cache_stats *st);
+
+/* What cache_lock() ended with. */
+enum cache_lock_result {
+    CACHE_LOCK_TIMEOUT = -1,       /* waited timeout_s (or out of memory): fetch unlocked */
+    CACHE_LOCK_WAITED = 0,         /* another fetch of the key finished: look up again */
+    CACHE_LOCK_OWNED = 1,          /* the caller fetches key and must cache_unlock it */
+};
+
+/* Request collapsing: one fetch per key at a time. Returns an enum
+ * cache_lock_result; blocks up to timeout_s (0: never waits). */
+int cache_lock(const char *key, size_t key_len, int timeout_s);
+void cache_unlock(const char *key, size_t key_len);
+
+#endif

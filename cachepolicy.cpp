@@ -1,0 +1,704 @@
+/*
+ * cachepolicy.cpp - the HTTP rules of the shared cache (RFC 9111, and
+ * RFC 9211 for Cache-Status): which requests may be answered from the
+ * cache (GET and HEAD without a body, unless the request's Cache-Control
+ * or Pragma says otherwise), which answers may be stored and for how long
+ * (status, Cache-Control, Expires, Age, validators, capped by the launch
+ * TTL), Vary, the client's conditionals (a 304 from an entry), revalidation
+ * of expired entries with our own conditionals, PURGE from the addresses of
+ * purge_allow, stale-if-error, invalidation after unsafe methods, and the
+ * collapsing of concurrent misses of one key.
+ *
+ * It does not touch the files (cache.cpp keeps them) nor choose backends.
+ * Refused on purpose: storing answers with no-store, private, Set-Cookie,
+ * Authorization without public or s-maxage, "Vary: *", and answers to be
+ * revalidated (lifetime 0) that carry no validator.
+ * Limits: MAX_CACHE_KEY bytes of key and MAX_VARY_BYTES of varied request
+ * values (past them, not cached); cache_lock_timeout of waiting.
+ */
+#include "cachepolicy.h"
+#include "cache.h"
+#include "conn.h"
+#include "exchange.h"
+#include "http.h"
+#include "log.h"
+#include "pibl.h"
+#include "sock.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+
+void
+cachepolicy_put_fields(struct http_builder *b, const struct exchange *x)
+{
+    if (x->cache == CACHE_NONE)
+        return;
+    int from_cache = x->cache == CACHE_HIT || x->cache == CACHE_STALE || x->revalidated;
+    if (from_cache) {
+        http_puts(b, "Age: ");
+        http_put_long(b, x->age);
+        http_puts(b, "\r\n");
+    }
+    http_puts(b, "X-Cache: ");
+    http_puts(b, cache_status_name(x->cache));
+    http_puts(b, "\r\nCache-Status: " PIBL_NAME);
+    if (x->cache == CACHE_HIT || x->cache == CACHE_STALE) {
+        http_puts(b, "; hit; ttl=");
+        http_put_long(b, x->ttl_left);
+        http_puts(b, x->cache == CACHE_STALE ? "; detail=stale-if-error\r\n" : "\r\n");
+        return;
+    }
+    http_puts(b, "; fwd=");
+    http_puts(b, x->cs_fwd ? x->cs_fwd : "miss");
+    if (x->revalidated)
+        http_puts(b, "; fwd-status=304");
+    if (x->stored)
+        http_puts(b, "; stored");
+    http_puts(b, "\r\n");
+}
+
+int
+cachepolicy_own_field(const struct http_header *h)
+{
+    return http_name_is(h->name, h->name_len, "age") ||
+        http_name_is(h->name, h->name_len, "x-cache") ||
+        http_name_is(h->name, h->name_len, "cache-status");
+}
+
+/* Cache-Control directives that matter to a shared cache (RFC 9111 5.2). */
+struct cache_ctl {
+    int no_store;
+    int no_cache;
+    int is_private;
+    int is_public;
+    long max_age;                  /* -1: absent */
+    long s_maxage;                 /* -1: absent */
+};
+
+/* delta-seconds (RFC 9111 1.2.2): digits; huge values are capped. */
+static long
+parse_delta(const char *v, size_t len)
+{
+    long n = 0;
+
+    if (len >= 2 && v[0] == '"' && v[len - 1] == '"') {
+        v++;
+        len -= 2;
+    }
+    if (len == 0)
+        return -1;
+    for (size_t i = 0; i < len; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        if (n < 2147483647L / 10)
+            n = n * 10 + (v[i] - '0');
+        else
+            n = 2147483647L;
+    }
+    return n;
+}
+
+static void
+parse_cache_control(const struct http_header *hdrs, int n, struct cache_ctl *cc)
+{
+    memset(cc, 0, sizeof *cc);
+    cc->max_age = cc->s_maxage = -1;
+    for (int i = 0; i < n; i++) {
+        if (!http_name_is(hdrs[i].name, hdrs[i].name_len, "cache-control"))
+            continue;
+        const char *p = hdrs[i].value, *end = p + hdrs[i].value_len;
+        while (p < end) {
+            while (p < end && (*p == ',' || *p == ' ' || *p == '\t'))
+                p++;
+            const char *name = p;
+            while (p < end && *p != '=' && *p != ',' && *p != ' ' && *p != '\t')
+                p++;
+            size_t nl = (size_t)(p - name);
+            const char *val = NULL;
+            size_t vl = 0;
+            if (p < end && *p == '=') {
+                val = ++p;
+                if (p < end && *p == '"') {
+                    const char *q = (const char *)memchr(p + 1, '"', (size_t)(end - p - 1));
+                    p = q ? q + 1 : end;
+                } else {
+                    while (p < end && *p != ',' && *p != ' ' && *p != '\t')
+                        p++;
+                }
+                vl = (size_t)(p - val);
+            }
+            while (p < end && *p != ',')
+                p++;
+            if (http_name_is(name, nl, "no-store"))
+                cc->no_store = 1;
+            else if (http_name_is(name, nl, "no-cache"))
+                cc->no_cache = 1;
+            else if (http_name_is(name, nl, "private"))
+                cc->is_private = 1;
+            else if (http_name_is(name, nl, "public"))
+                cc->is_public = 1;
+            else if (http_name_is(name, nl, "max-age") && val)
+                cc->max_age = parse_delta(val, vl);
+            else if (http_name_is(name, nl, "s-maxage") && val)
+                cc->s_maxage = parse_delta(val, vl);
+        }
+    }
+}
+
+/* Append "name=values\n" for one request field name (lower-cased). */
+static int
+append_vary(const struct http_request *r, const char *name, size_t name_len, char *out,
+    size_t *len, size_t cap)
+{
+    struct http_builder b = { out, cap, *len, 0 };
+    int first = 1;
+
+    for (size_t i = 0; i < name_len; i++) {
+        char ch = (char)tolower((unsigned char)name[i]);
+        http_put(&b, &ch, 1);
+    }
+    http_put(&b, "=", 1);
+    for (int i = 0; i < r->n_headers; i++) {
+        const struct http_header *h = &r->headers[i];
+        if (h->name_len != name_len || strncasecmp(h->name, name, name_len) != 0)
+            continue;
+        if (!first)
+            http_put(&b, ", ", 2);
+        http_put(&b, h->value, h->value_len);
+        first = 0;
+    }
+    http_put(&b, "\n", 1);
+    if (b.overflow)
+        return -1;
+    *len = b.len;
+    return 0;
+}
+
+/*
+ * The request's values for the names in an answer's Vary fields, as
+ * "name=value\n" lines. Returns 0, or -1 for "Vary: *" or too much.
+ */
+static int
+vary_of(const struct http_request *r, const struct http_response *resp, char *out,
+    size_t cap)
+{
+    size_t len = 0;
+
+    out[0] = '\0';
+    for (int i = 0; i < resp->n_headers; i++) {
+        const struct http_header *h = &resp->headers[i];
+        if (!http_name_is(h->name, h->name_len, "vary"))
+            continue;
+        const char *p = h->value, *end = p + h->value_len, *t;
+        while (p < end) {
+            size_t tl = http_list_next(&p, end, ", \t", &t);
+            if (tl == 0)
+                continue;
+            if (tl == 1 && *t == '*')
+                return -1;
+            if (append_vary(r, t, tl, out, &len, cap - 1) == -1)
+                return -1;
+        }
+    }
+    out[len] = '\0';
+    return 0;
+}
+
+/* 1 when the request carries the same values an entry was stored for. */
+static int
+vary_matches(const struct http_request *r, const char *stored)
+{
+    char now[MAX_VARY_BYTES];
+    size_t len = 0;
+
+    for (const char *p = stored; *p != '\0';) {
+        const char *eq = strchr(p, '='), *nl = strchr(p, '\n');
+        if (eq == NULL || nl == NULL || eq > nl)
+            return 0;
+        if (append_vary(r, p, (size_t)(eq - p), now, &len, sizeof now - 1) == -1)
+            return 0;
+        p = nl + 1;
+    }
+    now[len] = '\0';
+    return strcmp(now, stored) == 0;
+}
+
+/*
+ * Decide whether an answer may be stored and for how long (RFC 9111 3 and
+ * 4.2.1, capped by the launch TTL). Returns the lifetime in seconds (0:
+ * stored but revalidated before each reuse), or -1: not stored.
+ */
+static long
+lifetime_of(const struct pibl_config *cfg, const struct exchange *x,
+    const struct http_response *resp)
+{
+    static const int cacheable[] = { 200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501 };
+    const struct http_request *r = &x->req;
+    struct cache_ctl cc;
+    size_t i;
+
+    for (i = 0; i < sizeof cacheable / sizeof cacheable[0]; i++)
+        if (cacheable[i] == resp->status)
+            break;
+    if (i == sizeof cacheable / sizeof cacheable[0])
+        return -1;
+    parse_cache_control(resp->headers, resp->n_headers, &cc);
+    if (cc.no_store || cc.is_private ||
+        http_find_field(resp->headers, resp->n_headers, "set-cookie"))
+        return -1;
+    if (http_find_field(r->headers, r->n_headers, "authorization") && !cc.is_public &&
+        cc.s_maxage < 0)
+        return -1;
+
+    long ttl = cache_ttl(), lifetime = ttl;
+    int is_explicit = 1;
+    const struct http_header *h;
+    if (cc.s_maxage >= 0) {
+        lifetime = cc.s_maxage;
+    } else if (cc.max_age >= 0) {
+        lifetime = cc.max_age;
+    } else if ((h = http_find_field(resp->headers, resp->n_headers, "expires")) != NULL) {
+        time_t exp = http_parse_date(h->value, h->value_len);
+        const struct http_header *d = http_find_field(resp->headers, resp->n_headers, "date");
+        time_t date = d ? http_parse_date(d->value, d->value_len) : -1;
+        if (date == -1)
+            date = time(NULL);
+        lifetime = exp == -1 || exp <= date ? 0 : (long)(exp - date);
+    } else {
+        is_explicit = 0;
+    }
+    if (cc.no_cache)
+        lifetime = 0;
+    if (lifetime > ttl)
+        lifetime = ttl;
+    if ((h = http_find_field(resp->headers, resp->n_headers, "age")) != NULL) {
+        long age = parse_delta(h->value, h->value_len);
+        if (age > 0)
+            lifetime = age >= lifetime ? 0 : lifetime - age;
+    }
+    int has_validator = http_find_field(resp->headers, resp->n_headers, "etag") != NULL ||
+        http_find_field(resp->headers, resp->n_headers, "last-modified") != NULL;
+    if (!is_explicit && !cfg->cache_heuristic)
+        lifetime = 0;                           /* strict shared cache: revalidate */
+    if (lifetime == 0 && !has_validator)
+        return -1;
+    return lifetime;
+}
+
+/* Weak comparison of one entity tag with a list (RFC 9110 8.8.3.2, 13.1.2). */
+static int
+etag_in_list(const char *etag, size_t etag_len, const char *list, size_t list_len)
+{
+    if (etag_len > 2 && etag[0] == 'W' && etag[1] == '/') {
+        etag += 2;
+        etag_len -= 2;
+    }
+    const char *p = list, *end = list + list_len;
+    while (p < end) {
+        while (p < end && (*p == ',' || *p == ' ' || *p == '\t'))
+            p++;
+        if (p < end && *p == '*')
+            return 1;
+        if (end - p > 2 && p[0] == 'W' && p[1] == '/')
+            p += 2;
+        const char *t = p;
+        if (p < end && *p == '"') {
+            const char *q = (const char *)memchr(p + 1, '"', (size_t)(end - p - 1));
+            p = q ? q + 1 : end;
+        } else {
+            while (p < end && *p != ',')
+                p++;
+        }
+        if ((size_t)(p - t) == etag_len && memcmp(t, etag, etag_len) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* 1 when the client's conditionals say its copy is current (RFC 9110 13.2.2). */
+static int
+client_has_current(const struct http_request *r, const struct http_response *stored)
+{
+    const struct http_header *inm = http_find_field(r->headers, r->n_headers, "if-none-match");
+    const struct http_header *etag = http_find_field(stored->headers, stored->n_headers, "etag");
+
+    if (inm != NULL)
+        return etag != NULL &&
+            etag_in_list(etag->value, etag->value_len, inm->value, inm->value_len);
+    const struct http_header *ims = http_find_field(r->headers, r->n_headers, "if-modified-since");
+    const struct http_header *lm =
+        http_find_field(stored->headers, stored->n_headers, "last-modified");
+    if (ims == NULL || lm == NULL)
+        return 0;
+    time_t since = http_parse_date(ims->value, ims->value_len);
+    time_t modified = http_parse_date(lm->value, lm->value_len);
+    return since != -1 && modified != -1 && modified <= since;
+}
+
+/* Fields a 304 carries from the stored answer (RFC 9110 15.4.5). */
+static int
+keep_in_304(const struct http_header *h)
+{
+    static const char *const keep[] = {
+        "cache-control", "content-location", "date", "etag", "expires", "vary", "last-modified",
+    };
+    for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++)
+        if (http_name_is(h->name, h->name_len, keep[i]))
+            return 1;
+    return 0;
+}
+
+long
+cachepolicy_entry_head(struct conn *c, struct exchange *x, struct cache_entry *e,
+    uint64_t *body)
+{
+    struct http_response resp;
+    struct http_tokens none;
+
+    memset(&none, 0, sizeof none);
+    if (cache_read_head(e, c->uin, c->uin_cap) == -1 ||
+        http_parse_response(c->uin, e->head_len, &resp) == -1)
+        return -1;
+    int not_modified = client_has_current(&x->req, &resp);
+    int status = not_modified ? 304 : resp.status;
+    int has_body = !x->is_head && !not_modified && status != 204 && status != 304;
+
+    x->age = e->age;
+    x->ttl_left = e->lifetime - e->age;
+    if (pibl_stopping())
+        x->keep_alive = 0;
+    struct http_builder b = { c->out, c->out_cap, 0, 0 };
+    http_put_status(&b, status);
+    if (not_modified)
+        http_puts(&b, "Not Modified");
+    else
+        http_put(&b, resp.reason, resp.reason_len);
+    http_put(&b, "\r\n", 2);
+    for (int i = 0; i < resp.n_headers; i++) {
+        const struct http_header *h = &resp.headers[i];
+        if (cachepolicy_own_field(h) || http_is_hop_by_hop(h, &none) ||
+            (not_modified && !keep_in_304(h)) ||
+            http_name_is(h->name, h->name_len, "content-length"))
+            continue;
+        http_put_field(&b, h->name, h->name_len, h->value, h->value_len);
+    }
+    if (status != 204 && status != 304) {
+        http_puts(&b, "Content-Length: ");
+        http_put_num(&b, (unsigned long long)e->body_len);
+        http_puts(&b, "\r\n");
+    }
+    cachepolicy_put_fields(&b, x);
+    exchange_put_head_end(&b, x);
+    if (b.overflow)
+        return -1;
+    if (c->cfg->log_headers)
+        log_block("response from cache:", c->out, b.len);
+
+    x->status = status;
+    x->body_done = 1;
+    *body = has_body ? e->body_len : 0;
+    return (long)b.len;
+}
+
+/*
+ * Answer from a cache entry: the head from cachepolicy_entry_head(), then
+ * the body straight from the file with sendfile(). Blocks (the socket's
+ * send timeout bounds it). Returns an enum cachepolicy_served: SERVE_NONE
+ * when the entry is unreadable (the caller goes to the origin).
+ */
+static int
+serve(struct conn *c, struct exchange *x, struct cache_entry *e)
+{
+    uint64_t left;
+    long head_len = cachepolicy_entry_head(c, x, e, &left);
+
+    if (head_len == -1)
+        return SERVE_NONE;
+    /* A small body kept in memory goes with the head in one send; else the
+     * head waits (MSG_MORE) for the first bytes sendfile() adds: one
+     * segment for a small answer instead of two. */
+    struct iovec iov[2] = { { c->out, (size_t)head_len }, { (void *)e->body, 0 } };
+    if (e->body != NULL) {
+        iov[1].iov_len = (size_t)left;
+        x->bytes = left;
+        left = 0;
+    }
+    if (sock_writev(c->fd, iov, 2, left > 0 ? MSG_MORE : 0) == -1) {
+        x->err = "client went away";
+        x->bytes = 0;
+        return SERVE_CLIENT_GONE;
+    }
+    off_t off = e->body_off;
+    while (left > 0) {
+        ssize_t sent = sendfile(c->fd, e->fd, &off, left > (1u << 30) ? (1u << 30) : (size_t)left);
+        if (sent == -1 && errno == EINTR)
+            continue;
+        if (sent <= 0) {
+            x->err = sent == 0 ? "cache entry shrank" : "client went away";
+            return SERVE_CLIENT_GONE;
+        }
+        left -= (uint64_t)sent;
+        x->bytes += (uint64_t)sent;
+    }
+    return SERVE_OK;
+}
+
+/* 1 when the client address is listed in purge_allow. */
+static int
+purge_allowed(const struct conn *c)
+{
+    const char *p = c->cfg->purge_allow;
+    size_t ip_len = strlen(c->peer_ip);
+
+    while (*p != '\0') {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        const char *t = p;
+        while (*p != '\0' && *p != ' ' && *p != '\t' && *p != ',')
+            p++;
+        if ((size_t)(p - t) == ip_len && memcmp(t, c->peer_ip, ip_len) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Read the stored validators of an expired entry into x->cond (RFC 9111 4.3.1). */
+static void
+prepare_revalidation(struct conn *c, struct exchange *x)
+{
+    struct http_response resp;
+    struct http_builder b = { x->cond, sizeof x->cond, 0, 0 };
+    const struct http_request *r = &x->req;
+
+    if (http_find_field(r->headers, r->n_headers, "if-none-match") ||
+        http_find_field(r->headers, r->n_headers, "if-modified-since") ||
+        cache_read_head(&x->stale, c->uin, c->uin_cap) == -1 ||
+        http_parse_response(c->uin, x->stale.head_len, &resp) == -1)
+        return;
+    const struct http_header *etag = http_find_field(resp.headers, resp.n_headers, "etag");
+    const struct http_header *lm = http_find_field(resp.headers, resp.n_headers, "last-modified");
+    if (etag != NULL)
+        http_put_field(&b, "If-None-Match", 13, etag->value, etag->value_len);
+    if (lm != NULL)
+        http_put_field(&b, "If-Modified-Since", 17, lm->value, lm->value_len);
+    x->cond_len = b.overflow ? 0 : b.len;
+}
+
+int
+cachepolicy_plan(struct exchange *x, const char *host, size_t host_len, const char *path,
+    size_t path_len)
+{
+    const struct http_request *r = &x->req;
+    int is_get = http_name_is(r->method, r->method_len, "GET");
+    int is_purge = http_name_is(r->method, r->method_len, "PURGE");
+
+    x->cache = CACHE_BYPASS;
+    x->cs_fwd = "bypass";
+    if (host != NULL)
+        x->key_len = cache_key(x->key, sizeof x->key, host, host_len, path, path_len);
+    if (host == NULL || x->key_len <= 0) {
+        x->key_len = 0;
+        return is_purge ? PLAN_PURGE : PLAN_FORWARD;
+    }
+    if (is_purge)
+        return PLAN_PURGE;
+    if (!is_get && !x->is_head) {
+        static const char *const unsafe[] = { "POST", "PUT", "DELETE", "PATCH" };
+        for (size_t i = 0; i < sizeof unsafe / sizeof unsafe[0]; i++)
+            if (http_name_is(r->method, r->method_len, unsafe[i]))
+                x->invalidate = 1;
+        x->cs_fwd = "method";
+        return PLAN_FORWARD;
+    }
+    if (x->body.kind != HTTP_BODY_NONE)
+        return PLAN_FORWARD;
+
+    struct cache_ctl cc;
+    parse_cache_control(r->headers, r->n_headers, &cc);
+    const struct http_header *pragma = http_find_field(r->headers, r->n_headers, "pragma");
+    if (!http_find_field(r->headers, r->n_headers, "cache-control") && pragma != NULL &&
+        http_name_is(pragma->value, pragma->value_len, "no-cache"))
+        cc.no_cache = 1;
+    x->store_ok = is_get && !cc.no_store;
+    if (cc.no_store || cc.no_cache) {
+        x->cs_fwd = "request";                  /* ask the origin; no-cache refreshes */
+        return PLAN_FORWARD;
+    }
+    return PLAN_LOOKUP;
+}
+
+int
+cachepolicy_judge(const struct exchange *x, const struct cache_entry *e)
+{
+    if (!vary_matches(&x->req, e->vary))
+        return ENTRY_OTHER_VARIANT;
+    return e->fresh ? ENTRY_FRESH : ENTRY_STALE;
+}
+
+/* Answer a PURGE (the key is in x, or x->key_len is 0). */
+static int
+purge(struct conn *c, struct exchange *x)
+{
+    if (x->key_len == 0) {
+        exchange_error(c, x, 404, "not in cache", 1);
+        return FRONT_DONE_KEEP;
+    }
+    if (!purge_allowed(c)) {
+        exchange_error(c, x, 403, "PURGE not allowed from this address", 1);
+        return FRONT_DONE_KEEP;
+    }
+    int removed = cache_remove(x->key, (size_t)x->key_len);
+    exchange_error(c, x, removed ? 200 : 404, removed ? "purged" : "not in cache", 1);
+    x->err = NULL;
+    return FRONT_DONE_KEEP;
+}
+
+int
+cachepolicy_front(struct conn *c, struct exchange *x, const char *host, size_t host_len,
+    const char *path, size_t path_len)
+{
+    const struct http_request *r = &x->req;
+    int is_get = http_name_is(r->method, r->method_len, "GET");
+    int plan = cachepolicy_plan(x, host, host_len, path, path_len);
+
+    if (plan == PLAN_PURGE)
+        return purge(c, x);
+    if (plan == PLAN_FORWARD)
+        return FRONT_FORWARD;
+
+    int tried_lock = 0;
+    for (;;) {
+        struct cache_entry e;
+        x->cache = CACHE_MISS;
+        x->cs_fwd = "uri-miss";
+        if (cache_lookup(x->key, (size_t)x->key_len, &e) == 1) {
+            int verdict = cachepolicy_judge(x, &e);
+            if (verdict == ENTRY_OTHER_VARIANT) {
+                x->cs_fwd = "vary-miss";
+                cache_release(&e);
+            } else if (verdict == ENTRY_FRESH) {
+                x->cache = CACHE_HIT;
+                int rc = serve(c, x, &e);
+                cache_release(&e);
+                if (rc != SERVE_NONE)
+                    return rc == SERVE_OK ? FRONT_DONE_KEEP : FRONT_DONE_CLOSE;
+                x->cache = CACHE_MISS;
+            } else {
+                x->cache = CACHE_EXPIRED;
+                x->cs_fwd = "stale";
+                cache_release(&x->stale);
+                x->stale = e;
+            }
+        }
+        /* One fetch per key at a time; the others wait for its entry. */
+        if (!is_get || tried_lock)
+            break;
+        tried_lock = 1;
+        int lk = cache_lock(x->key, (size_t)x->key_len, c->cfg->cache_lock_timeout);
+        if (lk == CACHE_LOCK_OWNED)
+            x->locked = 1;
+        if (lk != CACHE_LOCK_WAITED)
+            break;
+    }
+    if (x->stale.fd != -1)
+        prepare_revalidation(c, x);
+    return FRONT_FORWARD;
+}
+
+int
+cachepolicy_front_loop(struct conn *c, struct exchange *x, long *head_len, uint64_t *body)
+{
+    if (cachepolicy_plan(x, c->host, c->host_len, c->path, c->path_len) != PLAN_LOOKUP)
+        return LOOP_HAND_OVER;
+    if (cache_lookup(x->key, (size_t)x->key_len, &x->hit) != 1) {
+        if (!x->is_head) {
+            if (cache_lock(x->key, (size_t)x->key_len, 0) != CACHE_LOCK_OWNED)
+                return LOOP_HAND_OVER;          /* taken: wait for it in a thread */
+            x->locked = 1;
+        }
+        x->cache = CACHE_MISS;
+        x->cs_fwd = "uri-miss";
+        return LOOP_MISS;
+    }
+    x->cache = CACHE_HIT;
+    if (cachepolicy_judge(x, &x->hit) != ENTRY_FRESH ||
+        (*head_len = cachepolicy_entry_head(c, x, &x->hit, body)) == -1) {
+        cache_release(&x->hit);
+        x->cache = CACHE_NONE;
+        return LOOP_HAND_OVER;
+    }
+    return LOOP_HIT;
+}
+
+int
+cachepolicy_will_store(const struct conn *c, const struct exchange *x,
+    const struct http_response *resp)
+{
+    return x->store_ok && x->key_len > 0 && lifetime_of(c->cfg, x, resp) >= 0;
+}
+
+struct cache_writer *
+cachepolicy_store_begin(struct conn *c, struct exchange *x, const struct http_response *resp,
+    const struct http_tokens *ct)
+{
+    struct cache_writer *cw = NULL;
+    char vary[MAX_VARY_BYTES];
+
+    if (!x->store_ok || x->key_len == 0)
+        return NULL;
+    long lifetime = lifetime_of(c->cfg, x, resp);
+    if (lifetime >= 0 && vary_of(&x->req, resp, vary, sizeof vary) == 0) {
+        long sl = exchange_client_head(c, x, resp, ct, 0, HEAD_FOR_STORE);
+        if (sl > 0)
+            cw = cache_store_begin(x->key, (size_t)x->key_len, resp->status, lifetime, vary,
+                c->out, (size_t)sl);
+        x->stored = cw != NULL;
+    }
+    return cw;
+}
+
+int
+cachepolicy_revalidating(const struct exchange *x)
+{
+    return x->stale.fd != -1 && x->cond_len > 0;
+}
+
+int
+cachepolicy_refresh(struct conn *c, struct exchange *x)
+{
+    cache_touch(&x->stale);
+    x->stale.age = 0;
+    x->revalidated = 1;
+    return serve(c, x, &x->stale);
+}
+
+int
+cachepolicy_stale_if_error(struct conn *c, struct exchange *x)
+{
+    if (x->stale.fd == -1 || x->stale.age - x->stale.lifetime > c->cfg->cache_stale_if_error)
+        return SERVE_NONE;
+    x->cache = CACHE_STALE;
+    int rc = serve(c, x, &x->stale);
+    if (rc == SERVE_NONE)
+        x->cache = CACHE_EXPIRED;
+    return rc;
+}
+
+void
+cachepolicy_end(struct exchange *x)
+{
+    if (x->locked)
+        cache_unlock(x->key, (size_t)x->key_len);
+    x->locked = 0;
+    if (x->invalidate && x->key_len > 0 && x->status >= 200 && x->status < 400)
+        cache_remove(x->key, (size_t)x->key_len);
+    x->invalidate = 0;
+    cache_release(&x->stale);
+    cache_release(&x->hit);
+}

@@ -1,0 +1,29 @@
+/*
+ * sock.h - socket helpers shared by both sides of the proxy (sock.cpp):
+ * timeouts, non-blocking mode, whole writes that never raise SIGPIPE.
+ */
+#ifndef PIBL_SOCK_H
+#define PIBL_SOCK_H
+
+#include <stddef.h>
+#include <sys/uio.h>
+
+/* Set SO_RCVTIMEO or SO_SNDTIMEO (opt) to ms milliseconds (at least 1). */
+void sock_set_timeout(int fd, int opt, int ms);
+
+/* Turn O_NONBLOCK on (1) or off (0). */
+void sock_set_nonblocking(int fd, int on);
+
+/*
+ * Write every byte of the iovec array, retrying EINTR and partial writes.
+ * The array is modified. flags adds to MSG_NOSIGNAL (MSG_MORE: more follows,
+ * let the kernel merge it into the next segment). Blocks until done or the
+ * send timeout. Returns 0, or -1 (peer gone or send timeout, errno set).
+ */
+int sock_writev(int fd, struct iovec *iov, int n, int flags);
+
+/* sock_writev() without flags, and the same for one buffer. 0 or -1. */
+int sock_writev_all(int fd, struct iovec *iov, int n);
+int sock_write_all(int fd, const char *buf, size_t len);
+
+#endif
