@@ -1,15 +1,31 @@
 # PIBL - Proxy Inverso + Balanceador de Carga.
-# The source list is the architecture: one file per job (see README.md).
+# The source list is the architecture, one job per file and a header per
+# module (README.md, Arquitectura), from the listener down to the backends:
+#   pibl.cpp         main, config file, listening sockets, signals, reload
+#   loop.cpp         event-loop threads: select() bitmaps, parking, accept/reject
+#   ev.cpp           the non-blocking exchange the loops run
+#   conn.cpp         a client connection's life, the blocking threads
+#   exchange.cpp     one request/answer exchange with blocking I/O
+#   http.cpp         HTTP/1.1 messages: parsing, framing, heads, body relay
+#   sock.cpp         socket helpers: timeouts, whole writes
+#   cachepolicy.cpp  RFC 9111 rules: what is stored, served, revalidated
+#   cache.cpp        the cache's files: hashed names, TTL, eviction
+#   upstream.cpp     backend sockets and the idle connection pool
+#   rr.cpp           backend table and round robin
+#   health.cpp       active health checks
+#   log.cpp          log lines to stdout and the log file
+#   admin.cpp        the status page
+# origin/ is pibl-origin, the demo and test web server (not part of pibl).
 
 CXX      ?= g++
 CXXFLAGS ?= -O2 -g
 CXXFLAGS += -std=c++17 -Wall -Wextra -pthread
 LDFLAGS  += -pthread
 
-PIBL_SRCS = pibl.cpp http.cpp sock.cpp exchange.cpp cachepolicy.cpp cache.cpp upstream.cpp \
-            conn.cpp loop.cpp ev.cpp rr.cpp health.cpp log.cpp admin.cpp
-HDRS      = pibl.h http.h sock.h exchange.h cachepolicy.h cache.h upstream.h conn.h loop.h ev.h \
-            rr.h health.h log.h admin.h
+PIBL_SRCS = pibl.cpp loop.cpp ev.cpp conn.cpp exchange.cpp http.cpp sock.cpp cachepolicy.cpp \
+            cache.cpp upstream.cpp rr.cpp health.cpp log.cpp admin.cpp
+HDRS      = pibl.h loop.h ev.h conn.h exchange.h http.h sock.h cachepolicy.h cache.h \
+            upstream.h rr.h health.h log.h admin.h
 
 all: pibl pibl-origin
 
