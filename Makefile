@@ -15,7 +15,7 @@
 #   health.cpp       active health checks
 #   log.cpp          log lines to stdout and the log file
 #   admin.cpp        the status page
-# origin/ is pibl-origin, the demo and test web server (not part of pibl).
+# origin.cpp is pibl-origin, the demo and test web server (not part of pibl).
 
 CXX      ?= g++
 CXXFLAGS ?= -O2 -g
