@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/bench.sh - PIBL's benchmark (issue 4): PIBL against nginx and
+# scripts/bench.sh - PIBL's benchmark: PIBL against nginx and
 # HAProxy, on the same three origins, with wrk.
 #
 # What it does: generates small.html (1434 bytes) and big.bin (128 KiB) in a
@@ -12,7 +12,7 @@
 # and p99 latency (median over rounds), the proxy's CPU microseconds per
 # request (utime+stime from /proc/PID/stat around each run, all rounds
 # pooled), peak RSS (VmHWM, nginx: master + children) and PIBL's ratios to
-# each reference, then checks the issue's targets.
+# each reference, then checks the benchmark's targets.
 #
 # Scenarios: 1.4 KB and 128 KB, each a miss (PIBL TTL 0, no nginx/HAProxy
 # cache) and a cache hit (PIBL TTL 60, nginx proxy_cache, HAProxy's RAM cache;
@@ -745,10 +745,10 @@ report() {
     fi
 }
 
-# targets: the issue's targets, checked against this run (full mode only).
+# targets: the benchmark's targets, checked against this run (full mode only).
 targets() {
     echo
-    echo "Targets (issue 4), this run:"
+    echo "Targets, this run:"
     echo
     awk -F'\t' -v idle="$OUT/idle.tsv" -v stream="$OUT/stream.tsv" -v idle_n="$IDLE_N" -v want="$STREAM_BYTES" '
         function mark(ok) { return ok ? "- [x] " : "- [ ] " }

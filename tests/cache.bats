@@ -1,5 +1,5 @@
 #!/usr/bin/env bats
-# cache.bats - the disk cache (issue 3 of the spec): hits and misses, HEAD, hits with every backend gone and after
+# cache.bats - the disk cache: hits and misses, HEAD, hits with every backend gone and after
 # a restart, expiry by mtime (touch -d, never sleep), revalidation, max-age against the launch TTL, what is not
 # stored, key separation, cache_heuristic, Vary, Expires, Last-Modified revalidation, invalidation by unsafe
 # methods, conditional hits, a 100 MB entry, a crash while storing, a corrupted entry, a full disk (ENOSPC, on a
@@ -46,7 +46,7 @@ teardown() { helpers_teardown; }
     echo "log cache fields: $(cache_seq GET "$t")"
     [ "$(cache_seq GET "$t")" = "MISS HIT" ]
 
-    # <cache_dir>/<2 hex>/<16 hex = FNV-1a 64 of the key>, with the meta block the spec lists
+    # <cache_dir>/<2 hex>/<16 hex = FNV-1a 64 of the key>, with its meta block
     f=$(entry_file "$key")
     echo "entry: $f, expected name $(fnv1a64 "$key")"
     [[ "$f" =~ ^$CACHE_DIR/[0-9a-f]{2}/[0-9a-f]{16}$ ]]

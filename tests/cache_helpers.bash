@@ -1,7 +1,7 @@
-# cache_helpers.bash - helpers for tests/cache.bats (the disk cache, issue 3), on top of helpers.bash.
+# cache_helpers.bash - helpers for tests/cache.bats (the disk cache), on top of helpers.bash.
 #
 # What it does: fetches through the proxy into per-tag files (head + body), finds cache entry files by the
-# `key:` line of their meta block, computes the spec's file name (FNV-1a 64 of the key), counts what an origin
+# `key:` line of their meta block, computes an entry's file name (FNV-1a 64 of the key), counts what an origin
 # received and lists the cache= fields of the proxy's log lines.
 # What it refuses: it only reads or touches files under $BATS_TEST_TMPDIR; it starts no process of its own
 # (processes come from helpers.bash and are killed by PID there).
@@ -56,7 +56,7 @@ fbody() {
     cat "$BATS_TEST_TMPDIR/$1.body"
 }
 
-# key_of PATH [HOST]: the cache key the spec defines: http:// + lower-cased Host + request target. HOST defaults
+# key_of PATH [HOST]: PIBL's cache key: http:// + lower-cased Host + request target. HOST defaults
 # to what curl sends for url(): 127.0.0.1:PIBL_PORT.
 key_of() {
     local host=${2:-127.0.0.1:$PIBL_PORT}

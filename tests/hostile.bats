@@ -1,5 +1,5 @@
 #!/usr/bin/env bats
-# hostile.bats - issue 5, hostile input and faults.
+# hostile.bats - hostile input and faults.
 #
 # Every request PIBL must refuse (RFC 9112: ambiguous framing, bad chunk sizes, obs-fold, space before the colon,
 # control bytes, bare CR, bare LF, bad method or target, duplicate Host, over-long lines) is written byte for byte

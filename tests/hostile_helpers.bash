@@ -1,4 +1,4 @@
-# hostile_helpers.bash - helpers for tests/hostile.bats (issue 5: hostile input and faults), on top of helpers.bash.
+# hostile_helpers.bash - helpers for tests/hostile.bats (hostile input and faults), on top of helpers.bash.
 #
 # What it does: sends byte-exact vectors (printf %b escapes, so NUL, bare CR and bare LF can be written) over a raw
 # socket and checks the rejection; starts the fake backend and the slowloris / idle-connection peers of
@@ -19,7 +19,7 @@
 
 PEER_PY="$PIBL_ROOT/tests/hostile_peer.py"
 
-# The documented exchange log line (SPEC.md), err="..." optional at the end.
+# The documented exchange log line (README.md), err="..." optional at the end.
 LOG_LINE_RE='^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z [^ ]+ "[^"]*" host=[^ ]+ backend=[^ ]+ status=[0-9]+ bytes=[0-9]+ ms=[0-9]+\.[0-9]+ cache=[A-Z-]+( err="[^"]*")?$'
 
 # hostile_setup: helpers_setup plus this file's state.

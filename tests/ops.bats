@@ -1,5 +1,5 @@
 #!/usr/bin/env bats
-# ops.bats - operating PIBL (issue 6): the status page (/status.json, the HTML table, /metrics) against the
+# ops.bats - operating PIBL: the status page (/status.json, the HTML table, /metrics) against the
 # traffic sent and what each origin logged, active health checks taking a stopped backend out and back (and
 # never the last one), smooth weighted round robin, SIGHUP reload during a download, a refused reload, SIGUSR1
 # log reopen after mv, the page in a headless browser, and the systemd unit's reload command.

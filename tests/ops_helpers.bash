@@ -1,5 +1,5 @@
-# ops_helpers.bash - helpers for tests/ops.bats (status page, health checks, weights, reload, log reopen,
-# issue 6), on top of helpers.bash.
+# ops_helpers.bash - helpers for tests/ops.bats (status page, health checks, weights, reload, log reopen), on top
+# of helpers.bash.
 #
 # What it does: starts the proxy with its status page on a free port and reads that port from the start-up line,
 # reads /status.json through python3's json module, sends SIGHUP / SIGUSR1 to the proxy this test started and
