@@ -15,7 +15,7 @@
 #   health.cpp       active health checks
 #   log.cpp          log lines to stdout and the log file
 #   admin.cpp        the status page
-# origin.cpp is pibl-origin, the demo and test web server (not part of pibl).
+# origin/origin.cpp is pibl-origin, the demo and test web server (not part of pibl).
 
 CXX      ?= g++
 CXXFLAGS ?= -O2 -g
@@ -32,8 +32,8 @@ all: pibl pibl-origin
 pibl: $(PIBL_SRCS) $(HDRS)
 	$(CXX) $(CXXFLAGS) -o $@ $(PIBL_SRCS) $(LDFLAGS)
 
-pibl-origin: origin.cpp
-	$(CXX) $(CXXFLAGS) -o $@ origin.cpp $(LDFLAGS)
+pibl-origin: origin/origin.cpp
+	$(CXX) $(CXXFLAGS) -o $@ origin/origin.cpp $(LDFLAGS)
 
 # Unit tests link the modules with pibl.cpp's config parser (main left out).
 tests/unit: tests/unit.cpp $(PIBL_SRCS) $(HDRS)

@@ -1,7 +1,7 @@
-# loop_helpers.bash - helpers for tests/loop.bats (the event loops, the parking loop and the hand-over to
-# blocking threads), on top of helpers.bash and hostile_helpers.bash.
+# connections_helpers.bash - helpers for tests/connections.bats (many clients at once, keep-alive, pooled backend
+# connections), on top of helpers.bash and hostile_helpers.bash.
 #
-# What it does: holds a small python3 HTTP/1.1 client library (LOOP_PY_LIB: connect, build a request, read one
+# What it does: holds a small python3 HTTP/1.1 client library (CONN_PY_LIB: connect, build a request, read one
 # answer framed by Content-Length, chunked, HEAD/204/304 or close) and writes it, followed by a test's own script
 # read from stdin, to a file in $BATS_TEST_TMPDIR, so each test drives exact sockets (slow readers, one
 # connection reused across paths, pipelining, 1,200 connections, idle connections during a stop).
@@ -10,8 +10,8 @@
 # Use from a test file:
 #   load helpers
 #   load hostile_helpers
-#   load loop_helpers
-#   py=$(loop_py NAME <<'EOF'
+#   load connections_helpers
+#   py=$(conn_py NAME <<'EOF'
 #   ... python using the library ...
 #   EOF
 #   )
@@ -21,7 +21,7 @@
 
 # The python library every script starts with. fail(MSG) prints "FAIL: MSG" and exits 1; a socket timeout or an
 # early close raises, which also exits non-zero with a traceback (shown by bats on failure).
-LOOP_PY_LIB=$(cat <<'PYLIB'
+CONN_PY_LIB=$(cat <<'PYLIB'
 import os, resource, select, socket, sys, time
 
 def fail(msg):
@@ -173,11 +173,11 @@ def raise_nofile(want):
 PYLIB
 )
 
-# loop_py NAME: write LOOP_PY_LIB followed by the script on stdin to $BATS_TEST_TMPDIR/NAME.py; print its path.
-loop_py() {
+# conn_py NAME: write CONN_PY_LIB followed by the script on stdin to $BATS_TEST_TMPDIR/NAME.py; print its path.
+conn_py() {
     local f=$BATS_TEST_TMPDIR/$1.py
     {
-        printf '%s\n\n' "$LOOP_PY_LIB"
+        printf '%s\n\n' "$CONN_PY_LIB"
         cat
     } >"$f"
     echo "$f"

@@ -1,6 +1,11 @@
 /*
- * origin.cpp - pibl-origin: a tiny static web server that doubles as the test
- * origin behind PIBL.
+ * origin/origin.cpp - pibl-origin, the demo and test web server behind PIBL.
+ * It is not part of the proxy: the deployment runs nginx on the web servers,
+ * and the tests, the benchmark and scripts/run-local.sh run this instead.
+ *
+ * It keeps its own HTTP parser on purpose. A test origin that shared PIBL's
+ * http.cpp would share its bugs, and every framing test would then check the
+ * parser against itself; this one is written separately and kept strict.
  *
  * It serves the files under ROOT (GET and HEAD, index.html for directories,
  * Content-Type by extension, Last-Modified, ETag, 304 on If-None-Match or
@@ -97,8 +102,8 @@ struct str_view {
 };
 
 struct header {
-    str_view name;
-    str_view value;                /* surrounding whitespace trimmed */
+    struct str_view name;
+    struct str_view value;         /* surrounding whitespace trimmed */
 };
 
 enum body_kind { BODY_NONE, BODY_LENGTH, BODY_CHUNKED };
@@ -107,18 +112,18 @@ enum chunk_state { CHUNK_SIZE, CHUNK_DATA, CHUNK_DATA_END, CHUNK_TRAILER, CHUNK_
 struct request {
     size_t head_len;               /* raw head bytes in conn.head */
     int line_ok;                   /* request line parsed: worth a log line */
-    str_view method;
-    str_view target;               /* as received */
-    str_view path;                 /* target path, origin-form, no query */
-    str_view query;                /* after '?', may be empty */
+    struct str_view method;
+    struct str_view target;        /* as received */
+    struct str_view path;          /* target path, origin-form, no query */
+    struct str_view query;         /* after '?', may be empty */
     int minor;                     /* HTTP/1.minor */
-    header headers[MAX_HEADERS];
+    struct header headers[MAX_HEADERS];
     size_t n_headers;
     int is_head;                   /* HEAD: never send a body */
     int keep_alive;                /* keep the connection after the response */
     int expect_continue;           /* Expect: 100-continue */
-    body_kind body;                /* how the request body is framed */
-    chunk_state chunk;             /* where chunked decoding stands */
+    enum body_kind body;           /* how the request body is framed */
+    enum chunk_state chunk;        /* where chunked decoding stands */
     unsigned long long body_left;  /* bytes left (length) or left in chunk */
     unsigned long long body_total; /* decoded body bytes read so far */
     int body_done;                 /* whole body consumed */
@@ -133,10 +138,10 @@ struct conn {
     char out[IO_BUF_BYTES];        /* response bytes not yet sent */
     size_t out_len;
     char io[IO_BUF_BYTES];         /* scratch for bodies */
-    request rq;                    /* the request being served */
+    struct request rq;             /* the request being served */
 };
 
-static origin_config g_cfg;                          /* set once at start-up */
+static struct origin_config g_cfg;                   /* set once at start-up */
 static int g_reqlog_fd = -1;                         /* -l file */
 static int g_heads_fd = -1;                          /* -l file ".heads" */
 static pthread_mutex_t g_log_lock = PTHREAD_MUTEX_INITIALIZER; /* both log fds */
@@ -198,7 +203,7 @@ static int writev_all(int fd, struct iovec *iov, int n_iov)
 }
 
 /* Send what is buffered in c->out. Returns 0 or -1 (connection is dead). */
-static int out_flush(conn *c)
+static int out_flush(struct conn *c)
 {
     if (c->out_len == 0)
         return 0;
@@ -211,7 +216,7 @@ static int out_flush(conn *c)
  * Queue len bytes for the client, sending when the buffer fills; large
  * writes on an empty buffer go straight to the socket. Returns 0 or -1.
  */
-static int out_put(conn *c, const void *buf, size_t len)
+static int out_put(struct conn *c, const void *buf, size_t len)
 {
     if (c->out_len + len > sizeof c->out) {
         if (out_flush(c) == -1)
@@ -228,7 +233,7 @@ static int out_put(conn *c, const void *buf, size_t len)
  * Queue count bytes of the repeating "0123456789" pattern, starting at body
  * offset offset (byte i of a generated body is '0' + i % 10). Returns 0/-1.
  */
-static int out_digits(conn *c, unsigned long long offset, unsigned long long count)
+static int out_digits(struct conn *c, unsigned long long offset, unsigned long long count)
 {
     while (count > 0) {
         size_t n = count < IO_BUF_BYTES ? (size_t)count : IO_BUF_BYTES;
@@ -260,7 +265,7 @@ static ssize_t recv_retry(int fd, void *buf, size_t cap)
  * Read more bytes into c->rbuf, compacting it first when needed. Returns the
  * byte count, 0 at EOF, -1 on error, -2 when the buffer is full.
  */
-static ssize_t conn_fill(conn *c)
+static ssize_t conn_fill(struct conn *c)
 {
     if (c->r_start == c->r_end) {
         c->r_start = 0;
@@ -282,7 +287,7 @@ static ssize_t conn_fill(conn *c)
  * Read up to cap body bytes: buffered bytes first, else straight from the
  * socket. Returns the count, 0 at EOF, -1 on error.
  */
-static ssize_t conn_read_some(conn *c, char *buf, size_t cap)
+static ssize_t conn_read_some(struct conn *c, char *buf, size_t cap)
 {
     size_t avail = c->r_end - c->r_start;
 
@@ -300,7 +305,7 @@ static ssize_t conn_read_some(conn *c, char *buf, size_t cap)
  * MAX_LINE_BYTES. *line points into c->rbuf and stays valid until the next
  * read. Returns 0, or -1 on EOF, error or an over-long line.
  */
-static int conn_read_line(conn *c, str_view *line)
+static int conn_read_line(struct conn *c, struct str_view *line)
 {
     for (;;) {
         const char *start = c->rbuf + c->r_start;
@@ -350,7 +355,7 @@ static size_t find_head_end(const char *buf, size_t len, size_t *scan)
 }
 
 /* Drop empty lines before a request line (RFC 9112 2.2), one memmove. */
-static void skip_leading_blank_lines(conn *c)
+static void skip_leading_blank_lines(struct conn *c)
 {
     size_t skip = 0;
 
@@ -374,7 +379,7 @@ static void skip_leading_blank_lines(conn *c)
  * clean close between requests, -1 on error/timeout/EOF mid-head, -2 when
  * the head exceeds MAX_HEAD_BYTES. Blocks.
  */
-static int read_head(conn *c, size_t *head_len)
+static int read_head(struct conn *c, size_t *head_len)
 {
     size_t scan = 0;
 
@@ -419,7 +424,7 @@ static int is_tchar(unsigned char ch)
 }
 
 /* 1 if v is a non-empty token, else 0. */
-static int is_token(str_view v)
+static int is_token(struct str_view v)
 {
     if (v.len == 0)
         return 0;
@@ -430,19 +435,19 @@ static int is_token(str_view v)
 }
 
 /* 1 if v equals the NUL-terminated s ignoring ASCII case, else 0. */
-static int view_ieq(str_view v, const char *s)
+static int view_ieq(struct str_view v, const char *s)
 {
     return strlen(s) == v.len && strncasecmp(v.ptr, s, v.len) == 0;
 }
 
 /* 1 if v equals s exactly, else 0. */
-static int view_eq(str_view v, const char *s)
+static int view_eq(struct str_view v, const char *s)
 {
     return strlen(s) == v.len && memcmp(v.ptr, s, v.len) == 0;
 }
 
 /* v with leading and trailing spaces and tabs removed. */
-static str_view view_trim(str_view v)
+static struct str_view view_trim(struct str_view v)
 {
     while (v.len > 0 && (v.ptr[0] == ' ' || v.ptr[0] == '\t')) {
         v.ptr++;
@@ -457,7 +462,7 @@ static str_view view_trim(str_view v)
  * Parse an unsigned decimal of 1..19 digits, no sign or spaces, at most max.
  * Returns 0 with *out set, or -1.
  */
-static int parse_u64(str_view v, unsigned long long max, unsigned long long *out)
+static int parse_u64(struct str_view v, unsigned long long max, unsigned long long *out)
 {
     unsigned long long n = 0;
 
@@ -478,7 +483,7 @@ static int parse_u64(str_view v, unsigned long long max, unsigned long long *out
  * Cut the next line (LF-terminated, CR dropped) off [*p, end). Returns 0 and
  * advances *p, or -1 when no line is left.
  */
-static int next_line(const char **p, const char *end, str_view *line)
+static int next_line(const char **p, const char *end, struct str_view *line)
 {
     if (*p >= end)
         return -1;
@@ -496,9 +501,9 @@ static int next_line(const char **p, const char *end, str_view *line)
  * Split the path and query off the target: origin-form "/p?q", absolute-form
  * "http://host/p?q" (RFC 9112 3.2.2) or "*" for OPTIONS. Returns 0 or -1.
  */
-static int split_target(request *rq)
+static int split_target(struct request *rq)
 {
-    str_view t = rq->target;
+    struct str_view t = rq->target;
     const char *q;
 
     if (t.len >= 7 && (strncasecmp(t.ptr, "http://", 7) == 0 ||
@@ -534,7 +539,7 @@ static int split_target(request *rq)
  * Parse "METHOD SP TARGET SP HTTP/d.d". Sets method, target, minor and
  * line_ok. Returns 0, 400 (malformed) or 505 (major version not 1).
  */
-static int parse_request_line(request *rq, str_view line)
+static int parse_request_line(struct request *rq, struct str_view line)
 {
     const char *sp1 = (const char *)memchr(line.ptr, ' ', line.len);
     if (sp1 == NULL)
@@ -554,7 +559,7 @@ static int parse_request_line(request *rq, str_view line)
         if ((unsigned char)rq->target.ptr[i] <= 0x20 || (unsigned char)rq->target.ptr[i] >= 0x7f)
             return 400;
     rq->line_ok = 1;
-    str_view version = { sp2 + 1, line.len - (size_t)(sp2 + 1 - line.ptr) };
+    struct str_view version = { sp2 + 1, line.len - (size_t)(sp2 + 1 - line.ptr) };
     if (version.len != 8 || memcmp(version.ptr, "HTTP/", 5) != 0 || version.ptr[6] != '.' ||
         version.ptr[5] < '0' || version.ptr[5] > '9' || version.ptr[7] < '0' || version.ptr[7] > '9')
         return 400;
@@ -568,15 +573,15 @@ static int parse_request_line(request *rq, str_view line)
  * Parse one "Name: value" line into rq->headers. Returns 0, 400 (malformed,
  * obs-fold, control bytes in the value) or 431 (too many headers).
  */
-static int parse_header_line(request *rq, str_view line)
+static int parse_header_line(struct request *rq, struct str_view line)
 {
     if (line.ptr[0] == ' ' || line.ptr[0] == '\t')
         return 400;             /* obs-fold, RFC 9112 5.2: reject */
     const char *colon = (const char *)memchr(line.ptr, ':', line.len);
     if (colon == NULL)
         return 400;
-    str_view name = { line.ptr, (size_t)(colon - line.ptr) };
-    str_view value = { colon + 1, line.len - name.len - 1 };
+    struct str_view name = { line.ptr, (size_t)(colon - line.ptr) };
+    struct str_view value = { colon + 1, line.len - name.len - 1 };
     if (!is_token(name))
         return 400;             /* also refuses "Name :" (RFC 9112 5.1) */
     value = view_trim(value);
@@ -594,12 +599,12 @@ static int parse_header_line(request *rq, str_view line)
 }
 
 /* The value of the first header called name, or an empty view with ptr NULL. */
-static str_view header_get(const request *rq, const char *name)
+static struct str_view header_get(const struct request *rq, const char *name)
 {
     for (size_t i = 0; i < rq->n_headers; i++)
         if (view_ieq(rq->headers[i].name, name))
             return rq->headers[i].value;
-    str_view none = { NULL, 0 };
+    struct str_view none = { NULL, 0 };
     return none;
 }
 
@@ -607,16 +612,16 @@ static str_view header_get(const request *rq, const char *name)
  * 1 if some comma-separated element of some header called name equals token
  * (case-insensitive), else 0. Used for Connection and Transfer-Encoding.
  */
-static int header_has_token(const request *rq, const char *name, const char *token)
+static int header_has_token(const struct request *rq, const char *name, const char *token)
 {
     for (size_t i = 0; i < rq->n_headers; i++) {
         if (!view_ieq(rq->headers[i].name, name))
             continue;
-        str_view v = rq->headers[i].value;
+        struct str_view v = rq->headers[i].value;
         while (v.len > 0) {
             const char *comma = (const char *)memchr(v.ptr, ',', v.len);
             size_t len = comma != NULL ? (size_t)(comma - v.ptr) : v.len;
-            str_view item = { v.ptr, len };
+            struct str_view item = { v.ptr, len };
             if (view_ieq(view_trim(item), token))
                 return 1;
             v.ptr += comma != NULL ? len + 1 : len;
@@ -630,18 +635,18 @@ static int header_has_token(const request *rq, const char *name, const char *tok
  * Check that every Transfer-Encoding element is "chunked" and there is at
  * least one. Returns 0 (no TE header), 1 (chunked), 501 (other codings).
  */
-static int parse_transfer_encoding(const request *rq)
+static int parse_transfer_encoding(const struct request *rq)
 {
     int seen = 0;
 
     for (size_t i = 0; i < rq->n_headers; i++) {
         if (!view_ieq(rq->headers[i].name, "transfer-encoding"))
             continue;
-        str_view v = rq->headers[i].value;
+        struct str_view v = rq->headers[i].value;
         while (v.len > 0) {
             const char *comma = (const char *)memchr(v.ptr, ',', v.len);
             size_t len = comma != NULL ? (size_t)(comma - v.ptr) : v.len;
-            str_view item = { v.ptr, len };
+            struct str_view item = { v.ptr, len };
             item = view_trim(item);
             if (item.len > 0 && !view_ieq(item, "chunked"))
                 return 501;
@@ -660,7 +665,7 @@ static int parse_transfer_encoding(const request *rq)
  * Content-Length and closes the connection afterwards; several
  * Content-Length headers must agree. Returns 0, 400 or 501.
  */
-static int parse_framing(request *rq)
+static int parse_framing(struct request *rq)
 {
     int te = parse_transfer_encoding(rq);
     int have_cl = 0;
@@ -695,11 +700,11 @@ static int parse_framing(request *rq)
  * Returns 0, or the HTTP status to answer with: 400, 431, 501 or 505.
  * rq->line_ok says whether method and target are usable even on error.
  */
-static int parse_head(request *rq, const char *head, size_t len)
+static int parse_head(struct request *rq, const char *head, size_t len)
 {
     const char *p = head;
     const char *end = head + len;
-    str_view line;
+    struct str_view line;
     int status;
 
     memset(rq, 0, sizeof *rq);
@@ -729,7 +734,7 @@ static int parse_head(request *rq, const char *head, size_t len)
 /* ---------------------------------------------------------------- bodies */
 
 /* Parse a chunk-size line: hex digits, then optional BWS and extensions. */
-static int parse_chunk_size(str_view line, unsigned long long *size)
+static int parse_chunk_size(struct str_view line, unsigned long long *size)
 {
     unsigned long long n = 0;
     size_t i = 0;
@@ -758,10 +763,10 @@ static int parse_chunk_size(str_view line, unsigned long long *size)
 }
 
 /* Read and drop trailer lines up to the empty line. Returns 0 or -1. */
-static int read_trailers(conn *c)
+static int read_trailers(struct conn *c)
 {
     size_t total = 0;
-    str_view line;
+    struct str_view line;
 
     for (;;) {
         if (conn_read_line(c, &line) == -1)
@@ -779,10 +784,10 @@ static int read_trailers(conn *c)
  * Returns a count > 0, 0 at the end of the body, -1 on malformed input or
  * a dead connection.
  */
-static ssize_t read_chunked(conn *c, char *buf, size_t cap)
+static ssize_t read_chunked(struct conn *c, char *buf, size_t cap)
 {
-    request *rq = &c->rq;
-    str_view line;
+    struct request *rq = &c->rq;
+    struct str_view line;
 
     for (;;) {
         switch (rq->chunk) {
@@ -822,9 +827,9 @@ static ssize_t read_chunked(conn *c, char *buf, size_t cap)
  * count > 0, 0 when the body is complete, -1 on a malformed body or a dead
  * connection (the connection must then be closed). Blocks.
  */
-static ssize_t body_read(conn *c, char *buf, size_t cap)
+static ssize_t body_read(struct conn *c, char *buf, size_t cap)
 {
-    request *rq = &c->rq;
+    struct request *rq = &c->rq;
     ssize_t n;
 
     if (rq->body_done)
@@ -849,7 +854,7 @@ static ssize_t body_read(conn *c, char *buf, size_t cap)
 }
 
 /* Read and drop the rest of the request body. Returns 0 or -1. */
-static int body_drain(conn *c)
+static int body_drain(struct conn *c)
 {
     ssize_t n;
 
@@ -912,9 +917,9 @@ static int http_date(time_t t, char *buf, size_t cap)
  * content_length < 0 sends no Content-Length; chunked adds
  * Transfer-Encoding. Returns 0 or -1 (caller closes).
  */
-static int send_head(conn *c, int status, const char *extra, long long content_length, int chunked)
+static int send_head(struct conn *c, int status, const char *extra, long long content_length, int chunked)
 {
-    const request *rq = &c->rq;
+    const struct request *rq = &c->rq;
     char head[RESP_HEAD_BYTES];
     char date[64];
     char length[64] = "";
@@ -941,7 +946,7 @@ static int send_head(conn *c, int status, const char *extra, long long content_l
  * Send an interim 1xx response right away (100 Continue, 103 Early Hints).
  * Never sent to HTTP/1.0 clients (RFC 9110 15.2). Returns 0 or -1.
  */
-static int send_interim(conn *c, int status, const char *extra)
+static int send_interim(struct conn *c, int status, const char *extra)
 {
     char head[RESP_HEAD_BYTES];
 
@@ -960,7 +965,7 @@ static int send_interim(conn *c, int status, const char *extra)
  * Send a whole response with a small in-memory body (not sent for HEAD).
  * 1xx, 204 and 304 get neither Content-Length nor body. Returns 0 or -1.
  */
-static int send_simple(conn *c, int status, const char *extra, const char *body, size_t body_len)
+static int send_simple(struct conn *c, int status, const char *extra, const char *body, size_t body_len)
 {
     int bodiless = status == 204 || status == 304;
 
@@ -975,7 +980,7 @@ static int send_simple(conn *c, int status, const char *extra, const char *body,
  * Answer with a short text/plain error body. 4xx/5xx framing errors must
  * close, so callers clear keep_alive first when needed. Returns 0 or -1.
  */
-static int send_error(conn *c, int status)
+static int send_error(struct conn *c, int status)
 {
     char body[128];
     int n = snprintf(body, sizeof body, "%d %s\n", status, reason_phrase(status));
@@ -1002,7 +1007,7 @@ static int hex_value(int ch)
  * plus_space. Returns the decoded length, or -1 on a bad escape, an encoded
  * NUL or a result that does not fit in cap.
  */
-static long url_decode(str_view src, char *dst, size_t cap, int plus_space)
+static long url_decode(struct str_view src, char *dst, size_t cap, int plus_space)
 {
     size_t n = 0;
 
@@ -1032,9 +1037,9 @@ static long url_decode(str_view src, char *dst, size_t cap, int plus_space)
  * Find key in the query ("a=1&b=2") and decode its value into out.
  * Returns the value length, -1 when absent, -2 when malformed or too long.
  */
-static long query_get(const request *rq, const char *key, char *out, size_t cap)
+static long query_get(const struct request *rq, const char *key, char *out, size_t cap)
 {
-    str_view q = rq->query;
+    struct str_view q = rq->query;
     size_t key_len = strlen(key);
 
     while (q.len > 0) {
@@ -1042,7 +1047,7 @@ static long query_get(const request *rq, const char *key, char *out, size_t cap)
         size_t len = amp != NULL ? (size_t)(amp - q.ptr) : q.len;
         if (len >= key_len && memcmp(q.ptr, key, key_len) == 0 &&
             (len == key_len || q.ptr[key_len] == '=')) {
-            str_view v = { q.ptr + key_len, len - key_len };
+            struct str_view v = { q.ptr + key_len, len - key_len };
             if (v.len > 0) {
                 v.ptr++;
                 v.len--;
@@ -1060,7 +1065,7 @@ static long query_get(const request *rq, const char *key, char *out, size_t cap)
  * Read the number key from the query: def when absent, else a decimal in
  * 0..max. Returns 0 with *out set, or -1 (answer 400).
  */
-static int query_u64(const request *rq, const char *key, unsigned long long def,
+static int query_u64(const struct request *rq, const char *key, unsigned long long def,
                      unsigned long long max, unsigned long long *out)
 {
     char buf[32];
@@ -1072,7 +1077,7 @@ static int query_u64(const request *rq, const char *key, unsigned long long def,
     }
     if (n < 0)
         return -1;
-    str_view v = { buf, (size_t)n };
+    struct str_view v = { buf, (size_t)n };
     return parse_u64(v, max, out);
 }
 
@@ -1080,7 +1085,7 @@ static int query_u64(const request *rq, const char *key, unsigned long long def,
  * Read a printable string parameter (visible ASCII and spaces) for use in
  * a response header. Returns its length, -1 when absent, -2 when unusable.
  */
-static long query_header_value(const request *rq, const char *key, char *out, size_t cap)
+static long query_header_value(const struct request *rq, const char *key, char *out, size_t cap)
 {
     long n = query_get(rq, key, out, cap);
 
@@ -1136,9 +1141,9 @@ static int has_dotdot(const char *path)
  * 1 if the If-None-Match list (or "*") holds etag, weak comparison
  * (RFC 9110 13.1.2), else 0.
  */
-static int etag_matches(str_view list, const char *etag)
+static int etag_matches(struct str_view list, const char *etag)
 {
-    str_view tag = { etag, strlen(etag) };
+    struct str_view tag = { etag, strlen(etag) };
 
     if (tag.len > 2 && tag.ptr[0] == 'W' && tag.ptr[1] == '/') {
         tag.ptr += 2;
@@ -1147,7 +1152,7 @@ static int etag_matches(str_view list, const char *etag)
     while (list.len > 0) {
         const char *comma = (const char *)memchr(list.ptr, ',', list.len);
         size_t len = comma != NULL ? (size_t)(comma - list.ptr) : list.len;
-        str_view item = { list.ptr, len };
+        struct str_view item = { list.ptr, len };
         item = view_trim(item);
         if (item.len > 2 && item.ptr[0] == 'W' && item.ptr[1] == '/') {
             item.ptr += 2;
@@ -1166,10 +1171,10 @@ static int etag_matches(str_view list, const char *etag)
  * If-None-Match that matches, or (without one) an If-Modified-Since at or
  * after mtime (RFC 9110 13.2.2). Else 0.
  */
-static int not_modified(const request *rq, const char *etag, time_t mtime)
+static int not_modified(const struct request *rq, const char *etag, time_t mtime)
 {
-    str_view inm = header_get(rq, "if-none-match");
-    str_view ims = header_get(rq, "if-modified-since");
+    struct str_view inm = header_get(rq, "if-none-match");
+    struct str_view ims = header_get(rq, "if-modified-since");
     char buf[64];
     struct tm tm;
 
@@ -1192,7 +1197,7 @@ static int not_modified(const request *rq, const char *etag, time_t mtime)
  * supported. Returns 0, or -1 (the connection must close: the promised
  * Content-Length cannot be kept).
  */
-static int send_file(conn *c, int fd, off_t size)
+static int send_file(struct conn *c, int fd, off_t size)
 {
     off_t offset = 0;
 
@@ -1254,9 +1259,9 @@ static int open_static(const char *path, struct stat *st, char *fs_path, size_t 
  * ETag, 304 when the client's validators match, 403 for "..", 404, 405.
  * Returns 0 (keep going if rq allows) or -1 (close).
  */
-static int serve_static(conn *c)
+static int serve_static(struct conn *c)
 {
-    request *rq = &c->rq;
+    struct request *rq = &c->rq;
     char path[MAX_PATH_BYTES];
     char fs_path[MAX_PATH_BYTES];
     char extra[EXTRA_HEAD_BYTES];
@@ -1304,9 +1309,9 @@ done:
  * over ECHO_MAX_BODY are only counted ("body-bytes=N not-echoed").
  * X-Body-Bytes carries the decoded body size. Returns 0 or -1.
  */
-static int serve_echo(conn *c)
+static int serve_echo(struct conn *c)
 {
-    request *rq = &c->rq;
+    struct request *rq = &c->rq;
     char *body = NULL;
     char extra[EXTRA_HEAD_BYTES];
     char note[96] = "";
@@ -1385,9 +1390,9 @@ static int file_write_all(int fd, const char *buf, size_t len)
  * answer "bytes=N file=PATH\n". Without -u the body is counted and
  * dropped ("file=-"). Returns 0 or -1.
  */
-static int serve_upload(conn *c)
+static int serve_upload(struct conn *c)
 {
-    request *rq = &c->rq;
+    struct request *rq = &c->rq;
     char path[MAX_PATH_BYTES] = "-";
     char reply[MAX_PATH_BYTES + 64];
     int fd = -1;
@@ -1427,9 +1432,9 @@ static int serve_upload(conn *c)
  * clients cannot read chunked: they get a close-delimited body. Returns 0
  * or -1 (close).
  */
-static int serve_chunked(conn *c)
+static int serve_chunked(struct conn *c)
 {
-    request *rq = &c->rq;
+    struct request *rq = &c->rq;
     unsigned long long n_chunks, size;
     char line[32];
 
@@ -1461,9 +1466,9 @@ static int serve_chunked(conn *c)
  * bytes, then close (close-delimited body, RFC 9112 6.3 item 8).
  * Always returns -1 so the caller closes.
  */
-static int serve_close(conn *c)
+static int serve_close(struct conn *c)
 {
-    request *rq = &c->rq;
+    struct request *rq = &c->rq;
     unsigned long long size;
 
     if (query_u64(rq, "size", DEFAULT_GEN_BYTES, MAX_GEN_BYTES, &size) == -1)
@@ -1481,9 +1486,9 @@ static int serve_close(conn *c)
  * /_status/NNN: answer with status NNN (200..599); 204 and 304 without a
  * body, others with "status NNN\n". Returns 0 or -1.
  */
-static int serve_status(conn *c)
+static int serve_status(struct conn *c)
 {
-    str_view code = { c->rq.path.ptr + 9, c->rq.path.len - 9 };
+    struct str_view code = { c->rq.path.ptr + 9, c->rq.path.len - 9 };
     unsigned long long status;
     char body[32];
 
@@ -1495,7 +1500,7 @@ static int serve_status(conn *c)
 }
 
 /* /_slow?ms=N: sleep N ms (up to MAX_SLOW_MS), then 200 "slow\n". */
-static int serve_slow(conn *c)
+static int serve_slow(struct conn *c)
 {
     unsigned long long ms;
     struct timespec ts;
@@ -1513,9 +1518,9 @@ static int serve_slow(conn *c)
  * /_abort?size=S&after=A: promise Content-Length S, send A bytes (A <= S,
  * default S/2), then close: a truncated response on purpose. Always -1.
  */
-static int serve_abort(conn *c)
+static int serve_abort(struct conn *c)
 {
-    request *rq = &c->rq;
+    struct request *rq = &c->rq;
     unsigned long long size, after;
 
     if (query_u64(rq, "size", DEFAULT_GEN_BYTES, MAX_GEN_BYTES, &size) == -1 ||
@@ -1531,7 +1536,7 @@ static int serve_abort(conn *c)
 }
 
 /* /_1xx: 103 Early Hints with a Link header, then 200 "after-1xx\n". */
-static int serve_1xx(conn *c)
+static int serve_1xx(struct conn *c)
 {
     if (send_interim(c, 103, "Link: </style.css>; rel=preload; as=style\r\n") == -1)
         return -1;
@@ -1539,7 +1544,7 @@ static int serve_1xx(conn *c)
 }
 
 /* /_bytes?size=S: 200 with S digit bytes and Content-Length. */
-static int serve_bytes(conn *c)
+static int serve_bytes(struct conn *c)
 {
     unsigned long long size;
 
@@ -1567,8 +1572,8 @@ struct cache_reply {
  * Last-Modified: g_last_modified for lm=1. Records vary and lm in *cr.
  * Returns 0, or -1 on a bad parameter (answer 400).
  */
-static int cache_validity_headers(const request *rq, char *extra, size_t cap, size_t *used,
-                                  cache_reply *cr)
+static int cache_validity_headers(const struct request *rq, char *extra, size_t cap, size_t *used,
+                                  struct cache_reply *cr)
 {
     char expires[32], lm[8], date[64];
     unsigned long long secs;
@@ -1579,7 +1584,7 @@ static int cache_validity_headers(const request *rq, char *extra, size_t cap, si
     long lm_len = query_get(rq, "lm", lm, sizeof lm);
     if (vary_len == -2 || expires_len == -2 || lm_len == -2)
         return -1;
-    str_view vary = { cr->vary, vary_len > 0 ? (size_t)vary_len : 0 };
+    struct str_view vary = { cr->vary, vary_len > 0 ? (size_t)vary_len : 0 };
     if (vary_len >= 0 && !view_eq(vary, "*") && !is_token(vary))
         return -1;
     if (vary_len < 0)
@@ -1587,7 +1592,7 @@ static int cache_validity_headers(const request *rq, char *extra, size_t cap, si
     else
         n += (size_t)snprintf(extra + n, cap - n, "Vary: %s\r\n", cr->vary);
     if (expires_len >= 0) {
-        str_view v = { expires, (size_t)expires_len };
+        struct str_view v = { expires, (size_t)expires_len };
         if (parse_u64(v, MAX_AGE_LIMIT, &secs) == 0 && secs > 0) {
             /* computed before send_head stamps Date, so Expires - Date <= N */
             if (http_date(time(NULL) + (time_t)secs, date, sizeof date) == -1)
@@ -1615,7 +1620,7 @@ static int cache_validity_headers(const request *rq, char *extra, size_t cap, si
  * then the validity fields of cache_validity_headers. Fills *cr.
  * Returns 0, or -1 on a bad parameter (answer 400).
  */
-static int cache_headers(const request *rq, unsigned long n, char *extra, size_t cap, cache_reply *cr)
+static int cache_headers(const struct request *rq, unsigned long n, char *extra, size_t cap, struct cache_reply *cr)
 {
     char cc[MAX_PARAM_BYTES], tag[MAX_PARAM_BYTES], cookie[8];
     unsigned long long max_age;
@@ -1657,13 +1662,13 @@ static int cache_headers(const request *rq, unsigned long n, char *extra, size_t
  * without If-None-Match, when lm=1 and If-Modified-Since is at or after
  * the Last-Modified sent (RFC 9110 13.2.2). Returns 0 or -1.
  */
-static int serve_cache(conn *c)
+static int serve_cache(struct conn *c)
 {
     char extra[EXTRA_HEAD_BYTES + 3 * MAX_PARAM_BYTES];
     char body[MAX_NAME_BYTES + 80 + MAX_PARAM_BYTES];
-    cache_reply cr;
+    struct cache_reply cr;
     unsigned long n = ++g_cache_count;
-    str_view inm = header_get(&c->rq, "if-none-match");
+    struct str_view inm = header_get(&c->rq, "if-none-match");
     int len;
 
     if (cache_headers(&c->rq, n, extra, sizeof extra, &cr) == -1)
@@ -1674,7 +1679,8 @@ static int serve_cache(conn *c)
     if (cr.vary[0] == '\0') {
         len = snprintf(body, sizeof body, "cache-body %s n=%lu\n", g_cfg.name, n);
     } else {
-        str_view v = strcmp(cr.vary, "*") == 0 ? str_view{ "*", 1 } : header_get(&c->rq, cr.vary);
+        struct str_view star = { "*", 1 };
+        struct str_view v = strcmp(cr.vary, "*") == 0 ? star : header_get(&c->rq, cr.vary);
         int v_len = v.len > MAX_PARAM_BYTES ? MAX_PARAM_BYTES : (int)v.len;
         len = snprintf(body, sizeof body, "cache-body %s n=%lu vary=%.*s\n", g_cfg.name, n, v_len,
                        v.ptr != NULL ? v.ptr : "");
@@ -1685,7 +1691,7 @@ static int serve_cache(conn *c)
 }
 
 /* OPTIONS *: 200 listing the methods this server knows. */
-static int serve_options(conn *c)
+static int serve_options(struct conn *c)
 {
     return send_simple(c, 200, "Allow: GET, HEAD, POST, PUT, OPTIONS\r\n", "", 0);
 }
@@ -1693,7 +1699,7 @@ static int serve_options(conn *c)
 /* ---------------------------------------------------------------- dispatch */
 
 /* 1 if the path is exactly route or route followed by '/', else 0. */
-static int path_is(str_view path, const char *route)
+static int path_is(struct str_view path, const char *route)
 {
     size_t len = strlen(route);
     return path.len >= len && memcmp(path.ptr, route, len) == 0 &&
@@ -1707,9 +1713,9 @@ static int path_is(str_view path, const char *route)
  * Done before the response is sent. Errors are ignored: logging must not
  * cost the request.
  */
-static void log_request(const conn *c)
+static void log_request(const struct conn *c)
 {
-    const request *rq = &c->rq;
+    const struct request *rq = &c->rq;
     struct iovec line[6] = {
         { (void *)g_cfg.name, strlen(g_cfg.name) }, { (void *)" ", 1 },
         { (void *)rq->method.ptr, rq->method.len }, { (void *)" ", 1 },
@@ -1730,10 +1736,10 @@ static void log_request(const conn *c)
  * next pipelined request starts at the right byte. Returns 1 to keep the
  * connection, 0 to close it.
  */
-static int handle_request(conn *c)
+static int handle_request(struct conn *c)
 {
-    request *rq = &c->rq;
-    str_view p = rq->path;
+    struct request *rq = &c->rq;
+    struct str_view p = rq->path;
     int rc;
 
     if (rq->expect_continue && rq->body != BODY_NONE && send_interim(c, 100, "") == -1)
@@ -1793,7 +1799,7 @@ static void conn_close(int fd, int linger)
  */
 static void *conn_thread(void *arg)
 {
-    conn *c = (conn *)arg;
+    struct conn *c = (struct conn *)arg;
     int linger = 0;
     size_t head_len;
 
@@ -1851,7 +1857,7 @@ static void start_connection(int fd)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     {
-        conn *c = (conn *)malloc(sizeof *c);
+        struct conn *c = (struct conn *)malloc(sizeof *c);
         if (c == NULL)
             goto fail;
         c->fd = fd;
@@ -1971,7 +1977,7 @@ static int parse_args(int argc, char **argv)
     while ((opt = getopt(argc, argv, "p:a:n:r:l:u:h")) != -1) {
         switch (opt) {
         case 'p': {
-            str_view v = { optarg, strlen(optarg) };
+            struct str_view v = { optarg, strlen(optarg) };
             unsigned long long port;
             if (parse_u64(v, 65535, &port) == -1) {
                 fprintf(stderr, "pibl-origin: bad port \"%s\"\n", optarg);
@@ -1995,7 +2001,7 @@ static int parse_args(int argc, char **argv)
         return -1;
     }
     if (name != NULL) {
-        str_view v = { name, strlen(name) };
+        struct str_view v = { name, strlen(name) };
         if (v.len >= MAX_NAME_BYTES || !is_token(v)) {
             fprintf(stderr, "pibl-origin: bad name \"%s\" (1..%d token characters)\n", name,
                     MAX_NAME_BYTES - 1);

@@ -1,11 +1,13 @@
 #!/usr/bin/env bats
-# loop.bats - the event loops: a few select() loops (one per core, own bitmaps past FD_SETSIZE) serve plain GET and
-# HEAD exchanges (fresh cache hits with sendfile, Content-Length answers from a backend) without blocking; every
-# other exchange is handed to a blocking thread and the connection comes back afterwards; idle keep-alive
-# connections move to a parking loop after 1 s and are closed after keepalive_timeout; a graceful stop closes
-# idle and parked connections at once and lets the exchanges in flight finish.
+# connections.bats - many clients at once, none holding up another: a slow or flooding client, a stalled
+# backend or a client that never reads costs only its own connection; one keep-alive connection carries GET, HEAD,
+# POST, chunked and pipelined requests in order whichever path serves them; idle keep-alive connections are kept
+# cheaply and closed after keepalive_timeout; 1,200 connections at once are served; a graceful stop closes idle
+# connections at once and lets exchanges in flight finish; pooled backend connections are reused, trimmed when idle
+# and never answer the wrong request. (Inside PIBL this is the event loops, the parking loop and the hand-over to
+# blocking threads.)
 #
-# Each test drives exact sockets from python3 (the client library is in loop_helpers.bash): a slow reader that
+# Each test drives exact sockets from python3 (the client library is in connections_helpers.bash): a slow reader that
 # must not hold up anyone else (hit and miss paths), one connection reused after being parked, one connection
 # alternating the loop and the blocking path, pipelining across the hand-over, 1,200 connections (PIBL's
 # descriptors past 1023), a graceful stop with parked connections, a backend stalling mid-body, one connection
@@ -19,7 +21,7 @@
 bats_require_minimum_version 1.5.0
 load helpers
 load hostile_helpers
-load loop_helpers
+load connections_helpers
 
 setup() {
     hostile_setup
@@ -34,7 +36,7 @@ BIG=67108864                                        # 64 MB: far more than the s
 # writes "sent at=T" to REPORT, reads nothing for HOLD_SECS, writes "reading at=T", then reads the whole answer and
 # checks it is a 200 with SIZE bytes of the origin's digit pattern: "ok bytes=N xcache=X at=T".
 slow_reader_py() {
-    loop_py slow_reader <<'EOF'
+    conn_py slow_reader <<'EOF'
 port, target, size, rep, hold = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
 HOST = "127.0.0.1:%d" % port            # the Host curl sends, so a cache hit for curl is one for us
 s = connect(port, timeout=20)
@@ -119,7 +121,7 @@ run_slow_reader_case() {
     start_origin o1
     start_pibl "keepalive_timeout = 3"
     local py
-    py=$(loop_py parked <<'EOF'
+    py=$(conn_py parked <<'EOF'
 port = int(sys.argv[1])
 s = connect(port, timeout=5)
 r = Reader(s)
@@ -151,7 +153,7 @@ EOF
     start_origin o1
     start_pibl
     local py
-    py=$(loop_py alternate <<'EOF'
+    py=$(conn_py alternate <<'EOF'
 port = int(sys.argv[1])
 hello = b"hello from the test origin\n"
 s = connect(port, timeout=5)
@@ -208,7 +210,7 @@ o1 POST /_echo?step=7" ]
     start_origin o1
     start_pibl
     local py
-    py=$(loop_py pipeline <<'EOF'
+    py=$(conn_py pipeline <<'EOF'
 port = int(sys.argv[1])
 hello = b"hello from the test origin\n"
 index = b"<html><body>pibl test index</body></html>\n"
@@ -269,7 +271,7 @@ o1 GET /hello.txt" ]
     start_origin o1
     start_pibl
     local py
-    py=$(loop_py many <<'EOF'
+    py=$(conn_py many <<'EOF'
 port, n, pid = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 deadline = time.monotonic() + 45
 lim = raise_nofile(n + 500)
@@ -343,7 +345,7 @@ EOF
     start_origin o1
     start_pibl
     local rep=$BATS_TEST_TMPDIR/stop.rep py pid t_kill t_exit rc=0
-    py=$(loop_py stop <<'EOF'
+    py=$(conn_py stop <<'EOF'
 port, n, rep, olog = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 idle = []
 for i in range(n):
@@ -493,7 +495,7 @@ EOF
     # nothing and keeps its socket open; the thread's send must give up after client_timeout, log the exchange
     # and close, instead of waiting forever.
     local py rep=$BATS_TEST_TMPDIR/noread.rep
-    py=$(loop_py noread <<'EOF2'
+    py=$(conn_py noread <<'EOF2'
 port, rep = int(sys.argv[1]), sys.argv[2]
 s = connect(port, timeout=20, rcvbuf=4096)
 s.sendall(req("GET", "/_chunked?n=64&size=1048576"))
@@ -535,7 +537,7 @@ EOF2
 # The writer stops when STOP_FILE exists or after MAX_SECS. REPORT gets "flooding at=T" once the flood is under
 # way, then "ok mode=M sent=N answers=A secs=S".
 hog_py() {
-    loop_py hog <<'EOF'
+    conn_py hog <<'EOF'
 import re, threading
 port, mode, rep, stop_file, max_secs = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
 HOST = "127.0.0.1:%d" % port            # the Host curl sends: the entry the test cached
@@ -941,7 +943,7 @@ ports_to() {
     start_origin o1
     start_pibl
     local port=${ORIGIN_PORT[o1]} py n
-    py=$(loop_py pool_burst <<'EOF'
+    py=$(conn_py pool_burst <<'EOF'
 port, count = int(sys.argv[1]), int(sys.argv[2])
 raise_nofile(count + 64)
 socks = [connect(port, timeout=20) for _ in range(count)]
@@ -980,7 +982,7 @@ EOF
     start_origin o1
     start_pibl                                      # max_header_bytes: the default, 16384
     local py
-    py=$(loop_py reload_head <<'EOF'
+    py=$(conn_py reload_head <<'EOF'
 import signal
 port, pid, cfg, log = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 hello = b"hello from the test origin\n"
