@@ -383,7 +383,7 @@ cachepolicy_entry_head(struct conn *c, struct exchange *x, struct cache_entry *e
     for (int i = 0; i < resp.n_headers; i++) {
         const struct http_header *h = &resp.headers[i];
         if (cachepolicy_own_field(h) || http_is_hop_by_hop(h, &none) ||
-            (not_modified && !keep_in_304(h)) ||
+            http_is_lookalike(h->name, h->name_len) || (not_modified && !keep_in_304(h)) ||
             http_name_is(h->name, h->name_len, "content-length"))
             continue;
         http_put_field(&b, h->name, h->name_len, h->value, h->value_len);

@@ -12,7 +12,10 @@
  * Content-Length together with Transfer-Encoding and duplicate
  * Content-Length or Host (400), Transfer-Encoding in HTTP/1.0 (400),
  * Expect other than 100-continue (417), heads that grow past the head
- * buffer once rewritten (431).
+ * buffer once rewritten (431). Not forwarded: request fields named with
+ * '_' (unless underscores_in_headers), and in either direction names that
+ * read as a framing or routing field with '-' for '_' (http_is_lookalike);
+ * Content-Length goes out in canonical decimal.
  *
  * It does not touch the event loops nor the cache's files: the cache's part
  * of an exchange is cachepolicy.cpp's.
@@ -423,7 +426,10 @@ exchange_upstream_head(struct conn *c, struct exchange *x, const char *host, siz
             http_name_is(h->name, h->name_len, "x-forwarded-proto") ||
             http_name_is(h->name, h->name_len, "via"))
             continue;
-        http_put_field(&b, h->name, h->name_len, h->value, h->value_len);
+        if (memchr(h->name, '_', h->name_len) != NULL &&
+            (!cfg->underscores_in_headers || http_is_lookalike(h->name, h->name_len)))
+            continue;                               /* nginx: underscores_in_headers */
+        http_put_forward(&b, h);
     }
     put_joined(&b, r, "X-Forwarded-For", c->peer_ip);
     http_puts(&b, "X-Forwarded-Proto: http\r\n");
@@ -550,12 +556,12 @@ exchange_client_head(struct conn *c, struct exchange *x, const struct http_respo
     http_put(&b, "\r\n", 2);
     for (int i = 0; i < resp->n_headers; i++) {
         const struct http_header *h = &resp->headers[i];
-        if (http_is_hop_by_hop(h, ct))
+        if (http_is_hop_by_hop(h, ct) || http_is_lookalike(h->name, h->name_len))
             continue;
         if (mode == HEAD_FOR_STORE && (cachepolicy_own_field(h) ||
             http_name_is(h->name, h->name_len, "content-length")))
             continue;
-        http_put_field(&b, h->name, h->name_len, h->value, h->value_len);
+        http_put_forward(&b, h);
     }
     if (mode == HEAD_FOR_STORE) {
         http_put(&b, "\r\n", 2);

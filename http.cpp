@@ -12,8 +12,9 @@
  *
  * Refused on purpose: obs-fold, bare LF or CR, NUL and other control bytes
  * in heads, versions other than HTTP/1.x, chunk sizes past CK_MAX_DIGITS hex
- * digits, chunk extensions past CK_MAX_EXT bytes, transfer codings other
- * than chunked (request smuggling, RFC 9112 6.3 and 11.2).
+ * digits, chunk extensions outside the RFC 9112 7.1.1 grammar or past
+ * CK_MAX_EXT bytes, transfer codings other than chunked (request
+ * smuggling, RFC 9112 6.3 and 11.2).
  *
  * Limits: MAX_HEADERS fields per head, the caller's max_uri for the target,
  * MAX_TRAILER_BYTES of chunked trailers (read and dropped), MAX_CONN_TOKENS
@@ -222,10 +223,15 @@ long long
 http_parse_content_length(const char *v, size_t len)
 {
     long long n = 0;
+    size_t i = 0;
 
-    if (len == 0 || len > 18)                   /* 18 digits cannot overflow */
+    if (len == 0)
         return -1;
-    for (size_t i = 0; i < len; i++) {
+    while (i + 1 < len && v[i] == '0')          /* leading zeros: still decimal */
+        i++;
+    if (len - i > 18)                           /* 18 digits cannot overflow */
+        return -1;
+    for (; i < len; i++) {
         if (v[i] < '0' || v[i] > '9')
             return -1;
         n = n * 10 + (v[i] - '0');
@@ -235,8 +241,17 @@ http_parse_content_length(const char *v, size_t len)
 
 /* ---------------------------------------------------------------- chunked */
 
+/*
+ * The chunk-size line, RFC 9112 7.1 and 7.1.1:
+ *   chunk-size [ chunk-ext ] CRLF
+ *   chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+ *   chunk-ext-name = token, chunk-ext-val = token / quoted-string
+ * CK_EXT_* walk that grammar; extensions are checked, then dropped.
+ */
 enum {
-    CK_SIZE, CK_SIZE_WS, CK_EXT, CK_SIZE_LF, CK_DATA, CK_DATA_CR, CK_DATA_LF,
+    CK_SIZE, CK_SIZE_WS, CK_EXT_NAME0, CK_EXT_NAME, CK_EXT_NAME_WS, CK_EXT_VAL0,
+    CK_EXT_TOKEN, CK_EXT_VAL_WS, CK_EXT_QUOTED, CK_EXT_PAIR, CK_EXT_QUOTE_END,
+    CK_SIZE_LF, CK_DATA, CK_DATA_CR, CK_DATA_LF,
     CK_TRAILER_START, CK_TRAILER_NAME, CK_TRAILER_LINE, CK_TRAILER_LF, CK_END_LF, CK_DONE
 };
 
@@ -251,6 +266,72 @@ int
 http_chunked_done(const struct http_chunked *ck)
 {
     return ck->state == CK_DONE;
+}
+
+/* One byte of a chunk extension in state *st: 0, or -1 when the grammar
+ * above refuses it. A CR ends the line (CK_SIZE_LF) where the grammar
+ * allows the line to end. */
+static int
+chunk_ext_step(int *st, unsigned char c)
+{
+    int ws = c == ' ' || c == '\t';
+
+    switch (*st) {
+    case CK_EXT_NAME0:                          /* after ';' */
+    case CK_EXT_VAL0:                           /* after '=' */
+        if (ws)
+            return 0;
+        if (*st == CK_EXT_VAL0 && c == '"')
+            *st = CK_EXT_QUOTED;
+        else if (is_tchar(c))
+            *st = *st == CK_EXT_NAME0 ? CK_EXT_NAME : CK_EXT_TOKEN;
+        else
+            return -1;
+        return 0;
+    case CK_EXT_NAME:
+    case CK_EXT_TOKEN:
+        if (is_tchar(c))
+            return 0;
+        if (ws)
+            *st = *st == CK_EXT_NAME ? CK_EXT_NAME_WS : CK_EXT_VAL_WS;
+        else if (c == ';')
+            *st = CK_EXT_NAME0;
+        else if (c == '=' && *st == CK_EXT_NAME)
+            *st = CK_EXT_VAL0;
+        else if (c == '\r')
+            *st = CK_SIZE_LF;
+        else
+            return -1;
+        return 0;
+    case CK_EXT_NAME_WS:                        /* BWS only before ';' or '=' */
+    case CK_EXT_VAL_WS:
+    case CK_EXT_QUOTE_END:
+        if (ws)
+            *st = *st == CK_EXT_NAME_WS ? CK_EXT_NAME_WS : CK_EXT_VAL_WS;
+        else if (c == ';')
+            *st = CK_EXT_NAME0;
+        else if (c == '=' && *st == CK_EXT_NAME_WS)
+            *st = CK_EXT_VAL0;
+        else if (c == '\r' && *st == CK_EXT_QUOTE_END)
+            *st = CK_SIZE_LF;
+        else
+            return -1;
+        return 0;
+    case CK_EXT_QUOTED:                         /* qdtext, quoted-pair, DQUOTE */
+        if (c == '"')
+            *st = CK_EXT_QUOTE_END;
+        else if (c == '\\')
+            *st = CK_EXT_PAIR;
+        else if (!ws && (c < 0x21 || c == 0x7f))
+            return -1;
+        return 0;
+    case CK_EXT_PAIR:
+        if (!ws && (c < 0x21 || c == 0x7f))
+            return -1;
+        *st = CK_EXT_QUOTED;
+        return 0;
+    }
+    return -1;
 }
 
 static int
@@ -295,7 +376,7 @@ http_chunked_step(struct http_chunked *ck, const char *p, size_t len, size_t *da
             if (c == ' ' || c == '\t')
                 ck->state = CK_SIZE_WS;
             else if (c == ';')
-                ck->state = CK_EXT;
+                ck->state = CK_EXT_NAME0;
             else if (c == '\r')
                 ck->state = CK_SIZE_LF;
             else
@@ -305,14 +386,14 @@ http_chunked_step(struct http_chunked *ck, const char *p, size_t len, size_t *da
         }
         case CK_SIZE_WS:                        /* BWS is allowed only before ';' */
             if (c == ';')
-                ck->state = CK_EXT;
+                ck->state = CK_EXT_NAME0;
             else if (c != ' ' && c != '\t')
                 return -1;
             break;
-        case CK_EXT:
-            if (c == '\r')
-                ck->state = CK_SIZE_LF;
-            else if (!is_value_char(c) || ++ck->line_bytes > CK_MAX_EXT)
+        case CK_EXT_NAME0: case CK_EXT_NAME: case CK_EXT_NAME_WS: case CK_EXT_VAL0:
+        case CK_EXT_TOKEN: case CK_EXT_VAL_WS: case CK_EXT_QUOTED: case CK_EXT_PAIR:
+        case CK_EXT_QUOTE_END:
+            if (++ck->line_bytes > CK_MAX_EXT || chunk_ext_step(&ck->state, c) == -1)
                 return -1;
             break;
         case CK_SIZE_LF:
@@ -567,6 +648,21 @@ http_put_field(struct http_builder *b, const char *name, size_t name_len, const 
     http_put(b, "\r\n", 2);
 }
 
+void
+http_put_forward(struct http_builder *b, const struct http_header *h)
+{
+    long long n;
+
+    if (http_name_is(h->name, h->name_len, "content-length") &&
+        (n = http_parse_content_length(h->value, h->value_len)) >= 0) {
+        http_puts(b, "Content-Length: ");
+        http_put_num(b, (unsigned long long)n);
+        http_put(b, "\r\n", 2);
+        return;
+    }
+    http_put_field(b, h->name, h->name_len, h->value, h->value_len);
+}
+
 const char *
 http_reason_phrase(int status)
 {
@@ -627,6 +723,28 @@ http_scan_connection(const struct http_header *hdrs, int n_hdrs, struct http_tok
             }
         }
     }
+}
+
+int
+http_is_lookalike(const char *name, size_t len)
+{
+    /* Fields with a '-' that frame a message or say where it comes from and
+     * goes ("Host" has no '-', so no name with '_' reads as it). */
+    static const char *const framing[] = {
+        "content-length", "transfer-encoding", "connection", "keep-alive",
+        "proxy-connection", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+        "x-forwarded-port", "x-real-ip", "forwarded", "expect", "upgrade",
+    };
+    char low[32];
+
+    if (len >= sizeof low || memchr(name, '_', len) == NULL)
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        low[i] = name[i] == '_' ? '-' : (char)tolower((unsigned char)name[i]);
+    for (size_t i = 0; i < sizeof framing / sizeof framing[0]; i++)
+        if (strlen(framing[i]) == len && memcmp(low, framing[i], len) == 0)
+            return 1;
+    return 0;
 }
 
 int

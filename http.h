@@ -155,6 +155,14 @@ struct http_tokens {
 /* Read every Connection field of a head into ct (past MAX_CONN_TOKENS names: dropped). */
 void http_scan_connection(const struct http_header *hdrs, int n_hdrs, struct http_tokens *ct);
 
+/*
+ * 1 when a field name holds '_' and, read with '-' for each '_', names a
+ * field that frames or routes a message (Content_Length, Transfer_Encoding,
+ * X_Forwarded_For, ...): a CGI, WSGI or Rack gateway would read it as that
+ * field, so it is never forwarded, in either direction.
+ */
+int http_is_lookalike(const char *name, size_t len);
+
 /* 1 for a hop-by-hop field that must not be forwarded in either direction. */
 int http_is_hop_by_hop(const struct http_header *h, const struct http_tokens *ct);
 
@@ -293,5 +301,9 @@ void http_put_cut(struct http_builder *b, const char *s);
 /* "name: value\r\n". */
 void http_put_field(struct http_builder *b, const char *name, size_t name_len, const char *value,
     size_t value_len);
+
+/* A received field, forwarded: as it came, except Content-Length, which goes
+ * out in canonical decimal (no leading zeros, RFC 9110 8.6). */
+void http_put_forward(struct http_builder *b, const struct http_header *h);
 
 #endif

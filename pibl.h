@@ -60,6 +60,8 @@ struct pibl_config {
     int max_header_bytes;          /* request head cap -> 431 */
     int max_uri_bytes;             /* request target cap -> 414 */
     long long max_body_bytes;      /* request body cap -> 413, 0 = none */
+    int underscores_in_headers;    /* 1: forward request fields named with
+                                      '_' (framing look-alikes never) */
     int upstream_keepalive;        /* 1: pool idle backend connections */
     int shutdown_timeout;          /* s, grace for in-flight exchanges */
     int cache_heuristic;           /* 1: reuse answers without freshness info */

@@ -126,6 +126,111 @@ POST_CHUNKED='POST /_echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\
     wait_for_line "$PIBL_LOG" 'status=400 .*err="bad chunked request body"'
 }
 
+@test "request chunk extensions: malformed ones (no name, a name or value that is not a token, BWS before CRLF) -> 400" {
+    # RFC 9112 7.1.1: chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ), names are tokens,
+    # values tokens or quoted strings; judged as strictly as the chunk size.
+    start_one_origin
+    reject_all 400 \
+        "${POST_CHUNKED}5;\\r\\nhello\\r\\n0\\r\\n\\r\\n" \
+        "${POST_CHUNKED}5;bad[=x\\r\\nhello\\r\\n0\\r\\n\\r\\n" \
+        "${POST_CHUNKED}5;=x\\r\\nhello\\r\\n0\\r\\n\\r\\n" \
+        "${POST_CHUNKED}5;a=\\r\\nhello\\r\\n0\\r\\n\\r\\n" \
+        "${POST_CHUNKED}5;a=b[\\r\\nhello\\r\\n0\\r\\n\\r\\n" \
+        "${POST_CHUNKED}5;a=b c\\r\\nhello\\r\\n0\\r\\n\\r\\n" \
+        "${POST_CHUNKED}5;a \\r\\nhello\\r\\n0\\r\\n\\r\\n" \
+        "${POST_CHUNKED}5;a=b\\t\\r\\nhello\\r\\n0\\r\\n\\r\\n" \
+        "${POST_CHUNKED}5;a=\"x\\r\\nhello\\r\\n0\\r\\n\\r\\n" \
+        "${POST_CHUNKED}5;a=\"x\"y\\r\\nhello\\r\\n0\\r\\n\\r\\n" \
+        "${POST_CHUNKED}5;a=\"\\x01\"\\r\\nhello\\r\\n0\\r\\n\\r\\n" \
+        "${POST_CHUNKED}5;;a\\r\\nhello\\r\\n0\\r\\n\\r\\n" \
+        "${POST_CHUNKED}5;a==b\\r\\nhello\\r\\n0\\r\\n\\r\\n" \
+        "${POST_CHUNKED}0;\\r\\n\\r\\n"
+    origin_got_nothing o1
+    wait_for_line "$PIBL_LOG" 'status=400 .*err="bad chunked request body"'
+}
+
+@test "request chunk extensions: well-formed ones (tokens, quoted strings, BWS) are accepted and stripped upstream" {
+    need_python
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    fake_answer default 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'
+    start_pibl
+    run raw_fmt "$PIBL_PORT" 'POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5;a=b;c="x; \\"y\\""\r\nhello\r\n6 ; d = e ;f\r\n world\r\n0;last=1\r\n\r\n'
+    [ "$(status_of "$output")" = 200 ]
+    # What the backend got: a chunked body carrying the same bytes, and no extension left.
+    run python3 - "$FAKE_DIR/req-1" <<'PY'
+import sys
+raw = open(sys.argv[1], "rb").read()
+body = raw.split(b"\r\n\r\n", 1)[1]
+out, pos = b"", 0
+while True:
+    eol = body.index(b"\r\n", pos)
+    line = body[pos:eol]
+    assert b";" not in line, "extension forwarded: %r" % line
+    size = int(line, 16)
+    pos = eol + 2
+    if size == 0:
+        break
+    out += body[pos:pos + size]
+    pos += size + 2
+assert out == b"hello world", out
+print("ok")
+PY
+    echo "$output"
+    [ "$status" -eq 0 ] && [ "$output" = ok ]
+}
+
+@test "request Content-Length with leading zeros reaches the backend in canonical decimal form" {
+    # Valid per RFC 9110 8.6, but a backend reading it with strtol(..., 0) takes 0200 for octal 128.
+    need_python
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    fake_answer default 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'
+    start_pibl
+    local body200
+    body200=$(printf 'b%.0s' $(seq 1 200))
+    run raw_fmt "$PIBL_PORT" 'POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 005\r\nConnection: close\r\n\r\nhello'
+    [ "$(status_of "$output")" = 200 ]
+    run raw_fmt "$PIBL_PORT" "POST /b HTTP/1.1\\r\\nHost: t\\r\\nContent-Length: 0200\\r\\nConnection: close\\r\\n\\r\\n$body200"
+    [ "$(status_of "$output")" = 200 ]
+    run raw_fmt "$PIBL_PORT" 'POST /c HTTP/1.1\r\nHost: t\r\nContent-Length: 00\r\nConnection: close\r\n\r\n'
+    [ "$(status_of "$output")" = 200 ]
+    tr -d '\r' <"$FAKE_DIR/req-1" | grep -qx 'Content-Length: 5'
+    [ "$(tail -c 5 "$FAKE_DIR/req-1")" = hello ]
+    tr -d '\r' <"$FAKE_DIR/req-2" | grep -qx 'Content-Length: 200'
+    [ "$(tail -c 200 "$FAKE_DIR/req-2")" = "$body200" ]
+    tr -d '\r' <"$FAKE_DIR/req-3" | grep -qx 'Content-Length: 0'
+    run grep -ic '^Content-Length: *0[0-9]' "$FAKE_DIR/req-1" "$FAKE_DIR/req-2" "$FAKE_DIR/req-3"
+    echo "$output"
+    [[ "$output" != *:[1-9]* ]]
+}
+
+@test "request fields named with '_' are dropped by default; underscores_in_headers = on keeps them, never framing look-alikes" {
+    need_python
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    fake_answer default 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'
+    local req='GET /u HTTP/1.1\r\nHost: t\r\nX_Custom: a\r\nContent_Length: 3\r\nTransfer_Encoding: chunked\r\nX_Forwarded_For: 6.6.6.6\r\nX-Real_IP: 6.6.6.6\r\nX-Plain: b\r\nConnection: close\r\n\r\n'
+    start_pibl
+    run raw_fmt "$PIBL_PORT" "$req"
+    [ "$(status_of "$output")" = 200 ]
+    tr -d '\r' <"$FAKE_DIR/req-1" >"$BATS_TEST_TMPDIR/h1"
+    cat "$BATS_TEST_TMPDIR/h1"
+    grep -qx 'X-Plain: b' "$BATS_TEST_TMPDIR/h1"
+    run grep -c '^[^:]*_[^:]*:' "$BATS_TEST_TMPDIR/h1"
+    [ "$output" -eq 0 ]
+
+    stop_pid "$PIBL_PID" >/dev/null
+    start_pibl "underscores_in_headers = on"
+    run raw_fmt "$PIBL_PORT" "$req"
+    [ "$(status_of "$output")" = 200 ]
+    tr -d '\r' <"$FAKE_DIR/req-2" >"$BATS_TEST_TMPDIR/h2"
+    cat "$BATS_TEST_TMPDIR/h2"
+    grep -qx 'X_Custom: a' "$BATS_TEST_TMPDIR/h2"
+    grep -qx 'X-Plain: b' "$BATS_TEST_TMPDIR/h2"
+    run grep -Eic '^(Content_Length|Transfer_Encoding|X_Forwarded_For|X-Real_IP):' "$BATS_TEST_TMPDIR/h2"
+    [ "$output" -eq 0 ]
+    # The client's address reaches the backend only as PIBL writes it.
+    grep -qx 'X-Forwarded-For: 127.0.0.1' "$BATS_TEST_TMPDIR/h2"
+}
+
 @test "request fields: obs-fold, space before the colon, CTL / DEL / NUL in names and values, bare CR -> 400" {
     start_one_origin
     reject_all 400 \
@@ -350,6 +455,39 @@ relay_bad_answers() {
         "${ch}0x3\\r\\nok\\n\\r\\n0\\r\\n\\r\\n" \
         "${ch}3x\\r\\nok\\n\\r\\n0\\r\\n\\r\\n" \
         "${ch}3\\nok\\n\\r\\n0\\r\\n\\r\\n"
+}
+
+@test "backend answer bodies: a malformed chunk extension in the first chunk -> 502; a well-formed one is stripped" {
+    need_python
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    start_pibl
+    local ch='HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n'
+    relay_bad_answers \
+        "${ch}3;\\r\\nok\\n\\r\\n0\\r\\n\\r\\n" \
+        "${ch}3;bad[=x\\r\\nok\\n\\r\\n0\\r\\n\\r\\n" \
+        "${ch}3;a=\"x\\r\\nok\\n\\r\\n0\\r\\n\\r\\n" \
+        "${ch}3;a \\r\\nok\\n\\r\\n0\\r\\n\\r\\n"
+    fake_answer default "${ch}3;a=b;q=\"x y\"\\r\\nok\\n\\r\\n0;z\\r\\n\\r\\n"
+    run pcurl --raw "$(url /good-ext)"
+    [ "$status" -eq 0 ]
+    echo "$output"
+    [[ "$output" == *ok* ]] && [[ "$output" != *";"* ]]
+    [ "$(pcurl "$(url /good-ext-2)")" = ok ]
+}
+
+@test "backend Content-Length with leading zeros reaches the client in canonical form; '_' framing look-alikes never" {
+    need_python
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    fake_answer default 'HTTP/1.1 200 OK\r\nContent-Length: 005\r\nContent_Length: 9\r\nTransfer_Encoding: chunked\r\nX_Note: n\r\n\r\nhello'
+    start_pibl
+    run pcurl -D "$BATS_TEST_TMPDIR/h" "$(url /z)"
+    [ "$status" -eq 0 ] && [ "$output" = hello ]
+    tr -d '\r' <"$BATS_TEST_TMPDIR/h" >"$BATS_TEST_TMPDIR/h.txt"
+    cat "$BATS_TEST_TMPDIR/h.txt"
+    grep -qx 'Content-Length: 5' "$BATS_TEST_TMPDIR/h.txt"
+    grep -qx 'X_Note: n' "$BATS_TEST_TMPDIR/h.txt"
+    run grep -Eic '^(Content_Length|Transfer_Encoding):' "$BATS_TEST_TMPDIR/h.txt"
+    [ "$output" -eq 0 ]
 }
 
 @test "backend answer bodies: framing that breaks after data was relayed never looks complete to the client" {

@@ -6,7 +6,9 @@ What it does, one sub-command each:
                  on 127.0.0.1, any free port, and prints "fake listening on 127.0.0.1:PORT". Request number R (1, 2, ...
                  counted over all connections) gets the bytes of file DIR/R, or DIR/default when there is none; when
                  DIR/R.close (or DIR/default.close) exists the connection is closed after the answer, otherwise it
-                 stays open for the next request. Each request head is logged to DIR/log as "conn=C req=R LINE".
+                 stays open for the next request. Each request head is logged to DIR/log as "conn=C req=R LINE",
+                 and the raw bytes of request R (head, then the body as framed by Content-Length or chunked, read
+                 whole before answering) are kept in DIR/req-R.
   slow PORT N SECS MODE REPORT
                  slowloris: opens N connections to 127.0.0.1:PORT and dribbles one byte per second on each (MODE head:
                  a request head that never ends; MODE body: a whole head announcing a body, then the body bytes),
@@ -50,6 +52,55 @@ def backend(folder):
                 return data, os.path.exists(path + ".close")
         return b"HTTP/1.1 500 No Answer File\r\nContent-Length: 0\r\n\r\n", True
 
+    def fill(conn, buf, n):
+        """Read until buf holds at least n bytes; None when the peer stops first (or past 1 MB)."""
+        while len(buf) < n:
+            chunk = conn.recv(65536)
+            if not chunk or len(buf) > 1 << 20:
+                return None
+            buf += chunk
+        return buf
+
+    def line_end(conn, buf, pos):
+        """(buf, index of the CRLF ending the line that starts at pos), or None."""
+        while buf.find(b"\r\n", pos) < 0:
+            buf = fill(conn, buf, len(buf) + 1)
+            if buf is None:
+                return None
+        return buf, buf.find(b"\r\n", pos)
+
+    def body_of(conn, head, buf):
+        """Split the request body framed by head off buf: (body bytes as sent, rest), or None."""
+        fields = [l.split(b":", 1) for l in head.split(b"\r\n")[1:] if b":" in l]
+        fields = {k.strip().lower(): v.strip() for k, v in fields}
+        if fields.get(b"transfer-encoding", b"").lower() != b"chunked":
+            n = int(fields.get(b"content-length", b"0") or b"0", 10)
+            buf = fill(conn, buf, n)
+            return None if buf is None else (buf[:n], buf[n:])
+        pos = 0
+        while True:                                  # chunk-size line, then data CRLF
+            got = line_end(conn, buf, pos)
+            if got is None:
+                return None
+            buf, eol = got
+            size = int(buf[pos:eol].split(b";", 1)[0], 16)
+            pos = eol + 2
+            if size == 0:
+                break
+            pos += size + 2
+            buf = fill(conn, buf, pos)
+            if buf is None:
+                return None
+        while True:                                  # trailer lines up to the empty one
+            got = line_end(conn, buf, pos)
+            if got is None:
+                return None
+            buf, eol = got
+            empty = eol == pos
+            pos = eol + 2
+            if empty:
+                return buf[:pos], buf[pos:]
+
     def serve(conn, conn_id):
         buf = b""
         conn.settimeout(60)
@@ -63,12 +114,18 @@ def backend(folder):
                     if len(buf) > 65536:
                         return
                 head, buf = buf.split(b"\r\n\r\n", 1)
+                got = body_of(conn, head, buf)
+                if got is None:
+                    return
+                body, buf = got
                 with lock:
                     counters["req"] += 1
                     req = counters["req"]
                     line = head.split(b"\r\n", 1)[0].decode("latin-1")
                     with open(log_path, "a") as f:
                         f.write("conn=%d req=%d %s\n" % (conn_id, req, line))
+                    with open(os.path.join(folder, "req-%d" % req), "wb") as f:
+                        f.write(head + b"\r\n\r\n" + body)
                 data, close = answer_for(req)
                 conn.sendall(data)
                 if close:

@@ -188,6 +188,25 @@ static const struct chunk_case g_chunk_cases[] = {
     { "5 \r\nhello\r\n0\r\n\r\n", NULL },                            /* BWS without ext */
     { "\r\n", NULL },                                                /* no size */
     { "5\r\nhello\r\n0\r\nBad Trailer\r\n\r\n", NULL },
+    /* chunk-ext, RFC 9112 7.1.1: *( BWS ";" BWS name [ BWS "=" BWS value ] ) */
+    { "5;a;b=2\r\nhello\r\n0;last\r\n\r\n", "hello" },
+    { "5 ; a = b ;c\r\nhello\r\n0\r\n\r\n", "hello" },
+    { "5;a=\"x y;\\\"z\"\r\nhello\r\n0\r\n\r\n", "hello" },    /* quoted-string */
+    { "5;a=\"x\" ;b\r\nhello\r\n0\r\n\r\n", "hello" },
+    { "5;a=\"\xe9\"\r\nhello\r\n0\r\n\r\n", "hello" },           /* obs-text */
+    { "5;\r\nhello\r\n0\r\n\r\n", NULL },                            /* no name */
+    { "5;bad[=x\r\nhello\r\n0\r\n\r\n", NULL },                      /* name not a token */
+    { "5;a=\r\nhello\r\n0\r\n\r\n", NULL },                          /* no value */
+    { "5;a=b[\r\nhello\r\n0\r\n\r\n", NULL },                        /* value not a token */
+    { "5;a=b c\r\nhello\r\n0\r\n\r\n", NULL },                       /* two tokens */
+    { "5;a \r\nhello\r\n0\r\n\r\n", NULL },                          /* BWS before CRLF */
+    { "5;a=b \r\nhello\r\n0\r\n\r\n", NULL },
+    { "5;a=\"x\r\nhello\r\n0\r\n\r\n", NULL },                      /* unterminated quote */
+    { "5;a=\"x\"y\r\nhello\r\n0\r\n\r\n", NULL },                  /* junk after quote */
+    { "5;a=\"\x01\"\r\nhello\r\n0\r\n\r\n", NULL },               /* CTL in quote */
+    { "5;;a\r\nhello\r\n0\r\n\r\n", NULL },
+    { "5;a==b\r\nhello\r\n0\r\n\r\n", NULL },
+    { "5;a\x7f\r\nhello\r\n0\r\n\r\n", NULL },
 };
 
 /* Decode wire fed in pieces of step bytes; returns 0 with the body, -1. */
@@ -249,6 +268,38 @@ test_content_length(void)
     CHECK(http_parse_content_length("", 0) == -1, "CL empty");
     CHECK(http_parse_content_length("99999999999999999999", 20) == -1, "CL overflow");
     CHECK(http_parse_content_length("0x10", 4) == -1, "CL hex");
+    CHECK(http_parse_content_length("005", 3) == 5, "CL leading zeros: decimal, not octal");
+    CHECK(http_parse_content_length("0200", 4) == 200, "CL 0200 is 200");
+    CHECK(http_parse_content_length("000", 3) == 0, "CL all zeros");
+    CHECK(http_parse_content_length("0000000000000000000000042", 25) == 42, "CL many leading zeros");
+    CHECK(http_parse_content_length("09999999999999999999", 20) == -1, "CL overflow after zeros");
+
+    /* Forwarded in canonical form; other fields as received. */
+    char out[128];
+    struct http_builder b = { out, sizeof out, 0, 0 };
+    struct http_header cl = { "content-length", 14, "0200", 4 };
+    struct http_header x = { "X-Count", 7, "0200", 4 };
+    http_put_forward(&b, &cl);
+    http_put_forward(&b, &x);
+    const char *want = "Content-Length: 200\r\nX-Count: 0200\r\n";
+    CHECK(b.len == strlen(want) && memcmp(out, want, b.len) == 0,
+        "forwarded CL canonical: %.*s", (int)b.len, out);
+}
+
+/* Field names that a CGI gateway would read as a framing or routing field. */
+static void
+test_lookalikes(void)
+{
+    static const struct { const char *name; int want; } cases[] = {
+        { "Content_Length", 1 }, { "content_length", 1 }, { "Transfer_Encoding", 1 },
+        { "TRANSFER_ENCODING", 1 }, { "X_Forwarded_For", 1 }, { "X-Forwarded_For", 1 },
+        { "X_Forwarded_Host", 1 }, { "X_Real_IP", 1 }, { "Proxy_Connection", 1 },
+        { "Content-Length", 0 }, { "Transfer-Encoding", 0 }, { "X_Custom", 0 },
+        { "Content__Length", 0 }, { "Content_Length_", 0 }, { "Host", 0 }, { "", 0 },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        CHECK(http_is_lookalike(cases[i].name, strlen(cases[i].name)) == cases[i].want,
+            "lookalike %s", cases[i].name);
 }
 
 /* ------------------------------------------------------------ config */
@@ -290,6 +341,7 @@ static const struct cfg_case g_cfg_cases[] = {
     { "backend = 127.0.0.1:0\n", ":1: backend" },
     { "backend = no-such-host.invalid:80\n", ":1: backend" },
     { "backend = 127.0.0.1:1\nupstream_keepalive = maybe\n", ":2: upstream_keepalive" },
+    { "backend = 127.0.0.1:1\nunderscores_in_headers = yes please\n", ":2: underscores_in_headers" },
     { "backend = 127.0.0.1:1\nport = 1\nport = 2\n", ":3: port set twice" },
     { "backend = 127.0.0.1:1\nlisten = 1.2.3\n", ":2: listen" },
     { "backend = 127.0.0.1:1 weight=101\n", ":1: backend" },
@@ -316,10 +368,12 @@ test_config(void)
 
     CHECK(load_text("backend = 127.0.0.1:1\n", &cfg, err, sizeof err) == 0, "defaults load");
     CHECK(cfg.port == 8080 && strcmp(cfg.log_file, "pibl.log") == 0 &&
-        strcmp(cfg.cache_dir, "cache") == 0 && cfg.upstream_keepalive == 1, "documented defaults");
+        strcmp(cfg.cache_dir, "cache") == 0 && cfg.upstream_keepalive == 1 &&
+        cfg.underscores_in_headers == 0, "documented defaults");
     CHECK(load_text("backend = 127.0.0.1:1\nbackend = 127.0.0.1:2\nmax_body_bytes = 0\n"
-        "log_headers = on\n", &cfg, err, sizeof err) == 0 && cfg.n_backends == 2 &&
-        cfg.max_body_bytes == 0 && cfg.log_headers == 1, "values applied");
+        "log_headers = on\nunderscores_in_headers = on\n", &cfg, err, sizeof err) == 0 &&
+        cfg.n_backends == 2 && cfg.max_body_bytes == 0 && cfg.log_headers == 1 &&
+        cfg.underscores_in_headers == 1, "values applied");
     CHECK(pibl_config_load("/nonexistent/pibl.cfg", &cfg, err, sizeof err) == -1 &&
         strstr(err, "/nonexistent/pibl.cfg") != NULL, "missing file named");
 }
@@ -509,6 +563,7 @@ main(void)
     test_response_heads();
     test_chunked();
     test_content_length();
+    test_lookalikes();
     test_config();
     test_round_robin();
     test_field_lists();
