@@ -735,12 +735,51 @@ serve(int lfd, int afd)
     }
 }
 
+/*
+ * What is wrong with the command line, as a sentence naming the argument, or
+ * NULL when it is one of: -h, -V, -t CONFIG, CONFIG TTL (TTL checked later).
+ */
+static const char *
+cli_check(int argc, char **argv)
+{
+    static char why[160];
+    const char *a = argc > 1 ? argv[1] : "";
+
+    if (argc == 1)
+        return "expected CONFIG and TTL";
+    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0 || strcmp(a, "-V") == 0 ||
+        strcmp(a, "--version") == 0) {
+        if (argc == 2)
+            return NULL;
+        snprintf(why, sizeof why, "%s takes no arguments", a);
+        return why;
+    }
+    if (strcmp(a, "-t") == 0) {
+        if (argc == 3)
+            return NULL;
+        return argc == 2 ? "-t needs the config file to check: pibl -t CONFIG"
+                         : "-t takes one config file";
+    }
+    if (a[0] == '-' && a[1] != '\0') {
+        snprintf(why, sizeof why, "unknown option \"%.64s\"", a);
+        return why;
+    }
+    if (argc == 2)
+        return "missing TTL after CONFIG (cache lifetime in seconds, 0 = no cache)";
+    if (argc > 3) {
+        snprintf(why, sizeof why, "unexpected argument \"%.64s\" after CONFIG and TTL", argv[3]);
+        return why;
+    }
+    return NULL;
+}
+
 static void
 usage(FILE *f)
 {
     fprintf(f,
         "usage: pibl CONFIG TTL    run the proxy; TTL = cache lifetime in seconds (0 = no cache)\n"
         "       pibl -t CONFIG     check the config file and exit\n"
+        "       pibl -V            print the version and exit\n"
         "       pibl -h            this help\n"
         "signals: SIGHUP reloads CONFIG, SIGUSR1 reopens the log file, SIGTERM stops\n"
         "example: ./pibl pibl.cfg 60\n");
@@ -754,22 +793,27 @@ main(int argc, char **argv)
     int removed[MAX_BACKENDS], n_removed;
     long long ttl;
 
-    if (argc == 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
+    const char *bad = cli_check(argc, argv);
+    if (bad != NULL) {
+        fprintf(stderr, "pibl: %s\n", bad);
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
         usage(stdout);
         return 0;
     }
-    if (argc == 3 && strcmp(argv[1], "-t") == 0) {
+    if (strcmp(argv[1], "-V") == 0 || strcmp(argv[1], "--version") == 0) {
+        printf("pibl %s\n", PIBL_VERSION);
+        return 0;
+    }
+    if (strcmp(argv[1], "-t") == 0) {
         if (pibl_config_load(argv[2], &cfg, err, sizeof err) == -1) {
             fprintf(stderr, "pibl: %s\n", err);
             return 2;
         }
         printf("pibl: %s: OK\n", argv[2]);
         return 0;
-    }
-    if (argc != 3 || argv[1][0] == '-') {
-        fprintf(stderr, "pibl: expected CONFIG and TTL\n");
-        usage(stderr);
-        return 2;
     }
     if (parse_number(argv[2], 0, 31536000, &ttl) == -1) {
         fprintf(stderr, "pibl: TTL \"%s\": expected whole seconds from 0 to 31536000\n", argv[2]);

@@ -12,7 +12,9 @@
  * I/O inside): with equal weights it is strict round robin in config order,
  * and with weights 5 1 1 it gives A A B A C A A rather than bursts. A backend
  * marked down (passive: a failed connect or timeout, for down_time; active:
- * health checks) is left out of the rotation and its turns go to the others.
+ * health checks) is left out of the rotation and its turns go to the next
+ * backends of the cycle; the cycle itself does not move, so when the backend
+ * is back the order is the config's again.
  *
  * This file never opens a socket: it only names addresses and keeps score.
  * Limits: MAX_BACKENDS slots in all, weights 1..MAX_WEIGHT.
@@ -210,20 +212,18 @@ rr_is_down(int i)
     return until != 0 && pibl_now_us() / 1000 < until;
 }
 
-int
-rr_next(uint64_t tried)
+/* One turn of smooth weighted round robin over every configured backend,
+ * usable or not; total is the sum of their weights. Under g_lock. */
+static int
+wrr_turn(int total)
 {
     struct backend *best = NULL;
-    int best_slot = -1, total = 0;
+    int best_slot = -1;
 
-    pthread_mutex_lock(&g_lock);
     for (int k = 0; k < g_n_order; k++) {
         int s = g_order[k];
         struct backend *b = &g_backends[s];
-        if (((tried >> s) & 1) || rr_is_down(s))
-            continue;
         b->current += b->conf.weight;
-        total += b->conf.weight;
         if (best == NULL || b->current > best->current) {
             best = b;
             best_slot = s;
@@ -231,8 +231,31 @@ rr_next(uint64_t tried)
     }
     if (best != NULL)
         best->current -= total;
-    pthread_mutex_unlock(&g_lock);
     return best_slot;
+}
+
+/*
+ * The schedule runs over every configured backend, so a backend that is down
+ * for a while, then back, finds the cycle where it left it: turns that fall
+ * on a backend that is down (or already tried) pass to the next turn. In
+ * `total` turns (one period) each backend gets exactly its weight in turns,
+ * so that many are enough to meet every usable one.
+ */
+int
+rr_next(uint64_t tried)
+{
+    int slot = -1, total = 0;
+
+    pthread_mutex_lock(&g_lock);
+    for (int k = 0; k < g_n_order; k++)
+        total += g_backends[g_order[k]].conf.weight;
+    for (int turn = 0; turn < total && slot == -1; turn++) {
+        int s = wrr_turn(total);
+        if (!((tried >> s) & 1) && !rr_is_down(s))
+            slot = s;
+    }
+    pthread_mutex_unlock(&g_lock);
+    return slot;
 }
 
 void

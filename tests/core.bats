@@ -120,6 +120,41 @@ check_bad_cfg() {
     done
 }
 
+@test "cli: -V and --version print the version of pibl.h on stdout and exit 0" {
+    local want
+    want=$(sed -n -E 's/^#define PIBL_VERSION[[:space:]]+"([^"]+)".*/\1/p' "$PIBL_ROOT/pibl.h")
+    [ -n "$want" ]
+    for flag in -V --version; do
+        run --separate-stderr timeout 5 "$PIBL_BIN" "$flag"
+        echo "$flag -> status $status stdout '$output' stderr '$stderr'"
+        [ "$status" -eq 0 ] && [ "$output" = "pibl $want" ] && [ -z "$stderr" ]
+    done
+}
+
+@test "cli: each wrong command line gets a message naming what is wrong" {
+    cd "$BATS_TEST_TMPDIR" || return 1
+    good_cfg good.cfg
+    local -a cases=(
+        "-t|-t needs the config file"
+        "-t good.cfg extra|-t takes one config file"
+        "-x|unknown option \"-x\""
+        "--frobnicate|unknown option \"--frobnicate\""
+        "good.cfg|missing TTL after CONFIG"
+        "good.cfg 10 extra|unexpected argument \"extra\""
+        "-V now|-V takes no arguments"
+    )
+    local c args want
+    for c in "${cases[@]}"; do
+        args=${c%%|*}
+        want=${c#*|}
+        # shellcheck disable=SC2086  # word splitting of the argument list is wanted
+        run --separate-stderr timeout 5 "$PIBL_BIN" $args
+        echo "args '$args' -> status $status stderr '$stderr'"
+        [ "$status" -eq 2 ]
+        [[ "$(printf '%s\n' "$stderr" | head -n 1)" == "pibl: $want"* ]]
+    done
+}
+
 @test "startup: prints 'pibl: listening on ADDR:PORT, N backends' with the real port and backend count" {
     start_origin o1
     start_origin o2

@@ -1,6 +1,6 @@
 #!/usr/bin/env bats
 # rr.bats - round robin over the backends in config order, passive health checks (a dead backend is skipped,
-# all dead = a quick 502/503, a backend that comes back is used again), and upstream keep-alive.
+# all dead = a quick 502/503, a backend that comes back is used again, in config order), and upstream keep-alive.
 # Origins name themselves in X-Backend and log every request they receive (helpers.bash).
 
 bats_require_minimum_version 1.5.0
@@ -105,6 +105,39 @@ backend_of() {
     done
     echo "seen: $seen"
     [[ "$seen" == *"200 o2again"* ]]
+}
+
+@test "failover: after a backend is down and back, round robin is in config order again (no drift)" {
+    start_origin o1
+    start_origin o2
+    start_origin o3
+    start_pibl "down_time = 1"
+    local port2=${ORIGIN_PORT[o2]} i out seq="" prev="" cur
+    stop_origin o2
+    for i in 1 2 3 4 5; do
+        out=$(backend_of "/hello.txt?down=$i")
+        [ "$out" = "200 o1" ] || [ "$out" = "200 o3" ]
+    done
+    start_origin o2again "" "$port2"
+    sleep 1.5                                   # past down_time: o2's port is tried again
+    for i in 1 2 3 4 5 6 7 8 9; do
+        out=$(backend_of "/hello.txt?back=$i")
+        seq+="$out,"
+        case $out in
+            "200 o1") cur=1 ;;
+            "200 o2again") cur=2 ;;
+            "200 o3") cur=3 ;;
+            *) echo "unexpected answer: $out"; return 1 ;;
+        esac
+        # Each answer comes from the backend after the previous one in config order.
+        if [ -n "$prev" ] && [ "$cur" -ne $((prev % 3 + 1)) ]; then
+            echo "sequence: $seq"
+            return 1
+        fi
+        prev=$cur
+    done
+    echo "sequence: $seq"
+    [ "$(grep -c '^o2again GET /hello.txt?back=' "$(origin_log o2again)")" -eq 3 ]
 }
 
 @test "failover: all backends down gives 502/503 quickly, never a hang" {

@@ -427,6 +427,21 @@ test_round_robin(void)
     CHECK(rr_is_down(2) && rr_others_up(2) == 2, "health mark counts as down");
     rr_set_health(2, 0);
 
+    /* Down, then back: the cycle goes on in config order (no drift). */
+    CHECK(configure_text("down_time = 60\nbackend = 127.0.0.1:1\nbackend = 127.0.0.1:2\n"
+        "backend = 127.0.0.1:3\n", &cfg) == 0, "configure three backends again");
+    picks(seq, 3);
+    rr_mark_down(1);
+    picks(seq + 3, 3);
+    rr_mark_up(1);
+    picks(seq + 6, 6);
+    CHECK(strcmp(seq, "012020" "120120") == 0, "order after a backend came back, got %s", seq);
+    rr_set_health(0, 1);
+    picks(seq, 4);
+    rr_set_health(0, 0);
+    picks(seq + 4, 3);
+    CHECK(strcmp(seq, "1212" "012") == 0, "order after a health mark, got %s", seq);
+
     /* Weights: 5 1 1 spreads smoothly, 7 picks per cycle, no burst of 5. */
     CHECK(configure_text("backend = 127.0.0.1:1 weight=5\nbackend = 127.0.0.1:2\n"
         "backend = 127.0.0.1:3 weight=1\n", &cfg) == 0, "configure weights");
