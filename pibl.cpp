@@ -644,8 +644,8 @@ reload(void)
         upstream_pool_flush(removed[i]);
     if (strcmp(next->log_file, cur->log_file) != 0)
         log_reopen(next->log_file);
-    log_line("pibl: reloaded %s: %d backends, %d removed", g_config_path, next->n_backends,
-        n_removed);
+    log_line("pibl: reloaded %s: %d backend%s, %d removed", g_config_path, next->n_backends,
+        next->n_backends == 1 ? "" : "s", n_removed);
 }
 
 /* Stop accepting, let in-flight exchanges finish (bounded), then exit. */
@@ -855,7 +855,7 @@ main(int argc, char **argv)
         return 1;
     }
     health_start();
-    log_line("pibl: listening on %s, %d backends", bound, rr_count());
+    log_line("pibl: listening on %s, %d backend%s", bound, rr_count(), rr_count() == 1 ? "" : "s");
     int afd = -1;
     if (cfg.admin_port >= 0) {
         /* The status page is an extra: without it PIBL still proxies. */

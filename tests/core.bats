@@ -167,6 +167,12 @@ check_bad_cfg() {
     [ "$output" = 200 ]
 }
 
+@test "startup: one backend reads '1 backend'" {
+    start_origin o1
+    start_pibl
+    grep -Eq "^pibl: listening on 127\.0\.0\.1:$PIBL_PORT, 1 backend$" "$PIBL_OUT"
+}
+
 @test "log: one line per exchange in stdout and the log file, with all fields" {
     start_origin o1
     start_pibl
