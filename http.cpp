@@ -385,6 +385,8 @@ http_chunked_step(struct http_chunked *ck, const char *p, size_t len, size_t *da
             break;
         }
         case CK_SIZE_WS:                        /* BWS is allowed only before ';' */
+            if (++ck->line_bytes > CK_MAX_EXT)
+                return -1;
             if (c == ';')
                 ck->state = CK_EXT_NAME0;
             else if (c != ' ' && c != '\t')
@@ -728,12 +730,12 @@ http_scan_connection(const struct http_header *hdrs, int n_hdrs, struct http_tok
 int
 http_is_lookalike(const char *name, size_t len)
 {
-    /* Fields with a '-' that frame a message or say where it comes from and
-     * goes ("Host" has no '-', so no name with '_' reads as it). */
+    /* Fields that frame a message or say where it comes from and goes; only
+     * names with a '-' can have a look-alike ("Host" has none). */
     static const char *const framing[] = {
-        "content-length", "transfer-encoding", "connection", "keep-alive",
-        "proxy-connection", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
-        "x-forwarded-port", "x-real-ip", "forwarded", "expect", "upgrade",
+        "content-length", "transfer-encoding", "keep-alive", "proxy-connection",
+        "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port",
+        "x-real-ip",
     };
     char low[32];
 

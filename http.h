@@ -96,7 +96,7 @@ struct http_chunked {
     uint64_t remaining;            /* data bytes left in the current chunk */
     size_t n_digits;               /* hex digits read of the size */
     size_t trailer_bytes;          /* trailer bytes read, capped */
-    size_t line_bytes;             /* bytes in the current trailer line */
+    size_t line_bytes;             /* bytes after the size on its line (BWS, extensions) */
 };
 
 void http_chunked_init(struct http_chunked *ck);

@@ -76,7 +76,7 @@ static const struct key_spec g_keys[] = {
     { "max_header_bytes",   K_INT,     CFG(max_header_bytes),   1024, 1048576 },
     { "max_uri_bytes",      K_INT,     CFG(max_uri_bytes),      16, 1048576 },
     { "max_body_bytes",     K_LONG,    CFG(max_body_bytes),     0, (1LL << 62) },
-    { "underscores_in_headers", K_BOOL, CFG(underscores_in_headers), 0, 1 },
+    { "underscores_in_headers", K_BOOL, CFG(underscores_in_headers), 0, 1 },   /* nginx's name */
     { "upstream_keepalive", K_BOOL,    CFG(upstream_keepalive), 0, 1 },
     { "shutdown_timeout",   K_INT,     CFG(shutdown_timeout),   0, 3600 },
     { "cache_heuristic",    K_BOOL,    CFG(cache_heuristic),    0, 1 },
@@ -779,8 +779,8 @@ usage(FILE *f)
     fprintf(f,
         "usage: pibl CONFIG TTL    run the proxy; TTL = cache lifetime in seconds (0 = no cache)\n"
         "       pibl -t CONFIG     check the config file and exit\n"
-        "       pibl -V            print the version and exit\n"
-        "       pibl -h            this help\n"
+        "       pibl -V, --version print the version and exit\n"
+        "       pibl -h, --help    this help\n"
         "signals: SIGHUP reloads CONFIG, SIGUSR1 reopens the log file, SIGTERM stops\n"
         "example: ./pibl pibl.cfg 60\n");
 }

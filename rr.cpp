@@ -213,7 +213,8 @@ rr_is_down(int i)
 }
 
 /* One turn of smooth weighted round robin over every configured backend,
- * usable or not; total is the sum of their weights. Under g_lock. */
+ * usable or not; total is the sum of their weights. Returns the slot whose
+ * turn it is (-1 with no backend). Under g_lock. */
 static int
 wrr_turn(int total)
 {
@@ -237,21 +238,33 @@ wrr_turn(int total)
 /*
  * The schedule runs over every configured backend, so a backend that is down
  * for a while, then back, finds the cycle where it left it: turns that fall
- * on a backend that is down (or already tried) pass to the next turn. In
- * `total` turns (one period) each backend gets exactly its weight in turns,
- * so that many are enough to meet every usable one.
+ * on a backend that is down (or already tried) pass to the next turn. With
+ * equal weights the next usable backend is at most n turns away; with very
+ * uneven weights and heavy backends down it could be a whole period away,
+ * so after 2n turns the usable backend with the best score takes the turn
+ * (the lock is never held for more than 2n passes over the table).
  */
 int
 rr_next(uint64_t tried)
 {
-    int slot = -1, total = 0;
+    int slot = -1, total = 0, usable = 0;
 
     pthread_mutex_lock(&g_lock);
-    for (int k = 0; k < g_n_order; k++)
-        total += g_backends[g_order[k]].conf.weight;
-    for (int turn = 0; turn < total && slot == -1; turn++) {
+    for (int k = 0; k < g_n_order; k++) {
+        int s = g_order[k];
+        total += g_backends[s].conf.weight;
+        usable += !((tried >> s) & 1) && !rr_is_down(s);
+    }
+    for (int turn = 0; usable > 0 && turn < 2 * g_n_order && slot == -1; turn++) {
         int s = wrr_turn(total);
         if (!((tried >> s) & 1) && !rr_is_down(s))
+            slot = s;
+    }
+    int found = slot != -1;
+    for (int k = 0; usable > 0 && !found && k < g_n_order; k++) {
+        int s = g_order[k];
+        if (!((tried >> s) & 1) && !rr_is_down(s) &&
+            (slot == -1 || g_backends[s].current > g_backends[slot].current))
             slot = s;
     }
     pthread_mutex_unlock(&g_lock);

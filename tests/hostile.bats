@@ -488,6 +488,14 @@ relay_bad_answers() {
     grep -qx 'X_Note: n' "$BATS_TEST_TMPDIR/h.txt"
     run grep -Eic '^(Content_Length|Transfer_Encoding):' "$BATS_TEST_TMPDIR/h.txt"
     [ "$output" -eq 0 ]
+    # The same for an interim answer relayed before the final one.
+    fake_answer default 'HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nTransfer_Encoding: chunked\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'
+    run raw_fmt "$PIBL_PORT" 'GET /early HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n'
+    echo "$output"
+    [[ "$output" == "HTTP/1.1 103 Early Hints"$'\r\n'* ]]
+    [[ "$output" == *"Link: </a.css>; rel=preload"* ]]
+    [[ "$output" != *Transfer_Encoding* ]]
+    [[ "$output" == *"HTTP/1.1 200 OK"* ]]
 }
 
 @test "backend answer bodies: framing that breaks after data was relayed never looks complete to the client" {

@@ -453,6 +453,19 @@ test_round_robin(void)
     /* nginx's smooth order for 5 1 1 is a a b a c a a, not a a a a a b c. */
     CHECK(strncmp(seq, "0010200", 7) == 0, "smooth order, got %s", seq);
 
+    /* A heavy backend down: the light one gets every turn (the bounded search). */
+    CHECK(configure_text("down_time = 60\nbackend = 127.0.0.1:1 weight=100\n"
+        "backend = 127.0.0.1:2 weight=100\nbackend = 127.0.0.1:3 weight=1\n", &cfg) == 0,
+        "configure heavy weights");
+    rr_mark_down(0);
+    rr_mark_down(1);
+    picks(seq, 5);
+    CHECK(strcmp(seq, "22222") == 0, "only the light backend is up, got %s", seq);
+    rr_mark_down(2);
+    CHECK(rr_next(0) == -1, "all down: none");
+    for (int i = 0; i < 3; i++)
+        rr_mark_up(i);
+
     /* Reload: a kept name keeps its slot; a removed one leaves rotation. */
     CHECK(configure_text("backend = 127.0.0.1:3\nbackend = 127.0.0.1:9\n", &cfg) == 0,
         "reconfigure");
