@@ -4,6 +4,7 @@
 #   pibl.cpp         main, config file, listening sockets, signals, reload
 #   loop.cpp         event-loop threads: select() bitmaps, parking, accept/reject
 #   ev.cpp           the non-blocking exchange the loops run
+#   tunnel.cpp       WebSocket tunnels: bytes copied both ways by the loops
 #   conn.cpp         a client connection's life, the blocking threads
 #   exchange.cpp     one request/answer exchange with blocking I/O
 #   http.cpp         HTTP/1.1 messages: parsing, framing, heads, body relay
@@ -22,9 +23,9 @@ CXXFLAGS ?= -O2 -g
 CXXFLAGS += -std=c++17 -Wall -Wextra -pthread
 LDFLAGS  += -pthread
 
-PIBL_SRCS = pibl.cpp loop.cpp ev.cpp conn.cpp exchange.cpp http.cpp sock.cpp cachepolicy.cpp \
+PIBL_SRCS = pibl.cpp loop.cpp ev.cpp tunnel.cpp conn.cpp exchange.cpp http.cpp sock.cpp cachepolicy.cpp \
             cache.cpp upstream.cpp rr.cpp health.cpp log.cpp admin.cpp
-HDRS      = pibl.h loop.h ev.h conn.h exchange.h http.h sock.h cachepolicy.h cache.h \
+HDRS      = pibl.h loop.h ev.h tunnel.h conn.h exchange.h http.h sock.h cachepolicy.h cache.h \
             upstream.h rr.h health.h log.h admin.h
 
 all: pibl pibl-origin

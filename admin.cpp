@@ -18,6 +18,7 @@
 #include "log.h"
 #include "pibl.h"
 #include "rr.h"
+#include "tunnel.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -77,6 +78,7 @@ request_rate(void)
 struct snapshot {
     long uptime;
     int open_connections;
+    int open_tunnels;
     uint64_t requests;
     double rps;
     int n_backends;
@@ -95,6 +97,7 @@ take_snapshot(struct snapshot *s)
     memset(s, 0, sizeof *s);
     s->uptime = (long)(time(NULL) - pibl_start_time());
     s->open_connections = pibl_open_connections();
+    s->open_tunnels = tunnel_open();
     s->requests = exchange_requests_total();
     s->rps = request_rate();
     s->n_backends = rr_active_slots(slots, MAX_BACKENDS);
@@ -161,11 +164,11 @@ render_html(const struct snapshot *s, struct out *o)
         "th{background:#eee}td.l{text-align:left}.up{color:#070;font-weight:bold}"
         ".down{color:#b00;font-weight:bold}</style></head><body>\n"
         "<h1>PIBL: estado</h1>\n<p>Activo desde hace %ld s &middot; conexiones abiertas: %d "
-        "&middot; peticiones: %llu &middot; peticiones/s: %.1f</p>\n",
-        s->uptime, s->open_connections, (unsigned long long)s->requests, s->rps);
+        "&middot; t&uacute;neles WebSocket: %d &middot; peticiones: %llu &middot; peticiones/s: %.1f</p>\n",
+        s->uptime, s->open_connections, s->open_tunnels, (unsigned long long)s->requests, s->rps);
     outf(o, "<h2>Backends</h2>\n<table id=\"backends\"><tr><th>Backend</th><th>Estado</th>"
         "<th>Peso</th><th>Peticiones</th><th>Fallos</th><th>&Uacute;ltimo error</th>"
-        "<th>Latencia media (ms)</th><th>p99 (ms)</th></tr>\n");
+        "<th>Latencia media (ms)</th><th>p99 (ms)</th><th>T&uacute;neles</th></tr>\n");
     for (int i = 0; i < s->n_backends; i++) {
         const struct rr_stats *b = &s->backends[i];
         outf(o, "<tr><td class=\"l\">");
@@ -174,7 +177,7 @@ render_html(const struct snapshot *s, struct out *o)
             state_of(b), state_of(b), b->weight, (unsigned long long)b->requests,
             (unsigned long long)b->failures);
         out_escaped(o, b->last_error ? b->last_error : "-", 0);
-        outf(o, "</td><td>%.2f</td><td>%.2f</td></tr>\n", b->avg_ms, b->p99_ms);
+        outf(o, "</td><td>%.2f</td><td>%.2f</td><td>%d</td></tr>\n", b->avg_ms, b->p99_ms, b->tunnels);
     }
     outf(o, "</table>\n<h2>Cach&eacute;</h2>\n<table id=\"cache\"><tr><th>Estado</th><th>TTL (s)</th>"
         "<th>Entradas</th><th>Bytes</th><th>Aciertos</th><th>Consultas</th><th>Tasa de acierto</th>"
@@ -189,9 +192,9 @@ render_html(const struct snapshot *s, struct out *o)
 static void
 render_json(const struct snapshot *s, struct out *o)
 {
-    outf(o, "{\"uptime_s\":%ld,\"open_connections\":%d,\"requests_total\":%llu,"
+    outf(o, "{\"uptime_s\":%ld,\"open_connections\":%d,\"open_tunnels\":%d,\"requests_total\":%llu,"
         "\"requests_per_second\":%.2f,\"backends\":[", s->uptime, s->open_connections,
-        (unsigned long long)s->requests, s->rps);
+        s->open_tunnels, (unsigned long long)s->requests, s->rps);
     for (int i = 0; i < s->n_backends; i++) {
         const struct rr_stats *b = &s->backends[i];
         outf(o, "%s{\"name\":\"", i ? "," : "");
@@ -206,7 +209,8 @@ render_json(const struct snapshot *s, struct out *o)
         } else {
             outf(o, "null");
         }
-        outf(o, ",\"avg_ms\":%.3f,\"p99_ms\":%.3f}", b->avg_ms, b->p99_ms);
+        outf(o, ",\"avg_ms\":%.3f,\"p99_ms\":%.3f,\"open_tunnels\":%d}", b->avg_ms, b->p99_ms,
+            b->tunnels);
     }
     outf(o, "],\"cache\":{\"enabled\":%s,\"ttl_s\":%ld,\"entries\":%llu,\"bytes\":%llu,"
         "\"hits\":%llu,\"lookups\":%llu,\"hit_ratio\":%.4f}}\n", s->cache_on ? "true" : "false",
@@ -222,13 +226,17 @@ render_metrics(const struct snapshot *s, struct out *o)
         "# HELP pibl_open_connections Client connections open.\n# TYPE pibl_open_connections gauge\n"
         "pibl_open_connections %d\n"
         "# HELP pibl_requests_total Exchanges answered.\n# TYPE pibl_requests_total counter\n"
-        "pibl_requests_total %llu\n", s->uptime, s->open_connections, (unsigned long long)s->requests);
+        "pibl_requests_total %llu\n"
+        "# HELP pibl_open_tunnels WebSocket tunnels open.\n# TYPE pibl_open_tunnels gauge\n"
+        "pibl_open_tunnels %d\n", s->uptime, s->open_connections, (unsigned long long)s->requests,
+        s->open_tunnels);
     static const char *const names[] = {
         "pibl_backend_up", "pibl_backend_requests_total", "pibl_backend_failures_total",
         "pibl_backend_latency_avg_seconds", "pibl_backend_latency_p99_seconds",
+        "pibl_backend_open_tunnels",
     };
-    static const char *const types[] = { "gauge", "counter", "counter", "gauge", "gauge" };
-    for (int m = 0; m < 5; m++) {
+    static const char *const types[] = { "gauge", "counter", "counter", "gauge", "gauge", "gauge" };
+    for (int m = 0; m < 6; m++) {
         outf(o, "# TYPE %s %s\n", names[m], types[m]);
         for (int i = 0; i < s->n_backends; i++) {
             const struct rr_stats *b = &s->backends[i];
@@ -241,6 +249,8 @@ render_metrics(const struct snapshot *s, struct out *o)
                 outf(o, "%llu\n", (unsigned long long)b->requests);
             else if (m == 2)
                 outf(o, "%llu\n", (unsigned long long)b->failures);
+            else if (m == 5)
+                outf(o, "%d\n", b->tunnels);
             else
                 outf(o, "%.6f\n", (m == 3 ? b->avg_ms : b->p99_ms) / 1000.0);
         }

@@ -219,8 +219,9 @@ slow_exchange(struct conn *c)
         if (hr == ANSWER_CLIENT_GONE)
             return exchange_end(c, x, -1);
         upstream_close(&c->u);
-        x->fail_why = hr == ANSWER_BAD ? "invalid answer from backend" : "backend closed mid-head";
-        rr_record(x->backend, 0, 0, hr == ANSWER_BAD ? "invalid answer" : "closed mid-head");
+        if (hr != ANSWER_BAD_101)
+            x->fail_why = hr == ANSWER_BAD ? "invalid answer from backend" : "backend closed mid-head";
+        rr_record(x->backend, 0, 0, hr == ANSWER_CUT ? "closed mid-head" : "invalid answer");
     }
         /* FALLTHROUGH */
     case RESUME_BAD_HEAD:
@@ -246,14 +247,22 @@ slow_serve(struct conn *c)
     int rc = slow_exchange(c);
     if (rc != EXCHANGE_CLOSE) {
         uint8_t cur = st->load();
-        if ((cur != ST_IDLE && cur != ST_BUSY) || !st->compare_exchange_strong(cur, ST_NONE))
+        if ((cur != ST_IDLE && cur != ST_BUSY) || !st->compare_exchange_strong(cur, ST_NONE)) {
+            if (rc == EXCHANGE_TUNNEL)
+                exchange_end(c, c->x, -1);      /* its line, as a tunnel's end would */
             rc = EXCHANGE_CLOSE;                /* a graceful stop shut it down */
+        }
     }
     if (rc == EXCHANGE_CLOSE) {
         conn_close(c);
         return;
     }
     sock_set_nonblocking(c->fd, 1);
+    if (rc == EXCHANGE_TUNNEL) {
+        sock_set_nonblocking(c->u.fd, 1);
+        loop_give_tunnel(c);                    /* a loop copies the bytes from now on */
+        return;
+    }
     loop_give(c);
 }
 

@@ -28,6 +28,7 @@
 #include "loop.h"
 #include "pibl.h"
 #include "rr.h"
+#include "tunnel.h"
 #include "upstream.h"
 
 #include <errno.h>
@@ -72,6 +73,8 @@ ev_wait_fd(const struct conn *c, int *wr)
 static void
 ev_close(struct loop *l, struct conn *c)
 {
+    if (c->state == EV_TUNNEL)
+        tunnel_end(c);
     if (c->state != EV_HEAD && c->x != NULL)
         exchange_end(c, c->x, -1);
     loop_remove(l, c);
@@ -440,7 +443,7 @@ ev_request(struct loop *l, struct conn *c, long head_len)
         (size_t)cfg->max_uri_bytes, &x->req) != 0 ||
         exchange_check_request(cfg, x, &status, &why, &c->host, &c->host_len, &c->path,
             &c->path_len, &c->ct) == -1 ||
-        x->body.kind != HTTP_BODY_NONE || x->expect_continue ||
+        x->body.kind != HTTP_BODY_NONE || x->expect_continue || x->upgrade ||
         (!x->is_head && !http_name_is(x->req.method, x->req.method_len, "GET")))
         return ev_slow(l, c, RESUME_FRESH);     /* unparsed: the blocking code starts over */
     x->body_done = 1;
@@ -537,6 +540,9 @@ ev_set_deadline(struct conn *c)
         c->deadline = now + (int64_t)(c->p1_len + c->p2_len > 0 ? cfg->client_timeout :
             cfg->backend_timeout) * 1000;
         break;
+    case EV_TUNNEL:
+        c->deadline = c->idle_since + (int64_t)cfg->tunnel_timeout * 1000;
+        break;
     default:
         c->deadline = now + (int64_t)cfg->client_timeout * 1000;
         break;
@@ -575,6 +581,9 @@ ev_run(struct loop *l, struct conn *c)
             break;
         case EV_RELAY:
             rc = ev_relay(l, c);
+            break;
+        case EV_TUNNEL:
+            rc = tunnel_run(c) == TUNNEL_WAIT ? EV_WAIT : EV_CLOSE;
             break;
         default:
             rc = ev_file(c);
@@ -648,6 +657,10 @@ ev_timeout(struct loop *l, struct conn *c)
         return;
     case EV_RELAY:
         x->err = c->p1_len + c->p2_len > 0 ? "client went away" : "backend timed out mid-answer";
+        ev_close(l, c);
+        return;
+    case EV_TUNNEL:
+        x->err = pibl_stopping() ? "tunnel cut at shutdown_timeout" : "tunnel_timeout";
         ev_close(l, c);
         return;
     default:

@@ -12,7 +12,7 @@ struct conn;
 struct loop;
 
 /* What a connection in a loop waits for (c->state). */
-enum ev_state { EV_HEAD, EV_UP_CONN, EV_UP_SEND, EV_UP_HEAD, EV_RELAY, EV_FILE };
+enum ev_state { EV_HEAD, EV_UP_CONN, EV_UP_SEND, EV_UP_HEAD, EV_RELAY, EV_FILE, EV_TUNNEL };
 
 /* Body bytes one connection may move per turn, so that a fast download
  * does not hold up the rest of its loop (select() is level-triggered: it

@@ -7,8 +7,12 @@
  * A request that was not sent (connect failed) or is idempotent without a
  * body goes to the next backend when one fails; a POST is never sent twice.
  *
- * Refused on purpose (with the status named): CONNECT (501) and Upgrade (no
- * tunnels: a 101 answer is a 502), targets outside RFC 3986 (400),
+ * A WebSocket handshake goes to a fresh backend connection with its Upgrade;
+ * only a 101 that accepts that upgrade turns the connection into a tunnel
+ * (handed to an event loop, tunnel.cpp); any other 101 is a 502.
+ *
+ * Refused on purpose (with the status named): CONNECT (501), other upgrades
+ * (dropped: the request goes on as HTTP), targets outside RFC 3986 (400),
  * Content-Length together with Transfer-Encoding and duplicate
  * Content-Length or Host (400), Transfer-Encoding in HTTP/1.0 (400),
  * Expect other than 100-continue (417), heads that grow past the head
@@ -106,6 +110,10 @@ exchange_log(const struct conn *c, const struct exchange *x)
     http_put_num(&b, (unsigned long long)x->status);
     http_put_cut(&b, " bytes=");
     http_put_num(&b, (unsigned long long)x->bytes);
+    if (x->status == 101) {                     /* a tunnel: the other way too */
+        http_put_cut(&b, " up=");
+        http_put_num(&b, (unsigned long long)x->up_bytes);
+    }
     http_put_cut(&b, " ms=");
     http_put_num(&b, (unsigned long long)(us < 0 ? 0 : us / 1000));
     char frac[4] = { '.', (char)('0' + us % 1000 / 100), (char)('0' + us % 100 / 10), '\0' };
@@ -376,6 +384,17 @@ exchange_check_request(const struct pibl_config *cfg, struct exchange *x, int *s
     for (size_t i = 0; i < sizeof idempotent / sizeof idempotent[0]; i++)
         if (http_name_is(r->method, r->method_len, idempotent[i]))
             x->retryable = x->body.kind == HTTP_BODY_NONE;
+
+    /* A WebSocket opening handshake (RFC 6455 4.1): an HTTP/1.1 GET without a
+     * body whose Connection lists "upgrade" and whose Upgrade lists
+     * "websocket". Any other upgrade is dropped with the hop-by-hop fields
+     * and the request goes on as plain HTTP. A tunnel is never retried. */
+    if (ct->upgrade && x->minor == 1 && x->body.kind == HTTP_BODY_NONE &&
+        http_name_is(r->method, r->method_len, "GET") &&
+        http_list_has(r->headers, r->n_headers, "upgrade", "websocket")) {
+        x->upgrade = 1;
+        x->retryable = 0;
+    }
     return 0;
 }
 
@@ -437,7 +456,9 @@ exchange_upstream_head(struct conn *c, struct exchange *x, const char *host, siz
     if (x->body.kind == HTTP_BODY_CHUNKED)
         http_puts(&b, "Transfer-Encoding: chunked\r\n");
     http_put(&b, x->cond, x->cond_len);
-    if (!cfg->upstream_keepalive)
+    if (x->upgrade)
+        http_puts(&b, "Upgrade: websocket\r\nConnection: upgrade\r\n");
+    else if (!cfg->upstream_keepalive)
         http_puts(&b, "Connection: close\r\n");
     http_put(&b, "\r\n", 2);
     return b.overflow ? -1 : (long)b.len;
@@ -687,8 +708,18 @@ exchange_relay_interim(struct conn *c, struct exchange *x, struct upstream *u, s
         struct http_response resp;
         if (http_parse_response(c->uin, (size_t)*rh_len, &resp) == -1 || resp.status >= 200)
             break;
-        if (resp.status == 101)
-            return ANSWER_BAD;
+        if (resp.status == 101) {
+            /* Only the upgrade asked for opens a tunnel: a 101 to anything
+             * else would let the client talk past PIBL's checks. */
+            struct http_tokens uct;
+            http_scan_connection(resp.headers, resp.n_headers, &uct);
+            if (x->upgrade && uct.upgrade &&
+                http_list_has(resp.headers, resp.n_headers, "upgrade", "websocket"))
+                return ANSWER_UPGRADE;
+            x->fail_why = x->upgrade ? "101 answer for another protocol than websocket" :
+                "101 answer to a request that asked for no upgrade";
+            return ANSWER_BAD_101;
+        }
         /* Rewritten like a final head: hop-by-hop and look-alike fields out. */
         struct http_tokens ct;
         struct http_builder b = { c->out, c->out_cap, 0, 0 };
@@ -723,12 +754,69 @@ exchange_relay_final(struct conn *c, struct exchange *x, struct upstream *u, siz
 
     rr_record(u->backend, 1, pibl_now_us() - t_sent, NULL);
     int keep = relay_response(c, x, u, len, rh_len, &reuse);
-    if (reuse && c->cfg->upstream_keepalive && keep == 0) {
+    if (reuse && c->cfg->upstream_keepalive && keep == 0 && !x->upgrade) {
         upstream_pool_put(u->backend, u->fd, -1);
         u->fd = -1;
     }
     upstream_close(u);
     return keep;
+}
+
+/*
+ * The backend accepted the upgrade (its 101 head is c->uin[0..rh_len), len
+ * bytes read): relay that head, then what each side sent past its own head,
+ * and leave u open as c->u, the backend end of the tunnel an event loop runs
+ * from now on (tunnel.cpp). Returns EXCHANGE_TUNNEL, or -1 when a side went
+ * away first (u closed).
+ */
+static int
+exchange_tunnel(struct conn *c, struct exchange *x, struct upstream *u, size_t len, long rh_len,
+    int64_t t_sent)
+{
+    struct http_response resp;
+    struct http_tokens ct;
+    struct http_builder b = { c->out, c->out_cap, 0, 0 };
+
+    rr_record(u->backend, 1, pibl_now_us() - t_sent, NULL);
+    x->keep_alive = 0;
+    if (http_parse_response(c->uin, (size_t)rh_len, &resp) == -1) {
+        upstream_close(u);
+        exchange_error(c, x, 502, "invalid answer from backend", 0);
+        return -1;
+    }
+    http_scan_connection(resp.headers, resp.n_headers, &ct);
+    http_put_status(&b, 101);
+    http_put(&b, resp.reason, resp.reason_len);
+    http_put(&b, "\r\n", 2);
+    for (int i = 0; i < resp.n_headers; i++)
+        if (!http_is_hop_by_hop(&resp.headers[i], &ct) &&
+            !http_is_lookalike(resp.headers[i].name, resp.headers[i].name_len))
+            http_put_forward(&b, &resp.headers[i]);
+    http_puts(&b, "Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+    if (b.overflow) {
+        upstream_close(u);
+        exchange_error(c, x, 502, "101 head too large once rewritten", 0);
+        return -1;
+    }
+    x->status = 101;
+    size_t early = len - (size_t)rh_len;        /* the backend's first bytes */
+    struct iovec iov[2] = { { c->out, b.len }, { c->uin + rh_len, early } };
+    if (sock_writev_all(c->fd, iov, early > 0 ? 2 : 1) == -1) {
+        upstream_close(u);
+        x->err = "client went away";
+        return -1;
+    }
+    x->bytes += early;
+    if (c->in_len > 0 && sock_write_all(u->fd, c->in + c->in_off, c->in_len) == -1) {
+        upstream_close(u);
+        x->err = "backend closed the tunnel";
+        return -1;
+    }
+    x->up_bytes += c->in_len;
+    c->in_off = c->in_len = 0;
+    c->u = *u;
+    u->fd = -1;
+    return EXCHANGE_TUNNEL;
 }
 
 int
@@ -761,7 +849,7 @@ exchange_forward(struct conn *c, struct exchange *x, const char *host, size_t ho
         }
         struct upstream u = { -1, b, 0 };
         int64_t t_sent = pibl_now_us();
-        if (cfg->upstream_keepalive)
+        if (cfg->upstream_keepalive && !x->upgrade)   /* a tunnel gets a fresh one */
             u.fd = upstream_pool_get(b, -1);
         u.reused = u.fd != -1;
         if (u.fd == -1)
@@ -806,6 +894,8 @@ exchange_forward(struct conn *c, struct exchange *x, const char *host, size_t ho
             hr = exchange_relay_interim(c, x, &u, &len, &rh_len);
         if (hr == ANSWER_CLIENT_GONE)
             return -1;
+        if (hr == ANSWER_UPGRADE)
+            return exchange_tunnel(c, x, &u, len, rh_len, t_sent);
         if (hr == ANSWER_OK)
             return exchange_relay_final(c, x, &u, len, rh_len, t_sent);
         upstream_close(&u);
@@ -813,10 +903,10 @@ exchange_forward(struct conn *c, struct exchange *x, const char *host, size_t ho
             tried &= ~((uint64_t)1 << b);       /* a stale pooled connection */
             continue;
         }
-        if (hr == ANSWER_BAD || hr == ANSWER_CUT) {
-            rr_record(b, 0, 0, hr == ANSWER_BAD ? "invalid answer" : "closed mid-head");
+        if (hr == ANSWER_BAD || hr == ANSWER_CUT || hr == ANSWER_BAD_101) {
+            rr_record(b, 0, 0, hr == ANSWER_CUT ? "closed mid-head" : "invalid answer");
             exchange_error(c, x, 502, hr == ANSWER_BAD ? "invalid answer from backend" :
-                "backend closed mid-head", 1);
+                hr == ANSWER_CUT ? "backend closed mid-head" : x->fail_why, 1);
             return x->keep_alive && x->body_done ? 0 : -1;
         }
         rr_mark_down(b);
@@ -842,6 +932,8 @@ exchange_forward(struct conn *c, struct exchange *x, const char *host, size_t ho
 int
 exchange_end(struct conn *c, struct exchange *x, int keep)
 {
+    if (keep == EXCHANGE_TUNNEL)
+        return EXCHANGE_TUNNEL;                 /* logged when the tunnel ends */
     cachepolicy_end(x);
     exchange_log(c, x);
     if (keep == -1 || !x->keep_alive || !x->body_done)
@@ -904,8 +996,8 @@ exchange_serve(struct conn *c)
     x.body_done = x.body.kind == HTTP_BODY_NONE;
 
     int keep;
-    int front = cache_enabled() ? cachepolicy_front(c, &x, host, host_len, path, path_len) :
-        FRONT_FORWARD;
+    int front = cache_enabled() && !x.upgrade ?
+        cachepolicy_front(c, &x, host, host_len, path, path_len) : FRONT_FORWARD;
     if (front == FRONT_FORWARD)
         keep = exchange_forward(c, &x, host, host_len, path, path_len, &ct);
     else

@@ -32,6 +32,8 @@ struct exchange {
     int keep_alive;                /* the client connection may stay open */
     int expect_continue;
     int retryable;                 /* idempotent with no body: may be resent */
+    int upgrade;                   /* a WebSocket upgrade was asked (RFC 6455 4.1) */
+    uint64_t up_bytes;             /* a tunnel's bytes from the client to the backend */
     struct http_body body;         /* request body framing */
     int body_done;                 /* request body fully read from the client */
     int backend;                   /* -1 until one is chosen */
@@ -69,6 +71,7 @@ enum exchange_next {
     EXCHANGE_CLOSE = -1,           /* close it */
     EXCHANGE_KEEP = 0,             /* wait for the next request */
     EXCHANGE_IDLE = 1,             /* no request came for IDLE_SHRINK_MS: nothing is buffered */
+    EXCHANGE_TUNNEL = 2,           /* a 101 made it a tunnel: c->u is its backend end */
 };
 
 /* How reading a backend's answer head ended. */
@@ -79,6 +82,8 @@ enum exchange_answer {
     ANSWER_BAD,                    /* malformed or too large */
     ANSWER_CUT,                    /* stopped midway */
     ANSWER_CLIENT_GONE,            /* the client went away meanwhile (u closed) */
+    ANSWER_UPGRADE,                /* a 101 that accepts the upgrade asked for */
+    ANSWER_BAD_101,                /* a 101 to anything else (x->fail_why says what) */
 };
 
 /* What exchange_client_head() writes the head for. */
@@ -130,7 +135,8 @@ void exchange_put_head_end(struct http_builder *b, const struct exchange *x);
  * Forward the request to a backend, retrying where it is safe (from the
  * backends in x->tried on), and relay the answer; stale-if-error and the
  * error answer when none is left. Returns 0 to keep the client connection,
- * -1 to close it.
+ * -1 to close it, EXCHANGE_TUNNEL when a 101 accepted a WebSocket upgrade
+ * (the 101 was relayed; c->u is the backend end of the tunnel).
  */
 int exchange_forward(struct conn *c, struct exchange *x, const char *host, size_t host_len,
     const char *path, size_t path_len, const struct http_tokens *ct);
@@ -159,8 +165,9 @@ void exchange_log(const struct conn *c, const struct exchange *x);
 
 /*
  * End an exchange: the cache's part (cachepolicy_end), the log line.
- * keep is what the exchange said (0 or -1). Returns 0 to keep the
- * connection, -1 to close it.
+ * keep is what the exchange said (0, -1, or EXCHANGE_TUNNEL: then nothing
+ * is done yet, and that is returned). Returns 0 to keep the connection, -1
+ * to close it.
  */
 int exchange_end(struct conn *c, struct exchange *x, int keep);
 

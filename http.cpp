@@ -715,16 +715,36 @@ http_scan_connection(const struct http_header *hdrs, int n_hdrs, struct http_tok
             size_t tl = http_list_next(&p, end, ", \t", &t);
             if (tl == 0)
                 continue;
-            if (http_name_is(t, tl, "close"))
+            if (http_name_is(t, tl, "close")) {
                 ct->close = 1;
-            else if (http_name_is(t, tl, "keep-alive"))
+            } else if (http_name_is(t, tl, "keep-alive")) {
                 ct->keep_alive = 1;
-            else if (ct->n < MAX_CONN_TOKENS) {
-                ct->name[ct->n] = t;
-                ct->len[ct->n++] = tl;
+            } else {
+                if (http_name_is(t, tl, "upgrade"))
+                    ct->upgrade = 1;
+                if (ct->n < MAX_CONN_TOKENS) {
+                    ct->name[ct->n] = t;
+                    ct->len[ct->n++] = tl;
+                }
             }
         }
     }
+}
+
+int
+http_list_has(const struct http_header *hdrs, int n, const char *name, const char *token)
+{
+    for (int i = 0; i < n; i++) {
+        if (!http_name_is(hdrs[i].name, hdrs[i].name_len, name))
+            continue;
+        const char *p = hdrs[i].value, *end = p + hdrs[i].value_len, *t;
+        while (p < end) {
+            size_t tl = http_list_next(&p, end, ", \t", &t);
+            if (tl > 0 && http_name_is(t, tl, token))
+                return 1;
+        }
+    }
+    return 0;
 }
 
 int

@@ -147,6 +147,7 @@ size_t http_list_next(const char **p, const char *end, const char *stops, const 
 struct http_tokens {
     int close;                     /* "close" listed */
     int keep_alive;                /* "keep-alive" listed */
+    int upgrade;                   /* "upgrade" listed (also kept in name[]) */
     int n;
     const char *name[MAX_CONN_TOKENS];
     size_t len[MAX_CONN_TOKENS];
@@ -162,6 +163,10 @@ void http_scan_connection(const struct http_header *hdrs, int n_hdrs, struct htt
  * field, so it is never forwarded, in either direction.
  */
 int http_is_lookalike(const char *name, size_t len);
+
+/* 1 when a field called name (a comma-separated list, maybe over several
+ * lines) has token among its members, ignoring case; 0 otherwise. */
+int http_list_has(const struct http_header *hdrs, int n, const char *name, const char *token);
 
 /* 1 for a hop-by-hop field that must not be forwarded in either direction. */
 int http_is_hop_by_hop(const struct http_header *h, const struct http_tokens *ct);

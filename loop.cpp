@@ -26,6 +26,7 @@
 #include "log.h"
 #include "pibl.h"
 #include "sock.h"
+#include "tunnel.h"
 #include "upstream.h"
 
 #include <atomic>
@@ -57,6 +58,10 @@
  * average the loop stops yielding, and tries one again YIELD_PROBE_US later.
  */
 #define YIELD_SLOW_US  1000
+
+/* A tunnel still open on a graceful stop is closed (and logged) this long
+ * before shutdown_timeout makes the process exit. */
+#define STOP_CUT_EARLY_MS 200
 #define YIELD_PROBE_US 1000000
 
 struct loop {
@@ -95,6 +100,18 @@ loop_push(struct loop *l, struct conn *c)
     pthread_mutex_unlock(&l->lock);
     if (wake)
         (void)!write(l->wake[1], "", 1);
+}
+
+void
+loop_give_tunnel(struct conn *c)
+{
+    c->state = EV_TUNNEL;
+    c->resume = RESUME_FRESH;
+    c->again = 0;
+    c->deadline = 0;
+    tunnel_begin(c);
+    unsigned next = g_next_loop.fetch_add(1, std::memory_order_relaxed);
+    loop_push(&g_loops[next % (unsigned)g_n_loops], c);
 }
 
 void
@@ -187,6 +204,41 @@ has_bit(const struct loop *l, int fd, int wr)
     return w < l->words && (((wr ? l->wset : l->rset)[w] >> ((size_t)fd % NFDBITS)) & 1);
 }
 
+/* Put what c waits for in the sets: one socket, or a tunnel's two. */
+static void
+loop_watch(struct loop *l, const struct conn *c, int *maxfd)
+{
+    if (c->state == EV_TUNNEL) {
+        int fd[2], rd[2], wr[2];
+        tunnel_watch(c, fd, rd, wr);
+        for (int i = 0; i < 2; i++) {
+            if (rd[i])
+                set_bit(l, fd[i], 0, maxfd);
+            if (wr[i])
+                set_bit(l, fd[i], 1, maxfd);
+        }
+        return;
+    }
+    int wr = 0, fd = ev_wait_fd(c, &wr);
+    set_bit(l, fd, wr, maxfd);
+}
+
+/* 1 when select() found what c waits for. */
+static int
+loop_ready(const struct loop *l, const struct conn *c, int maxfd)
+{
+    if (c->state == EV_TUNNEL) {
+        int fd[2], rd[2], wr[2];
+        tunnel_watch(c, fd, rd, wr);
+        for (int i = 0; i < 2; i++)
+            if (fd[i] <= maxfd && ((rd[i] && has_bit(l, fd[i], 0)) || (wr[i] && has_bit(l, fd[i], 1))))
+                return 1;
+        return 0;
+    }
+    int wr = 0, fd = ev_wait_fd(c, &wr);
+    return fd <= maxfd && has_bit(l, fd, wr);
+}
+
 /* upstream_pool_scan's visit: before select() (reap 0) each idle connection
  * this loop pooled goes in the read set; after it (reap 1) each with
  * something to read (the backend closed it, or stray bytes) is closed. The
@@ -255,8 +307,7 @@ loop_run_ready(struct loop *l, int n, int maxfd, int first_new, int heads)
     for (int i = 0; i < first_new && i < l->n;) {
         struct conn *c = l->conns[i];
         if (c->turn != l->turn && (heads || c->state != EV_HEAD)) {
-            int wr = 0, fd = ev_wait_fd(c, &wr);
-            if (c->again || (n > 0 && fd <= maxfd && has_bit(l, fd, wr))) {
+            if (c->again || (n > 0 && loop_ready(l, c, maxfd))) {
                 c->again = 0;
                 c->turn = l->turn;
                 ev_run(l, c);
@@ -286,12 +337,14 @@ loop_main(void *arg)
         loop_pool_scan(l, &maxfd, 0, now);
         for (int i = 0; i < l->n;) {
             struct conn *c = l->conns[i];
+            /* A tunnel on a graceful stop: cut just before the process exits. */
+            if (stopping && c->state == EV_TUNNEL && c->deadline > pibl_stop_cut() - STOP_CUT_EARLY_MS)
+                c->deadline = pibl_stop_cut() - STOP_CUT_EARLY_MS;
             if ((c->deadline != 0 && now >= c->deadline) ||
                 (stopping && c->state == EV_HEAD && c->in_len == 0)) {
                 ev_timeout(l, c);
             } else {
-                int wr = 0, fd = ev_wait_fd(c, &wr);
-                set_bit(l, fd, wr, &maxfd);
+                loop_watch(l, c, &maxfd);
                 if (c->again)
                     wait = 0;
                 if (c->deadline != 0 && c->deadline - now < wait)

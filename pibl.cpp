@@ -71,6 +71,7 @@ static const struct key_spec g_keys[] = {
     { "client_timeout",     K_INT,     CFG(client_timeout),     1, 3600 },
     { "client_min_rate",    K_INT,     CFG(client_min_rate),    0, 1 << 30 },
     { "keepalive_timeout",  K_INT,     CFG(keepalive_timeout),  1, 3600 },
+    { "tunnel_timeout",     K_INT,     CFG(tunnel_timeout),     1, 604800 },
     { "down_time",          K_INT,     CFG(down_time),          0, 86400 },
     { "max_connections",    K_INT,     CFG(max_connections),    1, 1000000 },
     { "max_header_bytes",   K_INT,     CFG(max_header_bytes),   1024, 1048576 },
@@ -106,6 +107,7 @@ pibl_config_defaults(struct pibl_config *cfg)
     cfg->client_timeout = 10;
     cfg->client_min_rate = 500;
     cfg->keepalive_timeout = 15;
+    cfg->tunnel_timeout = 3600;
     cfg->down_time = 5;
     cfg->max_connections = 10000;
     cfg->max_header_bytes = 16384;
@@ -370,11 +372,19 @@ pibl_now_us(void)
 }
 
 static std::atomic<int> g_stopping;        /* a graceful stop is in progress */
+static std::atomic<int64_t> g_stop_cut;    /* ms: what is still open then is cut */
 
 void
 pibl_stop(void)
 {
+    g_stop_cut.store(pibl_now_ms() + (int64_t)pibl_config_now()->shutdown_timeout * 1000);
     g_stopping.store(1);
+}
+
+int64_t
+pibl_stop_cut(void)
+{
+    return g_stop_cut.load();
 }
 
 int
@@ -656,15 +666,12 @@ shut_down(int lfd, int afd, int sig)
     if (afd != -1)
         close(afd);
     log_line("pibl: signal %d: stopping, %d connection(s) open", sig, g_n_active.load());
-    struct timespec t0, t;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
     pibl_stop();
     for (;;) {
         conn_stop_idle();
         if (g_n_active.load() == 0)
             break;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        if (t.tv_sec - t0.tv_sec >= pibl_config_now()->shutdown_timeout) {
+        if (pibl_now_ms() >= pibl_stop_cut()) {
             log_line("pibl: shutdown_timeout reached, %d connection(s) cut", g_n_active.load());
             break;
         }

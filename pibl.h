@@ -55,6 +55,7 @@ struct pibl_config {
     int client_min_rate;           /* bytes/s a request body must average
                                       after its first client_timeout s; 0 = off */
     int keepalive_timeout;         /* s, idle client connection */
+    int tunnel_timeout;            /* s without a byte either way in a tunnel */
     int down_time;                 /* s, a failed backend is skipped */
     int max_connections;           /* concurrent client connections */
     int max_header_bytes;          /* request head cap -> 431 */
@@ -118,6 +119,10 @@ pibl_now_ms(void)
  */
 void pibl_stop(void);
 int pibl_stopping(void);
+
+/* While stopping: the time (ms, pibl_now_ms) when connections still open
+ * are cut (shutdown_timeout after the stop began). 0 before a stop. */
+int64_t pibl_stop_cut(void);
 
 /* Write all of buf to a file or pipe, retrying EINTR and short writes.
  * Returns 0, or -1 with errno set. (Sockets use sock_writev_all.) */

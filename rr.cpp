@@ -45,6 +45,7 @@ struct backend {
     std::atomic<uint64_t> latency_sum_us;
     std::atomic<uint64_t> latency_hist[LAT_BUCKETS];
     std::atomic<const char *> last_error;  /* a static string, or NULL */
+    std::atomic<int> tunnels;          /* WebSocket tunnels open now */
 };
 
 static struct backend g_backends[MAX_BACKENDS];
@@ -380,6 +381,12 @@ rr_set_error(int i, const char *error)
 }
 
 void
+rr_tunnels(int i, int delta)
+{
+    g_backends[i].tunnels.fetch_add(delta, std::memory_order_relaxed);
+}
+
+void
 rr_stats(int i, struct rr_stats *st)
 {
     struct backend *b = &g_backends[i];
@@ -393,6 +400,7 @@ rr_stats(int i, struct rr_stats *st)
     st->requests = b->n_requests.load();
     st->failures = b->n_failures.load();
     st->last_error = b->last_error.load();
+    st->tunnels = b->tunnels.load(std::memory_order_relaxed);
     for (int k = 0; k < LAT_BUCKETS; k++) {
         hist[k] = b->latency_hist[k].load();
         n_ok += hist[k];

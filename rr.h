@@ -21,6 +21,7 @@ struct rr_stats {
     const char *last_error;        /* NULL if none */
     double avg_ms;                 /* latency to the answer head */
     double p99_ms;
+    int tunnels;                   /* WebSocket tunnels open to it now */
 };
 
 /*
@@ -76,6 +77,9 @@ void rr_record(int i, int ok, int64_t latency_us, const char *error);
 
 /* Note a failure seen outside a request (a health probe): last error only. */
 void rr_set_error(int i, const char *error);
+
+/* A tunnel to slot i opened (+1) or ended (-1). */
+void rr_tunnels(int i, int delta);
 
 /* Read slot i's counters. */
 void rr_stats(int i, struct rr_stats *st);
