@@ -29,6 +29,7 @@
 #include "pibl.h"
 #include "rr.h"
 #include "sock.h"
+#include "tunnel.h"
 
 #include <arpa/inet.h>
 #include <atomic>
@@ -259,6 +260,12 @@ slow_serve(struct conn *c)
     }
     sock_set_nonblocking(c->fd, 1);
     if (rc == EXCHANGE_TUNNEL) {
+        if (tunnel_begin(c) == -1) {
+            c->x->err = "out of memory for a tunnel";
+            exchange_end(c, c->x, -1);
+            conn_close(c);
+            return;
+        }
         sock_set_nonblocking(c->u.fd, 1);
         loop_give_tunnel(c);                    /* a loop copies the bytes from now on */
         return;

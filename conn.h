@@ -72,11 +72,8 @@ struct conn {
     size_t p1_len, p2_len;
     off_t file_off;                /* then this range of x->hit */
     uint64_t file_left;
-    /* A tunnel (EV_TUNNEL, tunnel.cpp): bytes read from one side, not yet
-     * written to the other, in the two halves of relay. */
-    size_t t_up_off, t_up_len;     /* client -> backend */
-    size_t t_dn_off, t_dn_len;     /* backend -> client */
-    int t_ends;                    /* TUNNEL_* flags: what each side has closed */
+    struct tunnel *t;              /* a tunnel's state (EV_TUNNEL, tunnel.cpp) */
+    int ready;                     /* a tunnel's TUNNEL_READY_* bits select() found, 0 = unknown */
     int again;                     /* work is buffered: run without waiting */
     unsigned turn;                 /* the loop turn that last ran it */
     struct conn *next;             /* inbox and queue links */

@@ -74,8 +74,8 @@ static void
 ev_close(struct loop *l, struct conn *c)
 {
     if (c->state == EV_TUNNEL)
-        tunnel_end(c);
-    if (c->state != EV_HEAD && c->x != NULL)
+        tunnel_end(c);                          /* its log line; c->x is gone */
+    else if (c->state != EV_HEAD && c->x != NULL)
         exchange_end(c, c->x, -1);
     loop_remove(l, c);
     conn_free(c);
@@ -583,7 +583,7 @@ ev_run(struct loop *l, struct conn *c)
             rc = ev_relay(l, c);
             break;
         case EV_TUNNEL:
-            rc = tunnel_run(c) == TUNNEL_WAIT ? EV_WAIT : EV_CLOSE;
+            rc = tunnel_run(c, loop_scratch(l)) == TUNNEL_WAIT ? EV_WAIT : EV_CLOSE;
             break;
         default:
             rc = ev_file(c);
@@ -660,7 +660,7 @@ ev_timeout(struct loop *l, struct conn *c)
         ev_close(l, c);
         return;
     case EV_TUNNEL:
-        x->err = pibl_stopping() ? "tunnel cut at shutdown_timeout" : "tunnel_timeout";
+        tunnel_fail(c, pibl_stopping() ? "tunnel cut at shutdown_timeout" : "tunnel_timeout");
         ev_close(l, c);
         return;
     default:

@@ -78,6 +78,7 @@ struct loop {
     int sent_up;                   /* this turn sent a request to a backend */
     unsigned turn;                 /* turns taken */
     int64_t pool_purge_at;         /* ms: next look for surplus pooled connections */
+    char *scratch;                 /* TUNNEL_BUF_BYTES for its tunnels' reads */
 };
 
 static struct loop g_loops[MAX_LOOPS + 1]; /* the workers, then the parking loop */
@@ -102,14 +103,19 @@ loop_push(struct loop *l, struct conn *c)
         (void)!write(l->wake[1], "", 1);
 }
 
+char *
+loop_scratch(struct loop *l)
+{
+    return l->scratch;
+}
+
 void
 loop_give_tunnel(struct conn *c)
 {
     c->state = EV_TUNNEL;
     c->resume = RESUME_FRESH;
     c->again = 0;
-    c->deadline = 0;
-    tunnel_begin(c);
+    c->deadline = c->idle_since + (int64_t)c->cfg->tunnel_timeout * 1000;
     unsigned next = g_next_loop.fetch_add(1, std::memory_order_relaxed);
     loop_push(&g_loops[next % (unsigned)g_n_loops], c);
 }
@@ -223,17 +229,23 @@ loop_watch(struct loop *l, const struct conn *c, int *maxfd)
     set_bit(l, fd, wr, maxfd);
 }
 
-/* 1 when select() found what c waits for. */
+/* 1 when select() found what c waits for; for a tunnel, which sockets go in c->ready. */
 static int
-loop_ready(const struct loop *l, const struct conn *c, int maxfd)
+loop_ready(const struct loop *l, struct conn *c, int maxfd)
 {
     if (c->state == EV_TUNNEL) {
+        static const int in[2] = { TUNNEL_READY_CLIENT_IN, TUNNEL_READY_UP_IN };
+        static const int out[2] = { TUNNEL_READY_CLIENT_OUT, TUNNEL_READY_UP_OUT };
         int fd[2], rd[2], wr[2];
         tunnel_watch(c, fd, rd, wr);
-        for (int i = 0; i < 2; i++)
-            if (fd[i] <= maxfd && ((rd[i] && has_bit(l, fd[i], 0)) || (wr[i] && has_bit(l, fd[i], 1))))
-                return 1;
-        return 0;
+        c->ready = 0;
+        for (int i = 0; i < 2; i++) {
+            if (fd[i] <= maxfd && rd[i] && has_bit(l, fd[i], 0))
+                c->ready |= in[i];
+            if (fd[i] <= maxfd && wr[i] && has_bit(l, fd[i], 1))
+                c->ready |= out[i];
+        }
+        return c->ready != 0;
     }
     int wr = 0, fd = ev_wait_fd(c, &wr);
     return fd <= maxfd && has_bit(l, fd, wr);
@@ -458,6 +470,8 @@ loop_init(void)
         pthread_t t;
         pthread_mutex_init(&l->lock, NULL);
         if (pipe2(l->wake, O_NONBLOCK | O_CLOEXEC) == -1)
+            return -1;
+        if (i < g_n_loops && (l->scratch = (char *)malloc(TUNNEL_BUF_BYTES)) == NULL)
             return -1;
         int rc = pthread_create(&t, &attr, i < g_n_loops ? loop_main : park_main, l);
         if (rc != 0) {

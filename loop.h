@@ -33,8 +33,12 @@ void loop_reject(int fd, int status, const char *why);
 /* Hand c to a worker loop: new, back from a blocking thread or from the park. */
 void loop_give(struct conn *c);
 
-/* Hand a new tunnel to a worker loop (c->u open, both sockets non-blocking). */
+/* Hand a new tunnel to a worker loop (tunnel_begin done, both sockets
+ * non-blocking). */
 void loop_give_tunnel(struct conn *c);
+
+/* Loop l's scratch buffer for its tunnels' reads (TUNNEL_BUF_BYTES). */
+char *loop_scratch(struct loop *l);
 
 /* Hand an idle connection without buffers to the parking loop. */
 void loop_park(struct conn *c);

@@ -8,14 +8,17 @@
  * both directions are closed, when a socket fails, or after tunnel_timeout
  * seconds without a byte either way (ev.cpp keeps that deadline).
  *
- * Each direction reads into its own half of the connection's relay buffer
- * and reads again only once that half went out: a side that does not read
- * holds the other back in the kernel's socket buffers, never in PIBL's
- * memory. No thread waits on a tunnel.
+ * A tunnel gives its connection's buffer block back and keeps a small state
+ * of its own: reads go through the loop's scratch buffer, and only what the
+ * receiving side could not take at once is copied aside (at most one read,
+ * TUNNEL_BUF_BYTES). While something is held for one side, the other side
+ * is not read: a peer that does not read holds the sender back in the
+ * kernel's socket buffers, never in PIBL's memory. No thread waits on a
+ * tunnel.
  *
  * It never blocks: every call is MSG_DONTWAIT.
- * Limits: TUNNEL_BUF_BYTES read ahead per direction, EV_TURN_BYTES moved per
- * loop turn.
+ * Limits: TUNNEL_BUF_BYTES held per direction, EV_TURN_BYTES moved per loop
+ * turn.
  */
 #include "tunnel.h"
 #include "conn.h"
@@ -26,26 +29,91 @@
 
 #include <atomic>
 #include <errno.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
+
+/* What each direction has seen (struct tunnel.ends). */
+enum {
+    CLIENT_EOF = 1,                /* the client sent its FIN */
+    UP_SHUT = 2,                   /* ... and it was passed on: backend SHUT_WR */
+    BACKEND_EOF = 4,               /* the backend sent its FIN */
+    CLIENT_SHUT = 8,               /* ... and it was passed on: client SHUT_WR */
+};
+
+/* Bytes one side could not take yet. */
+struct held {
+    char *buf;                     /* malloc'd while something is held, else NULL */
+    size_t off, len;
+};
+
+struct tunnel {
+    struct held up, down;          /* towards the backend, towards the client */
+    int ends;                      /* CLIENT_EOF ... */
+    uint64_t up_bytes, down_bytes;
+    const char *err;               /* why it broke, for the log */
+    /* What the log line needs of the exchange (its buffer block is gone). */
+    int64_t t_start;
+    int minor, backend;
+    char method[32], target[512], host[MAX_HOST_NAME];
+};
 
 static std::atomic<int> g_open;    /* tunnels open now */
 
-void
+int
 tunnel_begin(struct conn *c)
 {
-    c->t_up_off = c->t_up_len = 0;
-    c->t_dn_off = c->t_dn_len = 0;
-    c->t_ends = 0;
+    struct tunnel *t = (struct tunnel *)calloc(1, sizeof *t);
+
+    if (t == NULL)
+        return -1;
+    const struct exchange *x = c->x;
+    t->t_start = x->t_start;
+    t->minor = x->minor;
+    t->backend = c->u.backend;
+    t->down_bytes = x->bytes;
+    t->up_bytes = x->up_bytes;
+    memcpy(t->method, x->method, sizeof t->method);
+    memcpy(t->target, x->target, sizeof t->target);
+    memcpy(t->host, x->host, sizeof t->host);
+    conn_free_buffers(c);                      /* c->x is gone from here on */
+    c->t = t;
     c->idle_since = pibl_now_ms();
     g_open.fetch_add(1, std::memory_order_relaxed);
-    rr_tunnels(c->u.backend, 1);
+    rr_tunnels(t->backend, 1);
+    return 0;
 }
 
 void
 tunnel_end(struct conn *c)
 {
+    struct tunnel *t = c->t;
+    struct exchange x;                         /* for the log line only */
+
+    exchange_reset(&x);
+    x.t_start = t->t_start;
+    x.minor = t->minor;
+    x.backend = t->backend;
+    x.status = 101;
+    x.bytes = t->down_bytes;
+    x.up_bytes = t->up_bytes;
+    x.err = t->err;
+    memcpy(x.method, t->method, sizeof x.method);
+    memcpy(x.target, t->target, sizeof x.target);
+    memcpy(x.host, t->host, sizeof x.host);
+    exchange_log(c, &x);
     g_open.fetch_sub(1, std::memory_order_relaxed);
-    rr_tunnels(c->u.backend, -1);
+    rr_tunnels(t->backend, -1);
+    free(t->up.buf);
+    free(t->down.buf);
+    free(t);
+    c->t = NULL;
+}
+
+void
+tunnel_fail(struct conn *c, const char *why)
+{
+    c->t->err = why;
 }
 
 int
@@ -57,97 +125,136 @@ tunnel_open(void)
 void
 tunnel_watch(const struct conn *c, int fd[2], int rd[2], int wr[2])
 {
+    const struct tunnel *t = c->t;
+
     fd[0] = c->fd;
     fd[1] = c->u.fd;
-    rd[0] = !(c->t_ends & TUNNEL_CLIENT_EOF) && c->t_up_len == 0;
-    wr[0] = c->t_dn_len > 0;
-    rd[1] = !(c->t_ends & TUNNEL_BACKEND_EOF) && c->t_dn_len == 0;
-    wr[1] = c->t_up_len > 0;
+    rd[0] = !(t->ends & CLIENT_EOF) && t->up.len == 0;
+    wr[0] = t->down.len > 0;
+    rd[1] = !(t->ends & BACKEND_EOF) && t->down.len == 0;
+    wr[1] = t->up.len > 0;
 }
 
-/* One direction of a tunnel: from one socket to the other through buf. */
+/* One direction of a tunnel: from one socket to the other. */
 struct pipe_end {
     int from, to;
-    char *buf;
-    size_t *off, *len;
-    int eof, shut;                 /* its TUNNEL_* flags */
+    struct held *held;
+    int eof, shut;                 /* its flags in tunnel.ends */
     uint64_t *count;               /* bytes delivered */
     const char *read_err, *write_err;
 };
 
+/* Send what is held for p->to. Returns 1 when all went, 0 when it must
+ * wait, -1 when the socket failed. */
+static int
+send_held(struct tunnel *t, struct pipe_end *p)
+{
+    struct held *h = p->held;
+
+    while (h->len > 0) {
+        ssize_t n = send(p->to, h->buf + h->off, h->len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n == -1 && errno == EINTR)
+            continue;
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0;
+        if (n <= 0) {
+            t->err = p->write_err;
+            return -1;
+        }
+        h->off += (size_t)n;
+        h->len -= (size_t)n;
+        *p->count += (uint64_t)n;
+    }
+    free(h->buf);
+    h->buf = NULL;
+    h->off = 0;
+    return 1;
+}
+
 /*
- * Move bytes along p until neither side can go on without waiting, or
- * budget bytes went. Returns the bytes moved, or -1 when a socket failed
- * (the reason in x->err).
+ * Move bytes along p until one side would block, or budget bytes went.
+ * Returns the bytes moved, or -1 when a socket failed (t->err says which).
  */
 static long
-pump(struct conn *c, struct pipe_end *p, size_t budget)
+pump(struct tunnel *t, struct pipe_end *p, char *scratch, size_t budget)
 {
     size_t moved = 0;
 
     while (moved < budget) {
-        if (*p->len == 0 && !(c->t_ends & p->eof)) {
-            ssize_t n = recv(p->from, p->buf, TUNNEL_BUF_BYTES, MSG_DONTWAIT);
-            if (n == -1 && errno == EINTR)
-                continue;
-            if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
-                break;
-            if (n == -1) {
-                c->x->err = p->read_err;
-                return -1;
-            }
-            if (n == 0) {
-                c->t_ends |= p->eof;
-            } else {
-                *p->off = 0;
-                *p->len = (size_t)n;
-            }
+        if (p->held->len > 0) {
+            uint64_t before = *p->count;
+            int rc = send_held(t, p);
+            moved += (size_t)(*p->count - before);
+            if (rc != 1)
+                return rc == -1 ? -1 : (long)moved;
         }
-        if (*p->len > 0) {
-            ssize_t n = send(p->to, p->buf + *p->off, *p->len, MSG_DONTWAIT | MSG_NOSIGNAL);
-            if (n == -1 && errno == EINTR)
-                continue;
-            if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
-                break;
-            if (n <= 0) {
-                c->x->err = p->write_err;
-                return -1;
-            }
-            *p->off += (size_t)n;
-            *p->len -= (size_t)n;
-            *p->count += (uint64_t)n;
-            moved += (size_t)n;
-            if (*p->len > 0)
-                break;                          /* the receiver is full: wait */
-        }
-        if (*p->len == 0 && (c->t_ends & p->eof)) {
-            if (!(c->t_ends & p->shut)) {
-                shutdown(p->to, SHUT_WR);       /* pass the half-close on */
-                c->t_ends |= p->shut;
+        if (t->ends & p->eof) {
+            if (!(t->ends & p->shut)) {
+                shutdown(p->to, SHUT_WR);       /* drained: pass the half-close on */
+                t->ends |= p->shut;
             }
             break;
         }
+        ssize_t n = recv(p->from, scratch, TUNNEL_BUF_BYTES, MSG_DONTWAIT);
+        if (n == -1 && errno == EINTR)
+            continue;
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        if (n == -1) {
+            t->err = p->read_err;
+            return -1;
+        }
+        if (n == 0) {
+            t->ends |= p->eof;
+            continue;
+        }
+        int drained = n < TUNNEL_BUF_BYTES;       /* the socket had no more: do not ask again */
+        ssize_t w = send(p->to, scratch, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w == -1 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            w = 0;
+        if (w == -1) {
+            t->err = p->write_err;
+            return -1;
+        }
+        *p->count += (uint64_t)w;
+        moved += (size_t)w;
+        if (w < n) {                            /* the rest waits for the receiver */
+            p->held->buf = (char *)malloc((size_t)(n - w));
+            if (p->held->buf == NULL) {
+                t->err = "out of memory";
+                return -1;
+            }
+            memcpy(p->held->buf, scratch + w, (size_t)(n - w));
+            p->held->off = 0;
+            p->held->len = (size_t)(n - w);
+            break;
+        }
+        if (drained)
+            break;                              /* select() says when more comes */
     }
     return (long)moved;
 }
 
 int
-tunnel_run(struct conn *c)
+tunnel_run(struct conn *c, char *scratch)
 {
-    struct exchange *x = c->x;
-    struct pipe_end up = { c->fd, c->u.fd, c->relay, &c->t_up_off, &c->t_up_len,
-        TUNNEL_CLIENT_EOF, TUNNEL_UP_SHUT, &x->up_bytes,
+    struct tunnel *t = c->t;
+    struct pipe_end up = { c->fd, c->u.fd, &t->up, CLIENT_EOF, UP_SHUT, &t->up_bytes,
         "client reset the tunnel", "backend reset the tunnel" };
-    struct pipe_end down = { c->u.fd, c->fd, c->relay + TUNNEL_BUF_BYTES, &c->t_dn_off,
-        &c->t_dn_len, TUNNEL_BACKEND_EOF, TUNNEL_CLIENT_SHUT, &x->bytes,
+    struct pipe_end down = { c->u.fd, c->fd, &t->down, BACKEND_EOF, CLIENT_SHUT, &t->down_bytes,
         "backend reset the tunnel", "client went away" };
 
-    long a = pump(c, &up, EV_TURN_BYTES / 2);
-    long b = a == -1 ? -1 : pump(c, &down, EV_TURN_BYTES / 2);
+    int r = c->ready != 0 ? c->ready : TUNNEL_READY_CLIENT_IN | TUNNEL_READY_CLIENT_OUT |
+        TUNNEL_READY_UP_IN | TUNNEL_READY_UP_OUT;
+    c->ready = 0;
+    long a = 0, b = 0;
+    if (r & (TUNNEL_READY_CLIENT_IN | TUNNEL_READY_UP_OUT))
+        a = pump(t, &up, scratch, EV_TURN_BYTES / 2);
+    if (a != -1 && (r & (TUNNEL_READY_UP_IN | TUNNEL_READY_CLIENT_OUT)))
+        b = pump(t, &down, scratch, EV_TURN_BYTES / 2);
     if (a == -1 || b == -1)
         return TUNNEL_BROKEN;
     if (a + b > 0)
         c->idle_since = pibl_now_ms();
-    int both = TUNNEL_UP_SHUT | TUNNEL_CLIENT_SHUT;
-    return (c->t_ends & both) == both ? TUNNEL_DONE : TUNNEL_WAIT;
+    return (t->ends & (UP_SHUT | CLIENT_SHUT)) == (UP_SHUT | CLIENT_SHUT) ? TUNNEL_DONE : TUNNEL_WAIT;
 }

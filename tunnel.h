@@ -1,5 +1,5 @@
 /*
- * tunnel.h - a WebSocket tunnel (tunnel.cpp): once a backend's 101 accepted
+ * tunnel.h - WebSocket tunnels (tunnel.cpp): once a backend's 101 accepted
  * the upgrade a client asked for, an event loop copies bytes between the two
  * sockets, both ways, without parsing them, until both directions are closed
  * or tunnel_timeout passes without a byte.
@@ -9,44 +9,58 @@
 
 #include "conn.h"
 
-#define TUNNEL_BUF_BYTES (RELAY_BUF_BYTES / 2)  /* read ahead per direction */
+#define TUNNEL_BUF_BYTES 32768     /* one read, and at most this much held per direction */
 
-/* c->t_ends: what has happened to each direction. */
-enum tunnel_end {
-    TUNNEL_CLIENT_EOF = 1,         /* the client sent its FIN */
-    TUNNEL_UP_SHUT = 2,            /* ... and it was passed on: backend SHUT_WR */
-    TUNNEL_BACKEND_EOF = 4,        /* the backend sent its FIN */
-    TUNNEL_CLIENT_SHUT = 8,        /* ... and it was passed on: client SHUT_WR */
+struct tunnel;
+
+/* Which of a tunnel's sockets select() found ready (c->ready; 0 = unknown:
+ * try every one). */
+enum tunnel_ready {
+    TUNNEL_READY_CLIENT_IN = 1,
+    TUNNEL_READY_CLIENT_OUT = 2,
+    TUNNEL_READY_UP_IN = 4,
+    TUNNEL_READY_UP_OUT = 8,
 };
 
 /* What tunnel_run() says. */
 enum tunnel_result {
     TUNNEL_WAIT = 0,               /* wait on tunnel_watch()'s sockets */
     TUNNEL_DONE = 1,               /* both directions closed: end it */
-    TUNNEL_BROKEN = -1,            /* a socket failed: end it (c->x->err says which) */
+    TUNNEL_BROKEN = -1,            /* a socket failed: end it (the reason is kept for the log) */
 };
 
-/* A tunnel starts on c (c->u is its backend end, both sockets non-blocking,
- * nothing buffered): empty buffers, counted as open for its backend. */
-void tunnel_begin(struct conn *c);
+/*
+ * The 101 went through on c (c->u is the backend end; the client socket is
+ * non-blocking): keep what the log line needs from c->x, give the buffer
+ * block back (an idle tunnel costs a few hundred bytes, not a block), and
+ * count the tunnel as open. Returns 0, or -1 when out of memory (c is
+ * unchanged: log and close it).
+ */
+int tunnel_begin(struct conn *c);
 
-/* It ends (just before c is closed): no longer counted as open. */
+/* It ends, c about to be closed: its log line (status 101, bytes both
+ * ways, the reason if any), no longer counted, its state freed. */
 void tunnel_end(struct conn *c);
+
+/* Why it is being ended from outside (tunnel_timeout, a stop), for the log. */
+void tunnel_fail(struct conn *c, const char *why);
 
 /*
  * The sockets to wait on: fd[i] for reading when rd[i], for writing when
  * wr[i] (the client is i = 0, the backend i = 1). A side is read only when
- * the buffer towards the other is empty, so a peer that does not read holds
- * the other one back (back-pressure), never more than TUNNEL_BUF_BYTES.
+ * nothing is held for the other, so a peer that does not read holds the
+ * other one back (back-pressure), never more than TUNNEL_BUF_BYTES.
  */
 void tunnel_watch(const struct conn *c, int fd[2], int rd[2], int wr[2]);
 
 /*
- * Copy what can be copied now without blocking, both ways, at most
- * EV_TURN_BYTES a turn; pass a half-close on once its direction is drained.
- * Sets c->idle_since when a byte moved. Returns an enum tunnel_result.
+ * Copy what can be copied now without blocking, at most EV_TURN_BYTES a
+ * turn, in the directions c->ready says can move (then clears it), reading
+ * through scratch (TUNNEL_BUF_BYTES of the calling loop's); pass a
+ * half-close on once its direction is drained. Sets c->idle_since when a
+ * byte moved. Returns an enum tunnel_result.
  */
-int tunnel_run(struct conn *c);
+int tunnel_run(struct conn *c, char *scratch);
 
 /* Tunnels open now, all backends together. */
 int tunnel_open(void);

@@ -67,7 +67,7 @@
 #define RESP_HEAD_BYTES     4096                 /* one response head */
 #define EXTRA_HEAD_BYTES    2048                 /* route-specific response headers */
 #define ECHO_MAX_BODY       (1024 * 1024)        /* /_echo returns bodies up to this */
-#define MAX_CONNECTIONS     1024                 /* concurrent connections (503) */
+#define MAX_CONNECTIONS     4096                 /* concurrent connections (503) */
 #define THREAD_STACK_BYTES  (256 * 1024)         /* per connection thread */
 #define IO_TIMEOUT_SEC      60                   /* socket silence before giving up */
 #define LINGER_TIMEOUT_SEC  2                    /* draining a peer before close */

@@ -21,7 +21,9 @@
 # (VmRSS the moment they are all open, and the most seen while they are held,
 # from 2 s later on, around each run; a second PIBL without them runs the
 # same load in the same rounds, as the run to compare with); one 1 GiB
-# response streamed through each proxy with curl (peak RSS). The 1.4 KB miss
+# response streamed through each proxy with curl (peak RSS); WebSocket echo
+# round trips through 64 tunnels (scripts/ws-load.c) and the memory of
+# BENCH_WS_IDLE idle tunnels held open. The 1.4 KB miss
 # at 64 connections also runs HAProxy in TCP mode (haproxy-tcp): a relay
 # that parses no HTTP, a reference for what moving these bytes costs.
 #
@@ -37,7 +39,8 @@
 #             proves the script works (make test); exits 0 when wrk completed
 #             requests without errors.
 # Environment: BENCH_SECONDS (10) per wrk run, BENCH_ROUNDS (3) runs per
-# proxy, BENCH_IDLE (10000) idle connections, BENCH_STREAM_BYTES (1 GiB),
+# proxy, BENCH_IDLE (10000) idle connections, BENCH_WS_IDLE (10000) idle
+# WebSocket tunnels (fewer when ulimit -n is short), BENCH_STREAM_BYTES (1 GiB),
 # BENCH_ONLY (regex of scenario names to run), BENCH_PROXIES ("pibl nginx
 # haproxy"), BENCH_OUT (bench-out), BENCH_HOGS (0) busy shell loops that
 # share the CPUs for the whole run (each stops by itself after HOG_MAX_SEC).
@@ -50,6 +53,7 @@ OUT=${BENCH_OUT:-$ROOT/bench-out}
 DUR=${BENCH_SECONDS:-10}
 ROUNDS=${BENCH_ROUNDS:-3}
 IDLE_N=${BENCH_IDLE:-10000}
+WS_IDLE_N=${BENCH_WS_IDLE:-10000}
 STREAM_BYTES=${BENCH_STREAM_BYTES:-1073741824}
 HOGS=${BENCH_HOGS:-0}
 HOG_MAX_SEC=7200
@@ -343,6 +347,14 @@ $(for p in "${ORIGIN_PORTS[@]}"; do echo "        server 127.0.0.1:$p;"; done)
     }
     server {
         listen 127.0.0.1:${PORT[nginx]} backlog=4096;
+        location /_ws {
+            proxy_pass http://origins;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_set_header Host \$http_host;
+            proxy_read_timeout 3600s;
+        }
         location / {
             proxy_pass http://origins;
             proxy_http_version 1.1;
@@ -618,6 +630,68 @@ idle_scenario() {
     stop_proxies
 }
 
+# ws_scenario: WebSocket tunnels to the origins' /_ws echo. ws-echo-c64:
+# 64 tunnels each sending a 32-byte message and waiting for its echo, again
+# and again (scripts/ws-load.c), ROUNDS alternating runs per proxy; CPU per
+# round trip (two messages through the proxy). ws-idle: WS_IDLE_N open,
+# silent tunnels per fresh proxy, VmRSS 2 s after they are all open.
+ws_scenario() {
+    local p round line before after n helper=$TMP/ws-load
+    SCEN=ws-echo-c64
+    if wanted "$SCEN" || wanted ws-idle; then
+        cc -O2 -D_GNU_SOURCE -o "$helper" "$ROOT/scripts/ws-load.c" || die "cannot compile scripts/ws-load.c"
+    fi
+    if wanted "$SCEN"; then
+        note "$SCEN: ${#PROXIES[@]} proxies x $ROUNDS rounds x ${DUR}s"
+        start_proxies 0
+        for ((round = 1; round <= ROUNDS; round++)); do
+            for p in "${PROXIES[@]}"; do
+                before=$(proxy_cpu "$p")
+                timeout $((DUR + 60)) "$helper" "${PORT[$p]}" 64 "$DUR" echo > "$TMP/ws-$p.out" 2>&1 &
+                wait_job $! || true
+                after=$(proxy_cpu "$p")
+                line=$(grep -m1 'ws-load: done' "$TMP/ws-$p.out" || true)
+                cp "$TMP/ws-$p.out" "$OUT/$SCEN-$p-r$round.txt"
+                # ws.tsv: proxy round round_trips secs cpu_ticks
+                printf '%s\t%s\t%s\t%s\t%s\n' "$p" "$round" \
+                    "$(sed -n 's/.* round_trips=\([0-9]*\).*/\1/p' <<< "$line")" \
+                    "$(sed -n 's/.* secs=\([0-9.]*\).*/\1/p' <<< "$line")" $((after - before)) >> "$OUT/ws.tsv"
+            done
+        done
+        stop_proxies
+    fi
+    SCEN=ws-idle
+    wanted "$SCEN" || return 0
+    n=$WS_IDLE_N
+    if [ $((2 * n + 1000)) -gt "$(ulimit -n)" ]; then
+        n=$((($(ulimit -n) - 1000) / 2))
+        note "$SCEN: ulimit -n is $(ulimit -n): $n tunnels instead of $WS_IDLE_N (a proxy needs two descriptors each)"
+    fi
+    note "$SCEN: $n idle tunnels per proxy"
+    start_proxies 0
+    for p in "${PROXIES[@]}"; do
+        before=$(proxy_kb VmRSS "$p")
+        timeout 120 "$helper" "${PORT[$p]}" "$n" 60 idle > "$TMP/wsidle-$p.out" 2>&1 &
+        local hp=$!
+        JOBS+=("$hp")
+        for ((round = 0; round < 600; round++)); do
+            grep -q 'ws-load: ready' "$TMP/wsidle-$p.out" 2>/dev/null && break
+            kill -0 "$hp" 2>/dev/null || break
+            sleep 0.1
+        done
+        sleep 2
+        after=$(proxy_kb VmRSS "$p")
+        line=$(grep -m1 'ws-load: ready' "$TMP/wsidle-$p.out" || true)
+        # ws-idle.tsv: proxy tunnels_open VmRSS_kB_before VmRSS_kB_with_them
+        printf '%s\t%s\t%s\t%s\n' "$p" "$(sed -n 's/.* open=\([0-9]*\).*/\1/p' <<< "$line")" "$before" \
+            "$after" >> "$OUT/ws-idle.tsv"
+        stop_pid "$hp"
+        untrack_job "$hp"
+        cp "$TMP/wsidle-$p.out" "$OUT/$SCEN-$p.txt"
+    done
+    stop_proxies
+}
+
 # stream_scenario: one STREAM_BYTES response through each fresh proxy.
 stream_scenario() {
     local p res
@@ -678,6 +752,7 @@ report() {
         echo "$(live_hogs) busy loops (BENCH_HOGS) shared the CPUs during every run."
     fi
     echo
+    : > "$OUT/summary.tsv"
     awk -F'\t' -v hz="$hz" -v rss_file="$OUT/rss.tsv" '
         function median(list,    a, n, i, j, t) {
             n = split(list, a, " ")
@@ -734,6 +809,43 @@ report() {
         echo "Same rounds: against pibl-noidle, a second PIBL holding no idle connection, run right after PIBL" \
             "in every round. The c64 row was measured minutes earlier."
     fi
+    if [ -s "$OUT/ws.tsv" ]; then
+        echo
+        echo "WebSocket echo, 64 tunnels, 32-byte messages (scripts/ws-load.c; median of $ROUNDS runs):"
+        echo
+        echo "| proxy | round trips/s | CPU us per round trip | PIBL / this: round trips/s, CPU |"
+        echo "|---|---:|---:|---|"
+        awk -F'\t' -v hz="$hz" '
+            function median(list,    a, n, i, j, t) {
+                n = split(list, a, " ")
+                for (i = 2; i <= n; i++)
+                    for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+                return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+            }
+            {
+                if (!($1 in trips)) order[++n] = $1
+                rate[$1] = rate[$1] " " ($4 > 0 ? $3 / $4 : 0); trips[$1] += $3; ticks[$1] += $5
+            }
+            END {
+                for (i = 1; i <= n; i++) { p = order[i]; R[p] = median(rate[p]); C[p] = trips[p] > 0 ? ticks[p] * 1e6 / hz / trips[p] : 0 }
+                for (i = 1; i <= n; i++) {
+                    p = order[i]
+                    cmp = p != "pibl" && R[p] > 0 && C[p] > 0 ? sprintf("%.2f x, %.2f x", R["pibl"] / R[p], C["pibl"] / C[p]) : "-"
+                    printf "| %s | %.0f | %.1f | %s |\n", p, R[p], C[p], cmp
+                    # ws-summary.tsv: proxy round_trips_per_s cpu_us
+                    printf "%s\t%.0f\t%.2f\n", p, R[p], C[p] > sum
+                }
+            }' sum="$OUT/ws-summary.tsv" "$OUT/ws.tsv"
+    fi
+    if [ -s "$OUT/ws-idle.tsv" ]; then
+        echo
+        echo "Idle WebSocket tunnels held open (fresh proxy, VmRSS 2 s after the last one opened):"
+        echo
+        echo "| proxy | tunnels open | RSS before MB | RSS with them MB | KB per tunnel |"
+        echo "|---|---:|---:|---:|---:|"
+        awk -F'\t' '{ printf "| %s | %d | %.1f | %.1f | %.1f |\n", $1, $2, $3 / 1024, $4 / 1024,
+                      ($2 > 0 ? ($4 - $3) / $2 : 0) }' "$OUT/ws-idle.tsv"
+    fi
     if [ -s "$OUT/stream.tsv" ]; then
         echo
         echo "One $STREAM_BYTES-byte response streamed through (curl, fresh proxy):"
@@ -750,7 +862,8 @@ targets() {
     echo
     echo "Targets, this run:"
     echo
-    awk -F'\t' -v idle="$OUT/idle.tsv" -v stream="$OUT/stream.tsv" -v idle_n="$IDLE_N" -v want="$STREAM_BYTES" '
+    awk -F'\t' -v idle="$OUT/idle.tsv" -v stream="$OUT/stream.tsv" -v idle_n="$IDLE_N" -v want="$STREAM_BYTES" \
+        -v ws="$OUT/ws-summary.tsv" -v wsidle="$OUT/ws-idle.tsv" -v ws_n="$WS_IDLE_N" '
         function mark(ok) { return ok ? "- [x] " : "- [ ] " }
         function div(a, b) { return b > 0 ? a / b : 0 }
         {
@@ -790,6 +903,20 @@ targets() {
                     printf "%s%s bytes streamed (status %s) with peak RSS < 32 MB: %.1f MB\n",
                         mark(f[2] == 200 && f[3] == want && f[5] < 32768), f[3], f[2], f[5] / 1024
             }
+            while ((getline l < ws) > 0) {
+                split(l, f, "\t"); WR[f[1]] = f[2]; WC[f[1]] = f[3]
+            }
+            for (q in WR)
+                if (q != "pibl" && ("pibl" in WR))
+                    printf "%sWebSocket round trips/s >= %s, CPU per round trip <= %s: %.2f x, %.2f x\n",
+                        mark(WR["pibl"] >= WR[q] && WC["pibl"] <= WC[q]), q, q, div(WR["pibl"], WR[q]),
+                        div(WC["pibl"], WC[q])
+            while ((getline l < wsidle) > 0) {
+                split(l, f, "\t")
+                if (f[1] == "pibl")
+                    printf "%s%d idle tunnels (of %d wanted) cost < 64 MB of RSS in all: %.1f MB (%.1f KB each)\n",
+                        mark(f[2] >= ws_n && f[4] < 65536), f[2], ws_n, f[4] / 1024, div(f[4] - f[3], f[2])
+            }
         }' "$OUT/summary.tsv"
 }
 
@@ -812,6 +939,7 @@ main() {
     check_range BENCH_SECONDS "$DUR" 1 600
     check_range BENCH_ROUNDS "$ROUNDS" 1 20
     check_range BENCH_IDLE "$IDLE_N" 1 100000
+    check_range BENCH_WS_IDLE "$WS_IDLE_N" 1 20000
     check_range BENCH_STREAM_BYTES "$STREAM_BYTES" 1 68719476736
     check_range BENCH_HOGS "$HOGS" 0 64
     command -v wrk > /dev/null || die "wrk not found (Debian: apt-get install wrk)"
@@ -861,6 +989,7 @@ main() {
     scenario big-hit-c1000 1000 /big.bin 1
     idle_scenario
     stream_scenario
+    ws_scenario
     { report; targets; } | tee "$OUT/table.md"
 }
 
