@@ -72,6 +72,20 @@ BENCH="$BATS_TEST_DIRNAME/../scripts/bench.sh"
     [ -z "$(ls -A "$BATS_TEST_TMPDIR/tmp")" ]
 }
 
+@test "bench.sh WebSocket rows: echo round trips through 64 tunnels, and the memory of idle tunnels" {
+    command -v wrk > /dev/null || skip "wrk not installed"
+    command -v cc > /dev/null || skip "no C compiler for scripts/ws-load.c"
+    mkdir "$BATS_TEST_TMPDIR/tmp"
+    run env BENCH_PROXIES="pibl" BENCH_ONLY='^ws-' BENCH_SECONDS=1 BENCH_ROUNDS=1 BENCH_WS_IDLE=200 \
+        BENCH_OUT="$BATS_TEST_TMPDIR/bench-out" TMPDIR="$BATS_TEST_TMPDIR/tmp" timeout 180 "$BENCH"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ $output =~ WebSocket\ echo.*\|\ pibl\ \|\ [1-9][0-9]*\ \|\ [0-9.]+\ \| ]]
+    [[ $output =~ \|\ pibl\ \|\ 200\ \|\ [0-9.]+\ \|\ [0-9.]+\ \|\ [0-9.]+\ \| ]]
+    [[ $output == *"200 idle tunnels (of 200 wanted) cost < 64 MB of RSS in all"* ]]
+    [ -z "$(ls -A "$BATS_TEST_TMPDIR/tmp")" ]
+}
+
 @test "bench.sh refuses a bad setting and an unknown option with status 2" {
     run env BENCH_SECONDS=abc "$BENCH" --quick
     [ "$status" -eq 2 ]
