@@ -691,11 +691,17 @@ cachepolicy_stale_if_error(struct conn *c, struct exchange *x)
 }
 
 void
-cachepolicy_end(struct exchange *x)
+cachepolicy_unlock(struct exchange *x)
 {
     if (x->locked)
         cache_unlock(x->key, (size_t)x->key_len);
     x->locked = 0;
+}
+
+void
+cachepolicy_end(struct exchange *x)
+{
+    cachepolicy_unlock(x);
     if (x->invalidate && x->key_len > 0 && x->status >= 200 && x->status < 400)
         cache_remove(x->key, (size_t)x->key_len);
     x->invalidate = 0;

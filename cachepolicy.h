@@ -124,4 +124,7 @@ int cachepolicy_own_field(const struct http_header *h);
  * unsafe method, the entries it held. */
 void cachepolicy_end(struct exchange *x);
 
+/* Let requests collapsed behind x go now (the lock, if x holds it). */
+void cachepolicy_unlock(struct exchange *x);
+
 #endif

@@ -639,6 +639,11 @@ relay_response(struct conn *c, struct exchange *x, struct upstream *u, size_t le
     }
 
     struct cache_writer *cw = cachepolicy_store_begin(c, x, &resp, &ct);
+    /* Requests collapsed behind this one do not wait for an answer that is
+     * not stored, nor for a stream (no known length: server-sent events,
+     * long polling), which may last as long as it likes. */
+    if (cw == NULL || bi.kind == HTTP_BODY_CHUNKED || bi.kind == HTTP_BODY_CLOSE)
+        cachepolicy_unlock(x);
 
     int out_chunked = 0;
     if (bi.kind == HTTP_BODY_CHUNKED || bi.kind == HTTP_BODY_CLOSE) {

@@ -330,3 +330,34 @@ EOF
     last=$(tail -n 1 "$BATS_TEST_TMPDIR/events" | cut -d' ' -f1)
     [ $((last - first)) -gt 2000 ]
 }
+
+@test "streams: a second client of the same event stream is not held behind the first by request collapsing" {
+    PIBL_TTL=60
+    start_origin o1
+    start_pibl
+    local t0 pid b_first a_last
+    t0=$(now_ms)
+    (pcurl -N "$(url '/_sse?n=3&ms=1500')" | while IFS= read -r line; do
+        if [ -n "$line" ]; then
+            echo "$(($(now_ms) - t0)) $line"
+        fi
+    done >"$BATS_TEST_TMPDIR/a") 3>&- &
+    pid=$!
+    track_pid "$pid"
+    sleep 0.5
+    pcurl -N "$(url '/_sse?n=3&ms=1500')" | while IFS= read -r line; do
+        if [ -n "$line" ]; then
+            echo "$(($(now_ms) - t0)) $line"
+        fi
+    done >"$BATS_TEST_TMPDIR/b"
+    wait_pid_exit "$pid" 10
+    untrack_pid "$pid"
+    cat "$BATS_TEST_TMPDIR/a" "$BATS_TEST_TMPDIR/b"
+    [ "$(grep -c 'data: event' "$BATS_TEST_TMPDIR/a")" -eq 3 ]
+    [ "$(grep -c 'data: event' "$BATS_TEST_TMPDIR/b")" -eq 3 ]
+    b_first=$(head -n 1 "$BATS_TEST_TMPDIR/b" | cut -d' ' -f1)
+    a_last=$(tail -n 1 "$BATS_TEST_TMPDIR/a" | cut -d' ' -f1)
+    # The second stream started while the first one was still going.
+    [ "$b_first" -lt $((a_last - 1000)) ]
+    [ "$(grep -c '^o1 GET /_sse' "$(origin_log o1)")" -eq 2 ]
+}
