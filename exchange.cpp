@@ -36,6 +36,7 @@
 #include "pibl.h"
 #include "rr.h"
 #include "sock.h"
+#include "tunnel.h"
 #include "upstream.h"
 
 #include <atomic>
@@ -767,63 +768,6 @@ exchange_relay_final(struct conn *c, struct exchange *x, struct upstream *u, siz
     return keep;
 }
 
-/*
- * The backend accepted the upgrade (its 101 head is c->uin[0..rh_len), len
- * bytes read): relay that head, then what each side sent past its own head,
- * and leave u open as c->u, the backend end of the tunnel an event loop runs
- * from now on (tunnel.cpp). Returns EXCHANGE_TUNNEL, or -1 when a side went
- * away first (u closed).
- */
-static int
-exchange_tunnel(struct conn *c, struct exchange *x, struct upstream *u, size_t len, long rh_len,
-    int64_t t_sent)
-{
-    struct http_response resp;
-    struct http_tokens ct;
-    struct http_builder b = { c->out, c->out_cap, 0, 0 };
-
-    rr_record(u->backend, 1, pibl_now_us() - t_sent, NULL);
-    x->keep_alive = 0;
-    if (http_parse_response(c->uin, (size_t)rh_len, &resp) == -1) {
-        upstream_close(u);
-        exchange_error(c, x, 502, "invalid answer from backend", 0);
-        return -1;
-    }
-    http_scan_connection(resp.headers, resp.n_headers, &ct);
-    http_put_status(&b, 101);
-    http_put(&b, resp.reason, resp.reason_len);
-    http_put(&b, "\r\n", 2);
-    for (int i = 0; i < resp.n_headers; i++)
-        if (!http_is_hop_by_hop(&resp.headers[i], &ct) &&
-            !http_is_lookalike(resp.headers[i].name, resp.headers[i].name_len))
-            http_put_forward(&b, &resp.headers[i]);
-    http_puts(&b, "Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
-    if (b.overflow) {
-        upstream_close(u);
-        exchange_error(c, x, 502, "101 head too large once rewritten", 0);
-        return -1;
-    }
-    x->status = 101;
-    size_t early = len - (size_t)rh_len;        /* the backend's first bytes */
-    struct iovec iov[2] = { { c->out, b.len }, { c->uin + rh_len, early } };
-    if (sock_writev_all(c->fd, iov, early > 0 ? 2 : 1) == -1) {
-        upstream_close(u);
-        x->err = "client went away";
-        return -1;
-    }
-    x->bytes += early;
-    if (c->in_len > 0 && sock_write_all(u->fd, c->in + c->in_off, c->in_len) == -1) {
-        upstream_close(u);
-        x->err = "backend closed the tunnel";
-        return -1;
-    }
-    x->up_bytes += c->in_len;
-    c->in_off = c->in_len = 0;
-    c->u = *u;
-    u->fd = -1;
-    return EXCHANGE_TUNNEL;
-}
-
 int
 exchange_forward(struct conn *c, struct exchange *x, const char *host, size_t host_len,
     const char *path, size_t path_len, const struct http_tokens *ct)
@@ -900,7 +844,7 @@ exchange_forward(struct conn *c, struct exchange *x, const char *host, size_t ho
         if (hr == ANSWER_CLIENT_GONE)
             return -1;
         if (hr == ANSWER_UPGRADE)
-            return exchange_tunnel(c, x, &u, len, rh_len, t_sent);
+            return tunnel_accept(c, x, &u, len, rh_len, t_sent);
         if (hr == ANSWER_OK)
             return exchange_relay_final(c, x, &u, len, rh_len, t_sent);
         upstream_close(&u);

@@ -1,7 +1,8 @@
 /*
  * tunnel.cpp - WebSocket tunnels, run by the event loops. After a backend's
  * 101 Switching Protocols accepted the upgrade the client asked for
- * (exchange.cpp checks that), the connection's two sockets are joined: what
+ * (exchange.cpp checks that), tunnel_accept() relays the 101 and the bytes
+ * that came with either head, and the connection's two sockets are joined: what
  * one side sends, the other receives, in order, unparsed (RFC 9110 7.8: the
  * connection is no longer HTTP). A half-close is passed on with
  * shutdown(SHUT_WR) once its direction is drained, and the tunnel ends when
@@ -16,7 +17,8 @@
  * kernel's socket buffers, never in PIBL's memory. No thread waits on a
  * tunnel.
  *
- * It never blocks: every call is MSG_DONTWAIT.
+ * Only tunnel_accept() blocks: it runs in the blocking thread that made the
+ * exchange, under its socket timeouts. The rest never blocks (MSG_DONTWAIT).
  * Limits: TUNNEL_BUF_BYTES held per direction, EV_TURN_BYTES moved per loop
  * turn.
  */
@@ -25,13 +27,17 @@
 #include "ev.h"
 #include "exchange.h"
 #include "pibl.h"
+#include "http.h"
 #include "rr.h"
+#include "sock.h"
+#include "upstream.h"
 
 #include <atomic>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 /* What each direction has seen (struct tunnel.ends). */
 enum {
@@ -59,6 +65,57 @@ struct tunnel {
 };
 
 static std::atomic<int> g_open;    /* tunnels open now */
+
+int
+tunnel_accept(struct conn *c, struct exchange *x, struct upstream *u, size_t len, long rh_len,
+    int64_t t_sent)
+{
+    struct http_response resp;
+    struct http_tokens ct;
+    struct http_builder b = { c->out, c->out_cap, 0, 0 };
+
+    rr_record(u->backend, 1, pibl_now_us() - t_sent, NULL);
+    x->keep_alive = 0;
+    if (http_parse_response(c->uin, (size_t)rh_len, &resp) == -1) {
+        upstream_close(u);
+        exchange_error(c, x, 502, "invalid answer from backend", 0);
+        return -1;
+    }
+    http_scan_connection(resp.headers, resp.n_headers, &ct);
+    http_put_status(&b, 101);
+    http_put(&b, resp.reason, resp.reason_len);
+    http_put(&b, "\r\n", 2);
+    for (int i = 0; i < resp.n_headers; i++)
+        if (!http_is_hop_by_hop(&resp.headers[i], &ct) &&
+            !http_is_lookalike(resp.headers[i].name, resp.headers[i].name_len))
+            http_put_forward(&b, &resp.headers[i]);
+    http_puts(&b, "Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+    if (b.overflow) {
+        upstream_close(u);
+        exchange_error(c, x, 502, "101 head too large once rewritten", 0);
+        return -1;
+    }
+    x->status = 101;
+    size_t early = len - (size_t)rh_len;        /* the backend's first bytes */
+    struct iovec iov[2] = { { c->out, b.len }, { c->uin + rh_len, early } };
+    if (sock_writev_all(c->fd, iov, early > 0 ? 2 : 1) == -1) {
+        upstream_close(u);
+        x->err = "client went away";
+        return -1;
+    }
+    x->bytes += early;
+    if (c->in_len > 0 && sock_write_all(u->fd, c->in + c->in_off, c->in_len) == -1) {
+        upstream_close(u);
+        x->err = "backend closed the tunnel";
+        return -1;
+    }
+    x->up_bytes += c->in_len;
+    c->in_off = c->in_len = 0;
+    c->u = *u;
+    u->fd = -1;
+    return EXCHANGE_TUNNEL;
+}
+
 
 int
 tunnel_begin(struct conn *c)

@@ -29,6 +29,19 @@ enum tunnel_result {
     TUNNEL_BROKEN = -1,            /* a socket failed: end it (the reason is kept for the log) */
 };
 
+struct exchange;
+
+/*
+ * The backend accepted the upgrade x asked for (its 101 head is
+ * c->uin[0..rh_len), len bytes read; the thread that made the exchange
+ * calls this, with blocking sockets): relay that head, then what each side
+ * sent past its own head, and leave u open as c->u, the backend end of the
+ * tunnel. Returns EXCHANGE_TUNNEL, or -1 when a side went away first (u
+ * closed, x->err says which).
+ */
+int tunnel_accept(struct conn *c, struct exchange *x, struct upstream *u, size_t len, long rh_len,
+    int64_t t_sent);
+
 /*
  * The 101 went through on c (c->u is the backend end; the client socket is
  * non-blocking): keep what the log line needs from c->x, give the buffer
