@@ -727,16 +727,8 @@ exchange_relay_interim(struct conn *c, struct exchange *x, struct upstream *u, s
             return ANSWER_BAD_101;
         }
         /* Rewritten like a final head: hop-by-hop and look-alike fields out. */
-        struct http_tokens ct;
         struct http_builder b = { c->out, c->out_cap, 0, 0 };
-        http_scan_connection(resp.headers, resp.n_headers, &ct);
-        http_put_status(&b, resp.status);
-        http_put(&b, resp.reason, resp.reason_len);
-        http_put(&b, "\r\n", 2);
-        for (int i = 0; i < resp.n_headers; i++)
-            if (!http_is_hop_by_hop(&resp.headers[i], &ct) &&
-                !http_is_lookalike(resp.headers[i].name, resp.headers[i].name_len))
-                http_put_forward(&b, &resp.headers[i]);
+        http_put_answer_head(&b, &resp);
         http_put(&b, "\r\n", 2);
         if (b.overflow)
             return ANSWER_BAD;

@@ -665,6 +665,21 @@ http_put_forward(struct http_builder *b, const struct http_header *h)
     http_put_field(b, h->name, h->name_len, h->value, h->value_len);
 }
 
+void
+http_put_answer_head(struct http_builder *b, const struct http_response *resp)
+{
+    struct http_tokens ct;
+
+    http_scan_connection(resp->headers, resp->n_headers, &ct);
+    http_put_status(b, resp->status);
+    http_put(b, resp->reason, resp->reason_len);
+    http_put(b, "\r\n", 2);
+    for (int i = 0; i < resp->n_headers; i++)
+        if (!http_is_hop_by_hop(&resp->headers[i], &ct) &&
+            !http_is_lookalike(resp->headers[i].name, resp->headers[i].name_len))
+            http_put_forward(b, &resp->headers[i]);
+}
+
 const char *
 http_reason_phrase(int status)
 {

@@ -71,7 +71,6 @@ tunnel_accept(struct conn *c, struct exchange *x, struct upstream *u, size_t len
     int64_t t_sent)
 {
     struct http_response resp;
-    struct http_tokens ct;
     struct http_builder b = { c->out, c->out_cap, 0, 0 };
 
     rr_record(u->backend, 1, pibl_now_us() - t_sent, NULL);
@@ -81,14 +80,7 @@ tunnel_accept(struct conn *c, struct exchange *x, struct upstream *u, size_t len
         exchange_error(c, x, 502, "invalid answer from backend", 0);
         return -1;
     }
-    http_scan_connection(resp.headers, resp.n_headers, &ct);
-    http_put_status(&b, 101);
-    http_put(&b, resp.reason, resp.reason_len);
-    http_put(&b, "\r\n", 2);
-    for (int i = 0; i < resp.n_headers; i++)
-        if (!http_is_hop_by_hop(&resp.headers[i], &ct) &&
-            !http_is_lookalike(resp.headers[i].name, resp.headers[i].name_len))
-            http_put_forward(&b, &resp.headers[i]);
+    http_put_answer_head(&b, &resp);
     http_puts(&b, "Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
     if (b.overflow) {
         upstream_close(u);
