@@ -103,6 +103,7 @@ tunnel_accept(struct conn *c, struct exchange *x, struct upstream *u, size_t len
     }
     x->up_bytes += c->in_len;
     c->in_off = c->in_len = 0;
+    upstream_close(&c->u);                      /* none is open here; never leak one */
     c->u = *u;
     u->fd = -1;
     return EXCHANGE_TUNNEL;
