@@ -58,11 +58,11 @@
  * average the loop stops yielding, and tries one again YIELD_PROBE_US later.
  */
 #define YIELD_SLOW_US  1000
+#define YIELD_PROBE_US 1000000
 
 /* A tunnel still open on a graceful stop is closed (and logged) this long
  * before shutdown_timeout makes the process exit. */
 #define STOP_CUT_EARLY_MS 200
-#define YIELD_PROBE_US 1000000
 
 struct loop {
     pthread_mutex_t lock;

@@ -109,7 +109,6 @@ tunnel_accept(struct conn *c, struct exchange *x, struct upstream *u, size_t len
     return EXCHANGE_TUNNEL;
 }
 
-
 int
 tunnel_begin(struct conn *c)
 {
