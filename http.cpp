@@ -322,11 +322,11 @@ chunk_ext_step(int *st, unsigned char c)
             *st = CK_EXT_QUOTE_END;
         else if (c == '\\')
             *st = CK_EXT_PAIR;
-        else if (!ws && (c < 0x21 || c == 0x7f))
+        else if (!is_value_char(c))
             return -1;
         return 0;
     case CK_EXT_PAIR:
-        if (!ws && (c < 0x21 || c == 0x7f))
+        if (!is_value_char(c))
             return -1;
         *st = CK_EXT_QUOTED;
         return 0;

@@ -248,25 +248,27 @@ wrr_turn(int total)
 int
 rr_next(uint64_t tried)
 {
-    int slot = -1, total = 0, usable = 0;
+    uint64_t usable = 0;           /* slots neither tried nor down, read once */
+    int slot = -1, total = 0;
 
     pthread_mutex_lock(&g_lock);
     for (int k = 0; k < g_n_order; k++) {
         int s = g_order[k];
         total += g_backends[s].conf.weight;
-        usable += !((tried >> s) & 1) && !rr_is_down(s);
-    }
-    for (int turn = 0; usable > 0 && turn < 2 * g_n_order && slot == -1; turn++) {
-        int s = wrr_turn(total);
         if (!((tried >> s) & 1) && !rr_is_down(s))
+            usable |= (uint64_t)1 << s;
+    }
+    for (int turn = 0; usable != 0 && turn < 2 * g_n_order && slot == -1; turn++) {
+        int s = wrr_turn(total);
+        if ((usable >> s) & 1)
             slot = s;
     }
-    int found = slot != -1;
-    for (int k = 0; usable > 0 && !found && k < g_n_order; k++) {
-        int s = g_order[k];
-        if (!((tried >> s) & 1) && !rr_is_down(s) &&
-            (slot == -1 || g_backends[s].current > g_backends[slot].current))
-            slot = s;
+    if (usable != 0 && slot == -1) {
+        for (int k = 0; k < g_n_order; k++) {
+            int s = g_order[k];
+            if (((usable >> s) & 1) && (slot == -1 || g_backends[s].current > g_backends[slot].current))
+                slot = s;
+        }
     }
     pthread_mutex_unlock(&g_lock);
     return slot;
