@@ -1835,13 +1835,16 @@ static int read_exact(struct conn *c, unsigned char *buf, size_t len)
     return 0;
 }
 
-/* Send one unmasked frame (server to client, RFC 6455 5.1). Returns 0 or -1. */
-static int ws_send(struct conn *c, int opcode, const void *data, size_t len)
+/*
+ * Send one unmasked frame (server to client, RFC 6455 5.2): first is the
+ * FIN bit and opcode byte. Returns 0 or -1.
+ */
+static int ws_send_frame(struct conn *c, int first, const void *data, uint64_t len)
 {
     unsigned char head[10];
     size_t hl = 2;
 
-    head[0] = (unsigned char)(0x80 | opcode);
+    head[0] = (unsigned char)first;
     if (len < 126) {
         head[1] = (unsigned char)len;
     } else if (len < 65536) {
@@ -1852,12 +1855,18 @@ static int ws_send(struct conn *c, int opcode, const void *data, size_t len)
     } else {
         head[1] = 127;
         for (int i = 0; i < 8; i++)
-            head[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+            head[2 + i] = (unsigned char)(len >> (56 - 8 * i));
         hl = 10;
     }
-    if (out_put(c, head, hl) == -1 || out_put(c, data, len) == -1)
+    if (out_put(c, head, hl) == -1 || out_put(c, data, (size_t)len) == -1)
         return -1;
     return out_flush(c);
+}
+
+/* A whole message in one frame. Returns 0 or -1. */
+static int ws_send(struct conn *c, int opcode, const void *data, size_t len)
+{
+    return ws_send_frame(c, 0x80 | opcode, data, len);
 }
 
 /*
@@ -1952,23 +1961,7 @@ static int serve_ws(struct conn *c)
         if (opcode == 0xA)
             continue;
         /* Echo text, binary and continuation frames as they came. */
-        unsigned char fh[10];
-        size_t hl = 2;
-        fh[0] = (unsigned char)(fin | opcode);
-        if (len < 126) {
-            fh[1] = (unsigned char)len;
-        } else if (len < 65536) {
-            fh[1] = 126;
-            fh[2] = (unsigned char)(len >> 8);
-            fh[3] = (unsigned char)len;
-            hl = 4;
-        } else {
-            fh[1] = 127;
-            for (int i = 0; i < 8; i++)
-                fh[2 + i] = (unsigned char)(len >> (56 - 8 * i));
-            hl = 10;
-        }
-        if (out_put(c, fh, hl) == -1 || out_put(c, payload, (size_t)len) == -1 || out_flush(c) == -1)
+        if (ws_send_frame(c, fin | opcode, payload, len) == -1)
             break;
     }
     free(payload);
