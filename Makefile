@@ -16,7 +16,10 @@
 #   health.cpp       active health checks
 #   log.cpp          log lines to stdout and the log file
 #   admin.cpp        the status page
-# origin/origin.cpp is pibl-origin, the demo and test web server (not part of pibl).
+# origin/ is pibl-origin, the demo and test web server (not part of pibl), one job a file:
+#   origin.cpp start-up, connection threads, dispatch   io.cpp socket I/O
+#   request.cpp its own request parser   reply.cpp answer heads   files.cpp static files
+#   routes.cpp the /_ test routes   ws.cpp WebSocket echo and event stream
 
 CXX      ?= g++
 CXXFLAGS ?= -O2 -g
@@ -33,8 +36,11 @@ all: pibl pibl-origin
 pibl: $(PIBL_SRCS) $(HDRS)
 	$(CXX) $(CXXFLAGS) -o $@ $(PIBL_SRCS) $(LDFLAGS)
 
-pibl-origin: origin/origin.cpp
-	$(CXX) $(CXXFLAGS) -o $@ origin/origin.cpp $(LDFLAGS)
+ORIGIN_SRCS = origin/origin.cpp origin/io.cpp origin/request.cpp origin/reply.cpp origin/files.cpp \
+              origin/routes.cpp origin/ws.cpp
+
+pibl-origin: $(ORIGIN_SRCS) origin/origin.h
+	$(CXX) $(CXXFLAGS) -o $@ $(ORIGIN_SRCS) $(LDFLAGS)
 
 # Unit tests link the modules with pibl.cpp's config parser (main left out).
 tests/unit: tests/unit.cpp $(PIBL_SRCS) $(HDRS)
