@@ -58,6 +58,7 @@ struct index_entry {
 };
 
 static char g_dir[PATH_MAX - 64];  /* cache folder (config caps its length) */
+static char g_off_reason[400];     /* why the cache is off, for start-up and the status page */
 static long g_ttl;                 /* launch TTL; 0 = cache off */
 static uint64_t g_max_bytes;       /* cache_max_bytes */
 static uint64_t g_max_object;      /* cache_max_object */
@@ -358,11 +359,22 @@ cache_init(const struct pibl_config *cfg)
     g_ttl = cfg->ttl;
     g_max_bytes = (uint64_t)cfg->cache_max_bytes;
     g_max_object = (uint64_t)cfg->cache_max_object;
-    if (g_ttl == 0)
+    if (g_ttl == 0) {
+        snprintf(g_off_reason, sizeof g_off_reason, "TTL 0");
         return 0;
+    }
     if (strlen(cfg->cache_dir) >= sizeof g_dir) {
         errno = ENAMETOOLONG;
+        snprintf(g_off_reason, sizeof g_off_reason, "folder %.200s unusable: name too long", cfg->cache_dir);
         g_ttl = 0;
+        return -1;
+    }
+    char why[160];
+    if (cache_check_folder(cfg->cache_dir, 1, why, sizeof why) == -1) {
+        int e = errno;
+        snprintf(g_off_reason, sizeof g_off_reason, "folder %.200s unusable: %s", cfg->cache_dir, why);
+        g_ttl = 0;
+        errno = e;
         return -1;
     }
     memcpy(g_dir, cfg->cache_dir, strlen(cfg->cache_dir) + 1);
@@ -370,18 +382,75 @@ cache_init(const struct pibl_config *cfg)
     for (int i = 0; i < OPEN_SLOTS; i++)
         g_open[i].fd = -1;
     g_open_ready = 1;
-    if (mkdir(g_dir, 0755) == -1 && errno != EEXIST) {
-        g_ttl = 0;
-        return -1;
-    }
-    struct stat st;
-    if (stat(g_dir, &st) == -1 || !S_ISDIR(st.st_mode)) {
-        errno = ENOTDIR;
-        g_ttl = 0;
-        return -1;
-    }
     scan_folder();
     return pibl_spawn(evict_main, NULL);
+}
+
+const char *
+cache_off_reason(void)
+{
+    return g_ttl > 0 ? NULL : g_off_reason;
+}
+
+/* Create and remove a file in folder dir. Returns 0, or -1 with errno. */
+static int
+probe_write(const char *dir)
+{
+    char probe[PATH_MAX];
+
+    snprintf(probe, sizeof probe, "%s/.pibl-probe-%ld", dir, (long)getpid());
+    int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd == -1)
+        return -1;
+    int ok = write(fd, "x", 1) == 1;
+    int e = errno;
+    close(fd);
+    unlink(probe);
+    errno = e;
+    return ok ? 0 : -1;
+}
+
+/* Writing a file is the only test that also holds for root, on a read-only
+ * mount or past a quota. */
+int
+cache_check_folder(const char *dir, int make, char *why, size_t why_len)
+{
+    struct stat st;
+
+    if (!make && stat(dir, &st) == -1 && errno == ENOENT) {
+        char parent[PATH_MAX];
+        snprintf(parent, sizeof parent, "%s", dir);
+        char *slash = strrchr(parent, '/');
+        if (slash == NULL)
+            snprintf(parent, sizeof parent, ".");
+        else if (slash == parent)
+            parent[1] = '\0';
+        else
+            *slash = '\0';
+        if (stat(parent, &st) == -1 || !S_ISDIR(st.st_mode) || probe_write(parent) == -1) {
+            snprintf(why, why_len, "cannot be made: %s", strerror(errno == 0 ? ENOTDIR : errno));
+            return -1;
+        }
+        return 0;
+    }
+    if (make && mkdir(dir, 0755) == -1 && errno != EEXIST) {
+        int e = errno;
+        snprintf(why, why_len, "cannot create it: %s", strerror(e));
+        errno = e;
+        return -1;
+    }
+    if (stat(dir, &st) == -1 || !S_ISDIR(st.st_mode)) {
+        snprintf(why, why_len, "not a folder");
+        errno = ENOTDIR;
+        return -1;
+    }
+    if (probe_write(dir) == -1) {
+        int e = errno;
+        snprintf(why, why_len, "cannot write a file in it: %s", strerror(e));
+        errno = e;
+        return -1;
+    }
+    return 0;
 }
 
 /* ---------------------------------------------------------------- lookup */

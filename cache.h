@@ -43,14 +43,28 @@ struct cache_writer;
 const char *cache_status_name(int status);
 
 /*
- * Prepare the cache folder (made if missing), delete temp files a crash
- * left, index the entries and start the eviction thread. TTL 0: cache off.
+ * Prepare the cache folder (made if missing), check that a file can be
+ * written in it, delete temp files a crash left, index the entries and
+ * start the eviction thread. TTL 0: cache off.
  * Returns 0, or -1 (errno set) when the folder is unusable: cache off.
  */
 int cache_init(const struct pibl_config *cfg);
 
 /* 1 when the cache is on. */
 int cache_enabled(void);
+
+/* Why the cache is off ("TTL 0", or "folder F unusable: why"), or NULL
+ * when it is on. */
+const char *cache_off_reason(void);
+
+/*
+ * Whether a cache could work in folder dir: it is a folder (or can be
+ * made) where a file can be created. make: make it when missing; else a
+ * missing folder is checked by writing in its parent (pibl -t). Returns 0,
+ * or -1 with the reason in why ("not a folder", ...). Leaves nothing else
+ * behind.
+ */
+int cache_check_folder(const char *dir, int make, char *why, size_t why_len);
 
 /* Launch TTL in seconds. */
 long cache_ttl(void);

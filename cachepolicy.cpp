@@ -453,19 +453,7 @@ serve(struct conn *c, struct exchange *x, struct cache_entry *e)
 static int
 purge_allowed(const struct conn *c)
 {
-    const char *p = c->cfg->purge_allow;
-    size_t ip_len = strlen(c->peer_ip);
-
-    while (*p != '\0') {
-        while (*p == ' ' || *p == '\t' || *p == ',')
-            p++;
-        const char *t = p;
-        while (*p != '\0' && *p != ' ' && *p != '\t' && *p != ',')
-            p++;
-        if ((size_t)(p - t) == ip_len && memcmp(t, c->peer_ip, ip_len) == 0)
-            return 1;
-    }
-    return 0;
+    return sock_ip_listed(c->cfg->purge_allow, c->peer_ip);
 }
 
 /* Read the stored validators of an expired entry into x->cond (RFC 9111 4.3.1). */

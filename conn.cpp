@@ -118,20 +118,9 @@ conn_buffers(struct conn *c)
 void
 conn_setup(struct conn *c)
 {
-    char ip[INET6_ADDRSTRLEN] = "?";
-    int port = 0;
+    char ip[INET6_ADDRSTRLEN];
+    int port = sock_addr_text(&c->addr, ip, sizeof ip);
 
-    if (c->addr.ss_family == AF_INET) {
-        const struct sockaddr_in *s4 = (const struct sockaddr_in *)&c->addr;
-        inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof ip);
-        port = ntohs(s4->sin_port);
-    } else if (c->addr.ss_family == AF_INET6) {
-        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&c->addr;
-        inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof ip);
-        port = ntohs(s6->sin6_port);
-        if (strncmp(ip, "::ffff:", 7) == 0)
-            memmove(ip, ip + 7, strlen(ip + 7) + 1);
-    }
     snprintf(c->peer_ip, sizeof c->peer_ip, "%s", ip);
     snprintf(c->peer, sizeof c->peer, strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip, port);
     /* For the blocking threads: a client that stops reading frees its

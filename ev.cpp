@@ -102,7 +102,7 @@ ev_blame(struct loop *l, struct conn *c, int b, int status, const char *why)
 {
     struct exchange *x = c->x;
 
-    rr_mark_down(b);
+    rr_mark_down(b, why);
     x->fail_status = status;
     x->fail_why = why;
     rr_record(b, 0, 0, why);
@@ -160,6 +160,7 @@ ev_forward(struct loop *l, struct conn *c)
     if (head_len == -1)
         return ev_slow(l, c, RESUME_FORWARD);
     x->backend = b;
+    x->sent_bytes = (uint64_t)head_len;
     c->u.fd = -1;
     c->u.backend = b;
     c->u.reused = 0;

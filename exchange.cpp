@@ -93,6 +93,8 @@ exchange_log(const struct conn *c, const struct exchange *x)
     g_requests.fetch_add(1, std::memory_order_relaxed);
     if (x->cache != CACHE_NONE)
         cache_note(x->cache);
+    if (x->backend >= 0 && x->status != 0 && x->cache != CACHE_HIT && x->cache != CACHE_STALE)
+        rr_answered(x->backend, x->status, x->sent_bytes + x->up_bytes, x->bytes);
     log_timestamp(ts, sizeof ts);
     http_put_cut(&b, ts);
     http_put_cut(&b, " ");
@@ -435,7 +437,7 @@ exchange_upstream_head(struct conn *c, struct exchange *x, const char *host, siz
     if (host != NULL && host_len > 0)
         http_put(&b, host, host_len);
     else
-        http_puts(&b, rr_name(backend));           /* HTTP/1.0 client without Host */
+        http_puts(&b, rr_address(backend));        /* HTTP/1.0 client without Host */
     http_put(&b, "\r\n", 2);
     for (int i = 0; i < r->n_headers; i++) {
         const struct http_header *h = &r->headers[i];
@@ -525,6 +527,7 @@ send_request(struct conn *c, struct exchange *x, struct upstream *u, long head_l
         src.min_rate = cfg->client_min_rate;
     }
 
+    x->sent_bytes = (uint64_t)head_len;
     if (x->body.kind == HTTP_BODY_NONE) {
         x->body_done = 1;
         return sock_write_all(u->fd, c->out, (size_t)head_len) == 0 ? SEND_OK : SEND_BACKEND_FAILED;
@@ -539,6 +542,7 @@ send_request(struct conn *c, struct exchange *x, struct upstream *u, long head_l
     int rc = http_relay_body(&src, &x->body, &k, c->relay, RELAY_BUF_BYTES, limit);
     c->in_off = src.off;
     c->in_len = src.len;
+    x->sent_bytes += k.bytes;
     switch (rc) {
     case HTTP_RELAY_OK:
         x->body_done = 1;
@@ -769,7 +773,7 @@ exchange_forward(struct conn *c, struct exchange *x, const char *host, size_t ho
     uint64_t tried = x->tried;
     int fail_status = x->fail_status != 0 ? x->fail_status : 503;
     const char *fail_why = x->fail_why != NULL ? x->fail_why :
-        "no backend available: every backend is marked down";
+        "no backend available: every backend is down, drained or disabled";
 
     for (int attempt = 0; attempt <= rr_count(); attempt++) {
         int b = rr_next(tried);
@@ -804,9 +808,9 @@ exchange_forward(struct conn *c, struct exchange *x, const char *host, size_t ho
             break;
         }
         if (u.fd == -1) {
-            rr_mark_down(b);
             fail_status = 502;
             fail_why = errno == ETIMEDOUT ? "backend connect timed out" : "backend unreachable";
+            rr_mark_down(b, fail_why);
             rr_record(b, 0, 0, fail_why);
             continue;                           /* nothing was sent: try the next */
         }
@@ -850,10 +854,10 @@ exchange_forward(struct conn *c, struct exchange *x, const char *host, size_t ho
                 hr == ANSWER_CUT ? "backend closed mid-head" : x->fail_why, 1);
             return x->keep_alive && x->body_done ? 0 : -1;
         }
-        rr_mark_down(b);
         fail_status = hr == ANSWER_NONE_TIMEOUT ? 504 : 502;
         fail_why = hr == ANSWER_NONE_TIMEOUT ? "backend timed out" :
             "backend closed without answering";
+        rr_mark_down(b, fail_why);
         rr_record(b, 0, 0, fail_why);
         if (!x->retryable)
             break;                              /* a POST is never sent twice */

@@ -34,6 +34,7 @@ struct exchange {
     int retryable;                 /* idempotent with no body: may be resent */
     int upgrade;                   /* a WebSocket upgrade was asked (RFC 6455 4.1) */
     uint64_t up_bytes;             /* a tunnel's bytes from the client to the backend */
+    uint64_t sent_bytes;           /* request head and body bytes sent to the backend */
     struct http_body body;         /* request body framing */
     int body_done;                 /* request body fully read from the client */
     int backend;                   /* -1 until one is chosen */

@@ -66,7 +66,7 @@ probe(const struct pibl_config *cfg, int i, const char **why)
     }
     set_timeouts(fd, cfg->connect_timeout);
     int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: pibl-health-check\r\n"
-        "Connection: close\r\n\r\n", cfg->health_check, rr_name(i));
+        "Connection: close\r\n\r\n", cfg->health_check, rr_address(i));
     if (n < 0 || (size_t)n >= sizeof req || send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
         *why = "health check: send failed";
         goto done;
@@ -97,6 +97,7 @@ done:
 static void
 account(const struct pibl_config *cfg, int i, int ok, const char *why)
 {
+    rr_check_result(i, ok, why);
     if (ok) {
         g_fails[i] = 0;
         g_kept_warned[i] = 0;
@@ -104,14 +105,12 @@ account(const struct pibl_config *cfg, int i, int ok, const char *why)
         rr_stats(i, &st);
         if (++g_goods[i] >= cfg->health_rise && st.health_down) {
             rr_set_health(i, 0);
-            rr_mark_up(i);
             log_line("pibl: health: backend %s is back (%d good probes of %s)", rr_name(i),
                 g_goods[i], cfg->health_check);
         }
         return;
     }
     g_goods[i] = 0;
-    rr_set_error(i, why);
     if (++g_fails[i] < cfg->health_fall)
         return;
     if (rr_others_up(i) == 0) {
@@ -146,6 +145,8 @@ health_main(void *arg)
                 rr_set_health(i, 0);            /* checks turned off by a reload */
                 continue;
             }
+            if (rr_is_maint(i))
+                continue;                       /* disabled by hand: not probed */
             const char *why = NULL;
             int ok = probe(cfg, i, &why);
             account(cfg, i, ok, why);

@@ -86,6 +86,7 @@ static const struct key_spec g_keys[] = {
     { "cache_stale_if_error", K_INT,   CFG(cache_stale_if_error), 0, 31536000 },
     { "cache_lock_timeout", K_INT,     CFG(cache_lock_timeout), 0, 3600 },
     { "purge_allow",        K_STRING,  CFG(purge_allow),        0, 512 },
+    { "admin_allow",        K_STRING,  CFG(admin_allow),        0, 512 },
     { "admin_listen",       K_ADDR,    CFG(admin_listen),       0, 64 },
     { "admin_port",         K_INT,     CFG(admin_port),         0, 65535 },
     { "health_check",       K_PATH,    CFG(health_check),       0, 256 },
@@ -121,6 +122,7 @@ pibl_config_defaults(struct pibl_config *cfg)
     cfg->cache_stale_if_error = 300;
     cfg->cache_lock_timeout = 5;
     snprintf(cfg->purge_allow, sizeof cfg->purge_allow, "127.0.0.1 ::1");
+    snprintf(cfg->admin_allow, sizeof cfg->admin_allow, "127.0.0.1 ::1");
     snprintf(cfg->admin_listen, sizeof cfg->admin_listen, "127.0.0.1");
     cfg->admin_port = -1;
     cfg->health_interval = 2;
@@ -130,25 +132,78 @@ pibl_config_defaults(struct pibl_config *cfg)
 
 static int parse_number(const char *s, long long min, long long max, long long *out);
 
+/* A backend NAME: 1 to MAX_BACKEND_NAME - 1 letters, digits, '.', '_', '-'
+ * (no ':', so that it cannot be taken for an address). */
+static int
+valid_backend_name(const char *s)
+{
+    size_t n = strlen(s);
+
+    if (n == 0 || n >= MAX_BACKEND_NAME)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '_' || ch == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* Next blank-separated word of *p, cut in place; NULL at the end. */
+static char *
+next_word(char **p)
+{
+    char *s = *p;
+
+    while (*s == ' ' || *s == '\t')
+        s++;
+    if (*s == '\0')
+        return NULL;
+    char *w = s;
+    while (*s != '\0' && *s != ' ' && *s != '\t')
+        s++;
+    if (*s != '\0')
+        *s++ = '\0';
+    *p = s;
+    return w;
+}
+
 /*
- * "host:port [weight=N]": resolve the backend into the next slot of cfg.
- * Returns 0, or -1 with the reason in err.
+ * "[NAME] host:port [weight=N] [drain]": resolve the backend into the next
+ * slot of cfg. The first word is the address when it holds a ':' (every
+ * address does, a name never). Returns 0, or -1 with the reason in err.
  */
 static int
 add_backend(struct pibl_config *cfg, char *value, char *err, size_t err_len)
 {
-    char *spec = value, *rest = value;
+    char *rest = value, *name = NULL, *w;
     long long weight = 1;
+    int drain = 0, weighted = 0;
 
-    while (*rest != '\0' && *rest != ' ' && *rest != '\t')
-        rest++;
-    if (*rest != '\0') {
-        *rest++ = '\0';
-        while (*rest == ' ' || *rest == '\t')
-            rest++;
-        if (strncmp(rest, "weight=", 7) != 0 || parse_number(rest + 7, 1, MAX_WEIGHT, &weight) == -1) {
-            snprintf(err, err_len, "backend \"%s\": expected \"weight=N\" (N from 1 to %d) after "
-                "the address, got \"%.40s\"", spec, MAX_WEIGHT, rest);
+    char *spec = next_word(&rest);
+    if (spec != NULL && strchr(spec, ':') == NULL) {
+        name = spec;
+        if (!valid_backend_name(name)) {
+            snprintf(err, err_len, "backend name \"%.40s\": use 1 to %d letters, digits, '.', '_' "
+                "or '-'", name, MAX_BACKEND_NAME - 1);
+            return -1;
+        }
+        spec = next_word(&rest);
+        if (spec == NULL) {
+            snprintf(err, err_len, "backend %s: expected host:port after the name", name);
+            return -1;
+        }
+    }
+    while ((w = next_word(&rest)) != NULL) {
+        if (strncmp(w, "weight=", 7) == 0 && !weighted &&
+            parse_number(w + 7, 0, MAX_WEIGHT, &weight) == 0) {
+            weighted = 1;
+        } else if (strcmp(w, "drain") == 0 && !drain) {
+            drain = 1;
+        } else {
+            snprintf(err, err_len, "backend \"%s\": expected \"weight=N\" (N from 0 to %d) or "
+                "\"drain\" after the address, got \"%.40s\"", spec, MAX_WEIGHT, w);
             return -1;
         }
     }
@@ -156,8 +211,19 @@ add_backend(struct pibl_config *cfg, char *value, char *err, size_t err_len)
         snprintf(err, err_len, "too many backends (at most %d)", MAX_BACKENDS);
         return -1;
     }
-    if (rr_resolve(spec, (int)weight, &cfg->backends[cfg->n_backends], err, err_len) == -1)
+    struct backend_conf *bc = &cfg->backends[cfg->n_backends];
+    if (rr_resolve(spec, (int)weight, bc, err, err_len) == -1)
         return -1;
+    if (name != NULL)
+        snprintf(bc->name, sizeof bc->name, "%s", name);
+    bc->drain = drain || weight == 0;
+    for (int i = 0; i < cfg->n_backends; i++) {
+        if (strcmp(cfg->backends[i].name, bc->name) == 0) {
+            snprintf(err, err_len, "backend %s listed twice (give each line its own NAME: "
+                "\"backend = NAME host:port\")", bc->name);
+            return -1;
+        }
+    }
     cfg->n_backends++;
     return 0;
 }
@@ -257,6 +323,24 @@ apply_key(struct pibl_config *cfg, const struct key_spec *k, char *value, char *
     return -1;
 }
 
+/* 1 when binding both addresses to one port would clash: one family and
+ * the same address or a wildcard, or across families the IPv6 wildcard
+ * "::", which takes IPv4 too (Linux's default, bindv6only = 0). */
+static int
+same_bind(const char *a, const char *b)
+{
+    unsigned char x[16], y[16], any[16] = { 0 };
+    int fa = strchr(a, ':') ? AF_INET6 : AF_INET, fb = strchr(b, ':') ? AF_INET6 : AF_INET;
+
+    if (inet_pton(fa, a, x) != 1 || inet_pton(fb, b, y) != 1)
+        return strcmp(a, b) == 0;
+    size_t la = fa == AF_INET6 ? 16 : 4, lb = fb == AF_INET6 ? 16 : 4;
+    int any_a = memcmp(x, any, la) == 0, any_b = memcmp(y, any, lb) == 0;
+    if (fa == fb)
+        return any_a || any_b || memcmp(x, y, la) == 0;
+    return fa == AF_INET6 ? any_a : any_b;
+}
+
 int
 pibl_config_load(const char *path, struct pibl_config *cfg, char *err, size_t err_len)
 {
@@ -322,6 +406,13 @@ pibl_config_load(const char *path, struct pibl_config *cfg, char *err, size_t er
     }
     if (cfg->n_backends == 0) {
         snprintf(err, err_len, "%s: no backend line (at least one \"backend = host:port\")", path);
+        goto done;
+    }
+    if (cfg->admin_port > 0 && cfg->admin_port == cfg->port && same_bind(cfg->listen_addr,
+        cfg->admin_listen)) {
+        snprintf(err, err_len, "%s: admin_port %d is also port: the status page (admin_listen %s) "
+            "and the proxy (listen %s) cannot listen on the same port", path, cfg->port,
+            cfg->admin_listen, cfg->listen_addr);
         goto done;
     }
     rc = 0;
@@ -624,7 +715,7 @@ reload(void)
     const struct pibl_config *cur = pibl_config_now();
     struct pibl_config *next = (struct pibl_config *)malloc(sizeof *next);
     char err[1024];
-    int removed[MAX_BACKENDS], n_removed;
+    struct rr_changes ch;
 
     if (next == NULL)
         return;
@@ -644,18 +735,18 @@ reload(void)
     memcpy(next->admin_listen, cur->admin_listen, sizeof next->admin_listen);
     next->admin_port = cur->admin_port;
     memcpy(next->cache_dir, cur->cache_dir, sizeof next->cache_dir);
-    if (rr_configure(next, removed, &n_removed) == -1) {
+    if (rr_configure(next, &ch) == -1) {
         log_line("pibl: reload refused: no free backend slot (at most %d)", MAX_BACKENDS);
         free(next);
         return;
     }
     g_cfg_now.store(next, std::memory_order_release);
-    for (int i = 0; i < n_removed; i++)
-        upstream_pool_flush(removed[i]);
+    for (int i = 0; i < ch.n_removed_slots; i++)
+        upstream_pool_flush(ch.removed_slots[i]);
     if (strcmp(next->log_file, cur->log_file) != 0)
         log_reopen(next->log_file);
-    log_line("pibl: reloaded %s: %d backend%s, %d removed", g_config_path, next->n_backends,
-        next->n_backends == 1 ? "" : "s", n_removed);
+    log_line("pibl: reloaded %s: %d backend%s (%d added, %d removed, %d changed)", g_config_path,
+        next->n_backends, next->n_backends == 1 ? "" : "s", ch.added, ch.removed, ch.changed);
 }
 
 /* Stop accepting, let in-flight exchanges finish (bounded), then exit. */
@@ -743,6 +834,28 @@ serve(int lfd, int afd)
 }
 
 /*
+ * Whether the log file can be opened for appending. make: it is made if
+ * missing, as log_open() does; else one that is missing is made and removed
+ * again (pibl -t leaves nothing behind). Returns 0, or -1 with the reason.
+ */
+static int
+check_log_file(const char *path, int make, char *why, size_t why_len)
+{
+    struct stat st;
+    int made = !make && stat(path, &st) == -1 && errno == ENOENT;
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+
+    if (fd == -1) {
+        snprintf(why, why_len, "log_file %s: cannot open for writing: %s", path, strerror(errno));
+        return -1;
+    }
+    close(fd);
+    if (made)
+        unlink(path);
+    return 0;
+}
+
+/*
  * What is wrong with the command line, as a sentence naming the argument, or
  * NULL when it is one of: -h, -V, -t CONFIG, CONFIG TTL (TTL checked later).
  */
@@ -797,7 +910,7 @@ main(int argc, char **argv)
 {
     static struct pibl_config cfg;
     char err[1024], bound[96], admin_bound[96];
-    int removed[MAX_BACKENDS], n_removed;
+    struct rr_changes ch;
     long long ttl;
 
     const char *bad = cli_check(argc, argv);
@@ -819,6 +932,22 @@ main(int argc, char **argv)
             fprintf(stderr, "pibl: %s\n", err);
             return 2;
         }
+        /* What start-up would run into, found before it does. */
+        int bad_files = 0;
+        if (cache_check_folder(cfg.cache_dir, 0, err, sizeof err) == -1) {
+            fprintf(stderr, "pibl: %s: cache_dir %s: %s (the cache would be off)\n", argv[2],
+                cfg.cache_dir, err);
+            bad_files++;
+        }
+        if (check_log_file(cfg.log_file, 0, err, sizeof err) == -1) {
+            fprintf(stderr, "pibl: %s: %s (logging would go to stdout only)\n", argv[2], err);
+            bad_files++;
+        }
+        if (bad_files) {
+            fprintf(stderr, "pibl: %s: the syntax is OK, but %d problem%s above\n", argv[2], bad_files,
+                bad_files == 1 ? "" : "s");
+            return 1;
+        }
         printf("pibl: %s: OK\n", argv[2]);
         return 0;
     }
@@ -834,7 +963,7 @@ main(int argc, char **argv)
     cfg.ttl = (long)ttl;
     g_started = time(NULL);
     g_cfg_now.store(&cfg);
-    rr_configure(&cfg, removed, &n_removed);
+    rr_configure(&cfg, &ch);
 
     int n_fds = raise_fd_limit();
     if (install_signals() == -1 || log_open(cfg.log_file) == -1) {
@@ -877,10 +1006,15 @@ main(int argc, char **argv)
     /* After the "listening" line, which scripts wait for as the first one;
      * clients queue in the backlog until serve() runs. */
     if (cache_init(&cfg) == -1)
-        log_line("pibl: warning: cache folder %s unusable: %s; caching off", cfg.cache_dir,
-            strerror(errno));
-    log_line("pibl: cache %s (TTL %ld s, folder %s), log file %s", cache_enabled() ? "on" : "off",
-        cfg.ttl, cfg.cache_dir, cfg.log_file);
+        log_line("pibl: warning: cache %s; cache off", cache_off_reason());
+    char log_why[PATH_MAX + 64];
+    int log_ok = check_log_file(cfg.log_file, 1, log_why, sizeof log_why) == 0;
+    if (cache_enabled())
+        log_line("pibl: cache on (TTL %ld s, folder %s), log file %s%s%s", cfg.ttl, cfg.cache_dir,
+            log_ok ? cfg.log_file : "off: ", log_ok ? "" : log_why, log_ok ? "" : ", stdout only");
+    else
+        log_line("pibl: cache off (%s), log file %s%s%s", cache_off_reason(),
+            log_ok ? cfg.log_file : "off: ", log_ok ? "" : log_why, log_ok ? "" : ", stdout only");
     serve(lfd, afd);
     return 0;
 }

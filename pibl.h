@@ -22,16 +22,19 @@
 
 /* Limits of a config file. Runtime limits are config keys (struct pibl_config). */
 #define MAX_BACKENDS         64       /* backends in a config, and slots over reloads */
-#define MAX_WEIGHT           100      /* backend weight=N */
+#define MAX_WEIGHT           100      /* backend weight=N (0 = drain) */
+#define MAX_BACKEND_NAME     64       /* backend NAME, with its NUL */
 #define MAX_BACKEND_ADDRS    4        /* addresses kept per backend name */
 #define MAX_CONFIG_LINE      1024     /* bytes in one config line */
 #define MAX_HOST_NAME        256      /* backend host name */
 #define THREAD_STACK_BYTES   (256 * 1024)
 
-/* One "backend = host:port [weight=N]" line, resolved. */
+/* One "backend = [NAME] host:port [weight=N] [drain]" line, resolved. */
 struct backend_conf {
-    char name[MAX_HOST_NAME + 8];  /* "host:port" as written */
-    int weight;                    /* 1..MAX_WEIGHT */
+    char name[MAX_HOST_NAME + 8];  /* NAME, or "host:port" when none is given */
+    char address[MAX_HOST_NAME + 8];   /* "host:port" as written */
+    int weight;                    /* 0..MAX_WEIGHT */
+    int drain;                     /* 1: "drain" or weight=0, no new requests */
     int n_addrs;                   /* getaddrinfo answers kept, in its order */
     struct sockaddr_storage addr[MAX_BACKEND_ADDRS];
     socklen_t addr_len[MAX_BACKEND_ADDRS];
@@ -71,6 +74,8 @@ struct pibl_config {
     int cache_stale_if_error;      /* s past expiry served when backends fail */
     int cache_lock_timeout;        /* s a collapsed request waits */
     char purge_allow[512];         /* client IPs allowed to PURGE */
+    char admin_allow[512];         /* client IPs allowed to change backends
+                                      from the status page */
     char admin_listen[64];         /* status page address */
     int admin_port;                /* status page port; -1 = no status page */
     char health_check[256];        /* path probed by health checks; "" = none */

@@ -4,20 +4,22 @@
  *
  * The config names the backends (resolved by rr_resolve while it is read);
  * rr_configure() makes that list the live one, at start-up and on reload.
- * A backend keeps its slot, marks and counters across reloads as long as its
- * name stays in the config; a removed one leaves rotation at once, and its
- * slot is reused only by a later reload.
+ * A backend keeps its slot, marks, counters and admin state across reloads
+ * as long as its name stays in the config; a removed one leaves rotation at
+ * once, and its slot is reused only by a later reload.
  *
  * Picking is nginx's smooth weighted round robin under one short mutex (no
  * I/O inside): with equal weights it is strict round robin in config order,
  * and with weights 5 1 1 it gives A A B A C A A rather than bursts. A backend
  * marked down (passive: a failed connect or timeout, for down_time; active:
- * health checks) is left out of the rotation and its turns go to the next
- * backends of the cycle; the cycle itself does not move, so when the backend
- * is back the order is the config's again.
+ * health checks) or held back (drain or weight=0 in the config; drain or
+ * disable from the status page) is left out of the rotation and its turns
+ * go to the next backends of the cycle; the cycle itself does not move, so
+ * when the backend is back the order is the config's again. Every change of
+ * state is logged and timed for the status page.
  *
  * This file never opens a socket: it only names addresses and keeps score.
- * Limits: MAX_BACKENDS slots in all, weights 1..MAX_WEIGHT.
+ * Limits: MAX_BACKENDS slots in all, weights 0..MAX_WEIGHT.
  */
 #include "rr.h"
 #include "log.h"
@@ -35,13 +37,22 @@
 #define LAT_BUCKETS 64             /* latency histogram, half-octave buckets */
 
 struct backend {
-    struct backend_conf conf;      /* name, weight, address */
+    struct backend_conf conf;      /* name, address, weight, drain */
     int active;                    /* in the current config */
     int current;                   /* smooth WRR score, under g_lock */
     std::atomic<int64_t> down_until;   /* passive mark: monotonic ms, 0 = up */
     std::atomic<int> health_down;      /* active mark from health checks */
+    std::atomic<int> admin;            /* enum rr_admin */
+    std::atomic<int64_t> changed_ms;   /* last change of state, monotonic ms */
     std::atomic<uint64_t> n_requests;
     std::atomic<uint64_t> n_failures;
+    std::atomic<uint64_t> n_check_failures;
+    std::atomic<uint64_t> n_answers[4];    /* 2xx .. 5xx */
+    std::atomic<uint64_t> bytes_in, bytes_out;
+    std::atomic<int> conns;                /* connections in use */
+    std::atomic<int64_t> check_ms;         /* last probe, monotonic ms, 0 = none */
+    std::atomic<int> check_ok;
+    std::atomic<const char *> check_detail;
     std::atomic<uint64_t> latency_sum_us;
     std::atomic<uint64_t> latency_hist[LAT_BUCKETS];
     std::atomic<const char *> last_error;  /* a static string, or NULL */
@@ -128,6 +139,7 @@ rr_resolve(const char *spec, int weight, struct backend_conf *out, char *err, si
     }
     out->weight = weight;
     snprintf(out->name, sizeof out->name, "%s", spec);
+    snprintf(out->address, sizeof out->address, "%s", spec);
     freeaddrinfo(res);
     return 0;
 }
@@ -140,31 +152,62 @@ slot_reset(struct backend *b, const struct backend_conf *bc)
     b->current = 0;
     b->down_until.store(0);
     b->health_down.store(0);
+    b->admin.store(RR_ADMIN_NONE);
+    b->changed_ms.store(pibl_now_ms());
     b->n_requests.store(0);
     b->n_failures.store(0);
+    b->n_check_failures.store(0);
+    for (int i = 0; i < 4; i++)
+        b->n_answers[i].store(0);
+    b->bytes_in.store(0);
+    b->bytes_out.store(0);
+    b->check_ms.store(0);
+    b->check_ok.store(0);
+    b->check_detail.store(NULL);
     b->latency_sum_us.store(0);
     for (int i = 0; i < LAT_BUCKETS; i++)
         b->latency_hist[i].store(0);
     b->last_error.store(NULL);
 }
 
+/* 1 when the two lines name the same addresses, in the same order. */
+static int
+same_addresses(const struct backend_conf *a, const struct backend_conf *b)
+{
+    if (a->n_addrs != b->n_addrs || strcmp(a->address, b->address) != 0)
+        return 0;
+    for (int k = 0; k < a->n_addrs; k++)
+        if (a->addr_len[k] != b->addr_len[k] || memcmp(&a->addr[k], &b->addr[k], a->addr_len[k]) != 0)
+            return 0;
+    return 1;
+}
+
 int
-rr_configure(const struct pibl_config *cfg, int *removed, int *n_removed)
+rr_configure(const struct pibl_config *cfg, struct rr_changes *ch)
 {
     int order[MAX_BACKENDS], n = 0, keep[MAX_BACKENDS] = { 0 };
 
-    *n_removed = 0;
+    memset(ch, 0, sizeof *ch);
     pthread_mutex_lock(&g_lock);
     /* Same name: same slot (marks, counters and pooled connections stay). */
     for (int i = 0; i < cfg->n_backends; i++) {
         const struct backend_conf *bc = &cfg->backends[i];
         int slot = -1;
         for (int s = 0; s < MAX_BACKENDS && slot == -1; s++)
-            if (g_backends[s].conf.name[0] != '\0' && !keep[s] &&
-                strcmp(g_backends[s].conf.name, bc->name) == 0)
+            if (g_backends[s].active && !keep[s] && strcmp(g_backends[s].conf.name, bc->name) == 0)
                 slot = s;
         if (slot != -1) {
-            g_backends[slot].conf = *bc;   /* weight or address may change */
+            struct backend *b = &g_backends[slot];
+            int moved = !same_addresses(&b->conf, bc);
+            int reweighed = b->conf.weight != bc->weight || b->conf.drain != bc->drain;
+            if (moved)
+                ch->removed_slots[ch->n_removed_slots++] = slot;   /* old address's pool */
+            if (reweighed && b->admin.load() != RR_ADMIN_NONE) {
+                b->admin.store(RR_ADMIN_NONE);     /* the file speaks again */
+                b->changed_ms.store(pibl_now_ms());
+            }
+            ch->changed += moved || reweighed;
+            b->conf = *bc;
             keep[slot] = 1;
         }
         order[n++] = slot;
@@ -181,12 +224,19 @@ rr_configure(const struct pibl_config *cfg, int *removed, int *n_removed)
             pthread_mutex_unlock(&g_lock);
             return -1;
         }
+        if (g_backends[order[i]].active) {        /* a removed backend's slot */
+            ch->removed_slots[ch->n_removed_slots++] = order[i];
+            ch->removed++;
+        }
         keep[order[i]] = 1;
         slot_reset(&g_backends[order[i]], &cfg->backends[i]);
+        ch->added++;
     }
     for (int s = 0; s < MAX_BACKENDS; s++) {
-        if (g_backends[s].active && !keep[s])
-            removed[(*n_removed)++] = s;
+        if (g_backends[s].active && !keep[s]) {
+            ch->removed_slots[ch->n_removed_slots++] = s;
+            ch->removed++;
+        }
         g_backends[s].active = keep[s];
         g_backends[s].current = 0;
     }
@@ -213,6 +263,28 @@ rr_is_down(int i)
     return until != 0 && pibl_now_us() / 1000 < until;
 }
 
+/* The weight a slot runs with: its own, or 1 when an operator enabled a
+ * weight=0 backend by hand. */
+static int
+run_weight(const struct backend *b)
+{
+    if (b->conf.weight == 0 && b->admin.load(std::memory_order_relaxed) == RR_ADMIN_READY)
+        return 1;
+    return b->conf.weight;
+}
+
+/* 1 when slot i takes no new requests: drained or disabled, in the config
+ * or from the status page. */
+static int
+held_back(const struct backend *b)
+{
+    int admin = b->admin.load(std::memory_order_relaxed);
+
+    if (admin == RR_ADMIN_NONE)
+        return b->conf.drain;
+    return admin != RR_ADMIN_READY;
+}
+
 /* One turn of smooth weighted round robin over every configured backend,
  * usable or not; total is the sum of their weights. Returns the slot whose
  * turn it is (-1 with no backend). Under g_lock. */
@@ -225,7 +297,7 @@ wrr_turn(int total)
     for (int k = 0; k < g_n_order; k++) {
         int s = g_order[k];
         struct backend *b = &g_backends[s];
-        b->current += b->conf.weight;
+        b->current += run_weight(b);
         if (best == NULL || b->current > best->current) {
             best = b;
             best_slot = s;
@@ -239,23 +311,24 @@ wrr_turn(int total)
 /*
  * The schedule runs over every configured backend, so a backend that is down
  * for a while, then back, finds the cycle where it left it: turns that fall
- * on a backend that is down (or already tried) pass to the next turn. With
- * equal weights the next usable backend is at most n turns away; with very
- * uneven weights and heavy backends down it could be a whole period away,
- * so after 2n turns the usable backend with the best score takes the turn
- * (the lock is never held for more than 2n passes over the table).
+ * on a backend that is down, held back or already tried pass to the next
+ * turn. With equal weights the next usable backend is at most n turns away;
+ * with very uneven weights and heavy backends down it could be a whole
+ * period away, so after 2n turns the usable backend with the best score
+ * takes the turn (the lock is never held for more than 2n passes over the
+ * table).
  */
 int
 rr_next(uint64_t tried)
 {
-    uint64_t usable = 0;           /* slots neither tried nor down, read once */
+    uint64_t usable = 0;           /* slots neither tried, down nor held back, read once */
     int slot = -1, total = 0;
 
     pthread_mutex_lock(&g_lock);
     for (int k = 0; k < g_n_order; k++) {
         int s = g_order[k];
-        total += g_backends[s].conf.weight;
-        if (!((tried >> s) & 1) && !rr_is_down(s))
+        total += run_weight(&g_backends[s]);
+        if (!((tried >> s) & 1) && !rr_is_down(s) && !held_back(&g_backends[s]))
             usable |= (uint64_t)1 << s;
     }
     for (int turn = 0; usable != 0 && turn < 2 * g_n_order && slot == -1; turn++) {
@@ -275,22 +348,56 @@ rr_next(uint64_t tried)
 }
 
 void
-rr_mark_down(int i)
+rr_mark_down(int i, const char *why)
 {
-    g_backends[i].down_until.store(pibl_now_us() / 1000 + g_down_ms.load());
+    struct backend *b = &g_backends[i];
+    int64_t now = pibl_now_ms(), down_ms = g_down_ms.load();
+
+    if (down_ms == 0)
+        return;                    /* down_time = 0: no passive marks */
+    int64_t prev = b->down_until.exchange(now + down_ms);
+    if (prev == 0) {
+        b->changed_ms.store(now);
+        log_line("pibl: backend %s marked down for %lld s: %s (passive check)", b->conf.name,
+            (long long)(down_ms / 1000), why);
+    } else if (prev <= now) {
+        b->changed_ms.store(now);
+        log_line("pibl: backend %s still failing: %s; down again for %lld s", b->conf.name, why,
+            (long long)(down_ms / 1000));
+    }
 }
 
 void
 rr_mark_up(int i)
 {
-    if (g_backends[i].down_until.load(std::memory_order_relaxed) != 0)
-        g_backends[i].down_until.store(0);
+    struct backend *b = &g_backends[i];
+
+    if (b->down_until.load(std::memory_order_relaxed) == 0)
+        return;
+    if (b->down_until.exchange(0) != 0) {
+        int64_t now = pibl_now_ms();
+        double was = (double)(now - b->changed_ms.exchange(now)) / 1000.0;
+        log_line("pibl: backend %s is used again: it answered (passive check; marked down %.1f s "
+            "before)", b->conf.name, was);
+    }
 }
 
 void
 rr_set_health(int i, int down)
 {
-    g_backends[i].health_down.store(down);
+    struct backend *b = &g_backends[i];
+
+    if (b->health_down.exchange(down) == down)
+        return;
+    b->changed_ms.store(pibl_now_ms());
+    if (!down)
+        b->down_until.store(0);    /* probes passed: no passive mark left either */
+}
+
+int
+rr_is_maint(int i)
+{
+    return g_backends[i].admin.load(std::memory_order_relaxed) == RR_ADMIN_MAINT;
 }
 
 int
@@ -300,10 +407,37 @@ rr_others_up(int i)
 
     pthread_mutex_lock(&g_lock);
     for (int k = 0; k < g_n_order; k++)
-        if (g_order[k] != i && !rr_is_down(g_order[k]))
+        if (g_order[k] != i && !rr_is_down(g_order[k]) && !held_back(&g_backends[g_order[k]]))
             up++;
     pthread_mutex_unlock(&g_lock);
     return up;
+}
+
+int
+rr_find(const char *name)
+{
+    int slot = -1;
+
+    pthread_mutex_lock(&g_lock);
+    for (int k = 0; k < g_n_order && slot == -1; k++)
+        if (strcmp(g_backends[g_order[k]].conf.name, name) == 0)
+            slot = g_order[k];
+    pthread_mutex_unlock(&g_lock);
+    return slot;
+}
+
+static const char *const g_admin_names[] = { "as configured", "enabled", "drain", "disabled" };
+
+void
+rr_set_admin(int i, int admin, const char *who)
+{
+    struct backend *b = &g_backends[i];
+    int prev = b->admin.exchange(admin);
+
+    if (prev != admin)
+        b->changed_ms.store(pibl_now_ms());
+    log_line("pibl: admin: backend %s set to %s by %s (was %s)", b->conf.name, g_admin_names[admin],
+        who, g_admin_names[prev]);
 }
 
 int
@@ -331,6 +465,12 @@ const char *
 rr_name(int i)
 {
     return g_backends[i].conf.name;
+}
+
+const char *
+rr_address(int i)
+{
+    return g_backends[i].conf.address;
 }
 
 int
@@ -377,9 +517,34 @@ rr_record(int i, int ok, int64_t latency_us, const char *error)
 }
 
 void
-rr_set_error(int i, const char *error)
+rr_answered(int i, int status, uint64_t bytes_in, uint64_t bytes_out)
 {
-    g_backends[i].last_error.store(error, std::memory_order_relaxed);
+    struct backend *b = &g_backends[i];
+
+    if (status >= 200 && status < 600)
+        b->n_answers[status / 100 - 2].fetch_add(1, std::memory_order_relaxed);
+    b->bytes_in.fetch_add(bytes_in, std::memory_order_relaxed);
+    b->bytes_out.fetch_add(bytes_out, std::memory_order_relaxed);
+}
+
+void
+rr_check_result(int i, int ok, const char *why)
+{
+    struct backend *b = &g_backends[i];
+
+    b->check_ok.store(ok);
+    b->check_detail.store(ok ? NULL : why);
+    b->check_ms.store(pibl_now_ms());
+    if (!ok) {
+        b->n_check_failures.fetch_add(1, std::memory_order_relaxed);
+        b->last_error.store(why, std::memory_order_relaxed);
+    }
+}
+
+void
+rr_conns(int i, int delta)
+{
+    g_backends[i].conns.fetch_add(delta, std::memory_order_relaxed);
 }
 
 void
@@ -388,19 +553,51 @@ rr_tunnels(int i, int delta)
     g_backends[i].tunnels.fetch_add(delta, std::memory_order_relaxed);
 }
 
+/* Wall-clock time of monotonic instant ms. */
+static time_t
+wall_of(int64_t ms)
+{
+    return time(NULL) - (time_t)((pibl_now_ms() - ms) / 1000);
+}
+
 void
 rr_stats(int i, struct rr_stats *st)
 {
     struct backend *b = &g_backends[i];
     uint64_t hist[LAT_BUCKETS], n_ok = 0;
+    int64_t now = pibl_now_ms(), until = b->down_until.load(), changed = b->changed_ms.load();
 
     memset(st, 0, sizeof *st);
     st->name = b->conf.name;
+    st->address = b->conf.address;
     st->weight = b->conf.weight;
-    st->passive_down = b->down_until.load() != 0 && pibl_now_us() / 1000 < b->down_until.load();
+    st->drain = b->conf.drain;
+    st->admin = b->admin.load();
+    st->passive_down = until != 0 && now < until;
     st->health_down = b->health_down.load();
+    if (st->admin == RR_ADMIN_MAINT)
+        st->state = RR_MAINT;
+    else if (st->health_down || st->passive_down)
+        st->state = RR_DOWN;
+    else if (held_back(b))
+        st->state = RR_DRAIN;
+    else
+        st->state = RR_UP;
+    if (until != 0 && now >= until && until > changed && st->state == RR_UP)
+        changed = until;           /* a passive mark that ran out: up since then */
+    st->state_since = wall_of(changed);
     st->requests = b->n_requests.load();
     st->failures = b->n_failures.load();
+    st->check_failures = b->n_check_failures.load();
+    for (int k = 0; k < 4; k++)
+        st->answers[k] = b->n_answers[k].load();
+    st->bytes_in = b->bytes_in.load();
+    st->bytes_out = b->bytes_out.load();
+    st->active = b->conns.load();
+    int64_t check = b->check_ms.load();
+    st->check_at = check ? wall_of(check) : 0;
+    st->check_ok = b->check_ok.load();
+    st->check_detail = b->check_detail.load();
     st->last_error = b->last_error.load();
     st->tunnels = b->tunnels.load(std::memory_order_relaxed);
     for (int k = 0; k < LAT_BUCKETS; k++) {

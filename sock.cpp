@@ -5,8 +5,11 @@
  */
 #include "sock.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -71,4 +74,41 @@ sock_set_nonblocking(int fd, int on)
 
     if (fl != -1)
         fcntl(fd, F_SETFL, on ? fl | O_NONBLOCK : fl & ~O_NONBLOCK);
+}
+
+int
+sock_addr_text(const struct sockaddr_storage *addr, char *ip, size_t len)
+{
+    snprintf(ip, len, "?");
+    if (addr->ss_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)addr;
+        inet_ntop(AF_INET, &s4->sin_addr, ip, (socklen_t)len);
+        return ntohs(s4->sin_port);
+    }
+    if (addr->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)addr;
+        inet_ntop(AF_INET6, &s6->sin6_addr, ip, (socklen_t)len);
+        if (strncmp(ip, "::ffff:", 7) == 0)
+            memmove(ip, ip + 7, strlen(ip + 7) + 1);
+        return ntohs(s6->sin6_port);
+    }
+    return 0;
+}
+
+int
+sock_ip_listed(const char *list, const char *ip)
+{
+    size_t ip_len = strlen(ip);
+    const char *p = list;
+
+    while (*p != '\0') {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        const char *t = p;
+        while (*p != '\0' && *p != ' ' && *p != '\t' && *p != ',')
+            p++;
+        if (p > t && (size_t)(p - t) == ip_len && memcmp(t, ip, ip_len) == 0)
+            return 1;
+    }
+    return 0;
 }

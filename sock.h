@@ -1,11 +1,13 @@
 /*
  * sock.h - socket helpers shared by both sides of the proxy (sock.cpp):
- * timeouts, non-blocking mode, whole writes that never raise SIGPIPE.
+ * timeouts, non-blocking mode, whole writes that never raise SIGPIPE, peer
+ * addresses as text and address lists.
  */
 #ifndef PIBL_SOCK_H
 #define PIBL_SOCK_H
 
 #include <stddef.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 
 /* Set SO_RCVTIMEO or SO_SNDTIMEO (opt) to ms milliseconds (at least 1). */
@@ -25,5 +27,15 @@ int sock_writev(int fd, struct iovec *iov, int n, int flags);
 /* sock_writev() without flags, and the same for one buffer. 0 or -1. */
 int sock_writev_all(int fd, struct iovec *iov, int n);
 int sock_write_all(int fd, const char *buf, size_t len);
+
+/*
+ * The printable address of a peer into ip (len >= 46), an IPv4-mapped IPv6
+ * address shown as IPv4. Returns the port, or 0 for another family ("?").
+ */
+int sock_addr_text(const struct sockaddr_storage *addr, char *ip, size_t len);
+
+/* 1 when ip is one of the addresses listed in list (blanks or commas
+ * between them, as purge_allow and admin_allow are written), else 0. */
+int sock_ip_listed(const char *list, const char *ip);
 
 #endif

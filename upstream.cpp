@@ -72,13 +72,15 @@ upstream_pool_get(int b, int owner)
             p->n.store(n - 1, std::memory_order_relaxed);
         }
         pthread_mutex_unlock(&p->lock);
-        if (fd == -1 || watched)
-            return fd;
+        if (fd == -1)
+            return -1;
         /* An idle connection the backend closed reads EOF (or stray bytes). */
         char ch;
-        ssize_t got = recv(fd, &ch, 1, MSG_PEEK | MSG_DONTWAIT);
-        if (got == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        if (watched || (recv(fd, &ch, 1, MSG_PEEK | MSG_DONTWAIT) == -1 &&
+                        (errno == EAGAIN || errno == EWOULDBLOCK))) {
+            rr_conns(b, 1);
             return fd;
+        }
         close(fd);
     }
 }
@@ -98,6 +100,7 @@ upstream_pool_put(int b, int fd, int owner)
         fd = -1;
     }
     pthread_mutex_unlock(&p->lock);
+    rr_conns(b, -1);                            /* idle from now on, or closed */
     if (fd != -1) {
         close(fd);
         return;
@@ -149,16 +152,20 @@ upstream_open(const struct pibl_config *cfg, int b)
 {
     int fd = upstream_connect(b, cfg->connect_timeout * 1000);
 
-    if (fd != -1)
+    if (fd != -1) {
         upstream_options(cfg, fd);
+        rr_conns(b, 1);
+    }
     return fd;
 }
 
 void
 upstream_close(struct upstream *u)
 {
-    if (u->fd != -1)
+    if (u->fd != -1) {
         close(u->fd);
+        rr_conns(u->backend, -1);
+    }
     u->fd = -1;
 }
 
@@ -223,6 +230,7 @@ upstream_connect_async(struct upstream *u, int *addr_k)
         if (fd == -1)
             return UPSTREAM_FAILED;
         u->fd = fd;
+        rr_conns(u->backend, 1);
         if (connect(fd, sa, alen) == 0)
             return UPSTREAM_UP;
         if (errno == EINPROGRESS)

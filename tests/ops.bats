@@ -111,17 +111,20 @@ three_up_one_dead() {
     run html_rows backends <<<"$page"
     echo "$output"
     [ "${#lines[@]}" -eq 4 ]
-    [[ "${lines[0]}" == "Backend|Estado|Peso|Peticiones|Fallos|Último error|Latencia media"*"|p99"* ]]
+    [ "${lines[0]}" = "Backend|Estado|Desde|Peso|Última sonda|Peticiones|2xx|3xx|4xx|5xx|Fallos|Sondas fallidas|Bytes in|Bytes out|Conexiones|Túneles|Latencia media (ms)|p99 (ms)|Último error|Acciones" ]
     for o in o1 o2 dead; do
         name=$(name_of $o)
         row=$(printf '%s\n' "${lines[@]}" | grep -F "$name|")
         echo "row $o: $row"
         [ "$(printf '%s' "$row" | cut -d'|' -f2)" = "$(sv "$name.state")" ]
-        [ "$(printf '%s' "$row" | cut -d'|' -f3)" = 1 ]
-        [ "$(printf '%s' "$row" | cut -d'|' -f4)" = "$(sv "$name.requests")" ]
-        [ "$(printf '%s' "$row" | cut -d'|' -f5)" = "$(sv "$name.failures")" ]
+        [[ "$(printf '%s' "$row" | cut -d'|' -f3)" =~ ^hace\ [0-9]+\ s$ ]]
+        [ "$(printf '%s' "$row" | cut -d'|' -f4)" = 1 ]
+        [ "$(printf '%s' "$row" | cut -d'|' -f6)" = "$(sv "$name.requests")" ]
+        [ "$(printf '%s' "$row" | cut -d'|' -f7)" = "$(sv "$name.answers" | python3 -c 'import json,sys; print(json.load(sys.stdin)["2xx"])')" ]
+        [ "$(printf '%s' "$row" | cut -d'|' -f11)" = "$(sv "$name.failures")" ]
+        [ "$(printf '%s' "$row" | cut -d'|' -f20)" = "drenar activar desactivar" ]
     done
-    [[ "$(printf '%s\n' "${lines[@]}" | grep -F "$DEAD|")" == "$DEAD|down|1|1|1|"* ]]
+    [[ "$(printf '%s\n' "${lines[@]}" | grep -F "$DEAD|")" =~ ^"$DEAD"\|down\|hace\ [0-9]+\ s\|1\|-\|1\|0\|0\|0\|0\|1\|0\| ]]
     [ -n "$(html_rows cache <<<"$page")" ]
     # /metrics: Prometheus text with the same numbers.
     pcurl -f -D "$BATS_TEST_TMPDIR/metrics.head" -o "$BATS_TEST_TMPDIR/metrics" "$(admin_url /metrics)"
@@ -291,7 +294,7 @@ three_up_one_dead() {
     done
     BACKENDS=("${all[1]}" "${all[2]}")
     write_pibl_config "$PIBL_CFG" "admin_port = 0"
-    signal_pibl HUP '^pibl: reloaded .*pibl\.cfg: 2 backends, 1 removed$'
+    signal_pibl HUP '^pibl: reloaded .*pibl\.cfg: 2 backends \(1 added, 1 removed, 0 changed\)$'
     local got_at_reload
     got_at_reload=$(stat -c %s "$dl")
     echo "bytes when the reload was logged: $got_at_reload"
@@ -339,7 +342,7 @@ three_up_one_dead() {
     [ "$(count_lines "$PIBL_LOG" '^pibl: reloaded ')" -eq 0 ]
     # The same config without the bad line is taken.
     write_pibl_config "$PIBL_CFG" "admin_port = 0"
-    signal_pibl HUP '^pibl: reloaded .*pibl\.cfg: 3 backends, 0 removed$'
+    signal_pibl HUP '^pibl: reloaded .*pibl\.cfg: 3 backends \(1 added, 0 removed, 0 changed\)$'
     local seq
     seq=$(backend_seq 3 /hello.txt)
     [ "$(tr ' ' '\n' <<<"$seq" | sort | tr '\n' ' ')" = "a b c " ]
@@ -388,7 +391,7 @@ three_up_one_dead() {
     [ "${#lines[@]}" -eq 4 ]
     [[ "${lines[0]}" == "Backend|Estado|"* ]]
     for o in o1 o2 o3; do
-        printf '%s\n' "${lines[@]}" | grep -qx "$(name_of $o)|up|1|3|0|-|.*"
+        printf '%s\n' "${lines[@]}" | grep -qx "$(name_of $o)|up|hace [0-9]* s|1|-|3|3|0|0|0|0|0|.*|drenar activar desactivar"
     done
 }
 

@@ -385,13 +385,13 @@ static int
 configure_text(const char *text, struct pibl_config *cfg)
 {
     char err[512];
-    int removed[MAX_BACKENDS], n_removed;
+    struct rr_changes ch;
 
     if (load_text(text, cfg, err, sizeof err) != 0) {
         printf("config: %s\n", err);
         return -1;
     }
-    return rr_configure(cfg, removed, &n_removed);
+    return rr_configure(cfg, &ch);
 }
 
 /* The next n picks as a string of slot digits. */
@@ -417,7 +417,7 @@ test_round_robin(void)
     picks(seq, 6);
     CHECK(strcmp(seq, "012012") == 0, "strict order, got %s", seq);
 
-    rr_mark_down(1);
+    rr_mark_down(1, "test");
     picks(seq, 4);
     CHECK(strcmp(seq, "0202") == 0, "down backend skipped, turns shared, got %s", seq);
     CHECK(rr_next(1 | 4) == -1, "tried + down: none left");
@@ -431,7 +431,7 @@ test_round_robin(void)
     CHECK(configure_text("down_time = 60\nbackend = 127.0.0.1:1\nbackend = 127.0.0.1:2\n"
         "backend = 127.0.0.1:3\n", &cfg) == 0, "configure three backends again");
     picks(seq, 3);
-    rr_mark_down(1);
+    rr_mark_down(1, "test");
     picks(seq + 3, 3);
     rr_mark_up(1);
     picks(seq + 6, 6);
@@ -457,11 +457,11 @@ test_round_robin(void)
     CHECK(configure_text("down_time = 60\nbackend = 127.0.0.1:1 weight=100\n"
         "backend = 127.0.0.1:2 weight=100\nbackend = 127.0.0.1:3 weight=1\n", &cfg) == 0,
         "configure heavy weights");
-    rr_mark_down(0);
-    rr_mark_down(1);
+    rr_mark_down(0, "test");
+    rr_mark_down(1, "test");
     picks(seq, 5);
     CHECK(strcmp(seq, "22222") == 0, "only the light backend is up, got %s", seq);
-    rr_mark_down(2);
+    rr_mark_down(2, "test");
     CHECK(rr_next(0) == -1, "all down: none");
     for (int i = 0; i < 3; i++)
         rr_mark_up(i);
@@ -476,11 +476,93 @@ test_round_robin(void)
 
     CHECK(configure_text("down_time = 0\nbackend = 127.0.0.1:1\n", &cfg) == 0, "down_time 0");
     int s0 = rr_next(0);
-    rr_mark_down(s0);
+    rr_mark_down(s0, "test");
     CHECK(!rr_is_down(s0), "down_time 0 never skips");
 
-    CHECK(configure_text("backend = 127.0.0.1:1 weight=0\n", &cfg) == -1, "weight 0 refused");
     CHECK(configure_text("backend = 127.0.0.1:1 wait=2\n", &cfg) == -1, "bad option refused");
+}
+
+/* Named backends, drain (config and run time), the changes a reload counts. */
+static void
+test_backend_admin(void)
+{
+    static struct pibl_config cfg;
+    struct rr_changes ch;
+    char seq[64], err[512];
+
+    CHECK(load_text("backend = web1 127.0.0.1:1 weight=3\nbackend = 127.0.0.1:2 drain\n"
+        "backend = web3 127.0.0.1:3 weight=0\n", &cfg, err, sizeof err) == 0, "names: %s", err);
+    CHECK(strcmp(cfg.backends[0].name, "web1") == 0 && strcmp(cfg.backends[0].address,
+        "127.0.0.1:1") == 0 && cfg.backends[0].weight == 3 && !cfg.backends[0].drain,
+        "a named backend keeps its address apart");
+    CHECK(strcmp(cfg.backends[1].name, "127.0.0.1:2") == 0 && cfg.backends[1].drain,
+        "no name: host:port; drain flag");
+    CHECK(cfg.backends[2].drain && cfg.backends[2].weight == 0, "weight=0 drains");
+    static const char *const bad[] = {
+        "backend = web1 127.0.0.1:1\nbackend = web1 127.0.0.1:2\n",     /* name twice */
+        "backend = 127.0.0.1:1\nbackend = 127.0.0.1:1\n",               /* address twice, no names */
+        "backend = web/1 127.0.0.1:1\n",                                 /* a bad name */
+        "backend = web1\n",                                              /* no address */
+        "backend = web1 127.0.0.1:1 drain drain\n",
+        "backend = web1 127.0.0.1:1 weight=101\n",
+        "backend = web1 web2 127.0.0.1:1\n",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        CHECK(load_text(bad[i], &cfg, err, sizeof err) == -1 && strstr(err, "backend") != NULL,
+            "refused: %s", bad[i]);
+
+    CHECK(configure_text("backend = a 127.0.0.1:1\nbackend = b 127.0.0.1:2 drain\n"
+        "backend = c 127.0.0.1:3\n", &cfg) == 0, "configure a, b (drain), c");
+    int a = rr_find("a"), b = rr_find("b"), c = rr_find("c");
+    CHECK(a >= 0 && b >= 0 && c >= 0 && rr_find("d") == -1, "rr_find by name");
+    for (int i = 0; i < 6; i++)
+        seq[i] = rr_next(0) == b ? 'b' : 'x';
+    CHECK(memchr(seq, 'b', 6) == NULL, "a drained backend gets no request");
+    CHECK(rr_others_up(a) == 1, "a drained backend does not count as up");
+    rr_set_admin(b, RR_ADMIN_READY, "test");
+    int got_b = 0;
+    for (int i = 0; i < 6; i++)
+        got_b += rr_next(0) == b;
+    CHECK(got_b == 2, "enabled by hand: its turns again, got %d of 6", got_b);
+    rr_set_admin(a, RR_ADMIN_MAINT, "test");
+    CHECK(rr_is_maint(a), "disabled");
+    for (int i = 0; i < 6; i++)
+        CHECK(rr_next(0) != a, "a disabled backend gets no request");
+    struct rr_stats st;
+    rr_stats(a, &st);
+    CHECK(st.state == RR_MAINT && strcmp(st.name, "a") == 0 && strcmp(st.address, "127.0.0.1:1") == 0,
+        "stats: state maint, name and address");
+    rr_set_admin(c, RR_ADMIN_DRAIN, "test");
+    rr_stats(c, &st);
+    CHECK(st.state == RR_DRAIN, "drained by hand");
+    CHECK(rr_next(0) == b && rr_next(0) == b, "only b left");
+
+    /* A reload keeps run-time states of unchanged lines, clears changed ones. */
+    CHECK(load_text("backend = a 127.0.0.1:1\nbackend = b 127.0.0.1:2\nbackend = c 127.0.0.1:3\n"
+        "backend = d 127.0.0.1:4\n", &cfg, err, sizeof err) == 0, "reload text");
+    CHECK(rr_configure(&cfg, &ch) == 0 && ch.added == 1 && ch.removed == 0 && ch.changed == 1,
+        "added 1 (d), changed 1 (b lost drain): %d %d %d", ch.added, ch.removed, ch.changed);
+    CHECK(rr_is_maint(a), "unchanged line: still disabled");
+    rr_stats(b, &st);
+    CHECK(st.state == RR_UP && st.admin == RR_ADMIN_NONE, "changed line: back to the file's word");
+    CHECK(load_text("backend = a 127.0.0.1:1\nbackend = c 127.0.0.1:9\n", &cfg, err, sizeof err) == 0,
+        "reload text 2");
+    CHECK(rr_configure(&cfg, &ch) == 0 && ch.added == 0 && ch.removed == 2 && ch.changed == 1,
+        "removed b and d, c moved: %d %d %d", ch.added, ch.removed, ch.changed);
+    int flushed_c = 0;
+    for (int i = 0; i < ch.n_removed_slots; i++)
+        flushed_c |= ch.removed_slots[i] == c;
+    CHECK(flushed_c && ch.n_removed_slots == 3, "a moved backend's idle connections go too");
+
+    /* Answers by class, bytes, probes. */
+    rr_answered(c, 204, 10, 20);
+    rr_answered(c, 503, 5, 0);
+    rr_check_result(c, 0, "health check: refused");
+    rr_stats(c, &st);
+    CHECK(st.answers[0] == 1 && st.answers[3] == 1 && st.bytes_in == 15 && st.bytes_out == 20,
+        "answers by class and bytes");
+    CHECK(st.check_failures == 1 && !st.check_ok && st.check_at > 0 &&
+        strcmp(st.check_detail, "health check: refused") == 0, "last probe kept");
 }
 
 /* ------------------------------------------------------------ field lists */
@@ -594,6 +676,7 @@ main(void)
     test_lookalikes();
     test_config();
     test_round_robin();
+    test_backend_admin();
     test_field_lists();
     test_cache_decisions();
     printf("unit: %d passed, %d failed\n", n_passed, n_failed);
