@@ -236,7 +236,7 @@ render_html(const struct snapshot *s, struct out *o)
         outf(o, "<tr><td class=\"l\">");
         out_escaped(o, b->name, 0);
         if (strcmp(b->name, b->address) != 0) {
-            outf(o, "<br><small>");
+            outf(o, " <br><small>");
             out_escaped(o, b->address, 0);
             outf(o, "</small>");
         }
