@@ -52,6 +52,59 @@ unit: tests/unit
 test: all tests/unit
 	./tests/run-tests.sh
 
+# ---- install: the layout of a source build of nginx or HAProxy. DESTDIR stages
+# the files (packaging, tests); the paths written into the unit and the man page
+# are without it. PIBL_HOME is the unit's working directory (./cache, pibl.log):
+# fixed, since StateDirectory=pibl creates it there. pibl-origin, the test
+# origin, is not installed. The example config never replaces an existing one,
+# and uninstall removes it only while it still equals ./pibl.cfg.
+PREFIX     ?= /usr/local
+SBINDIR    ?= $(PREFIX)/sbin
+MANDIR     ?= $(PREFIX)/share/man
+SYSCONFDIR ?= $(PREFIX)/etc
+SYSTEMDDIR ?= $(PREFIX)/lib/systemd/system
+PIBL_USER  ?= pibl
+CACHE_TTL  ?= 60
+INSTALL    ?= install
+PIBL_HOME   = /var/lib/pibl
+PIBL_CFG    = $(SYSCONFDIR)/pibl/pibl.cfg
+PIBL_VERSION := $(shell sed -n 's/^.define PIBL_VERSION *"\(.*\)"/\1/p' pibl.h)
+
+# The unit and the man page with the paths filled in; a placeholder left is an error.
+RENDER = sed -e 's|@PIBL_BIN@|$(SBINDIR)/pibl|g' -e 's|@PIBL_CFG@|$(PIBL_CFG)|g' \
+             -e 's|@PIBL_HOME@|$(PIBL_HOME)|g' -e 's|@PIBL_TTL@|$(CACHE_TTL)|g' \
+             -e 's|@PIBL_USER@|$(PIBL_USER)|g' -e 's|@PIBL_UNIT@|$(SYSTEMDDIR)/pibl.service|g' \
+             -e 's|@PIBL_VERSION@|$(PIBL_VERSION)|g'
+
+pibl.service: scripts/pibl.service
+pibl.8: docs/pibl.8.in
+pibl.service pibl.8:
+	$(RENDER) $< >$@.tmp
+	@if grep -n '@PIBL_[A-Z_]*@' $@.tmp; then echo "$@: placeholder left" >&2; rm -f $@.tmp; exit 1; fi
+	mv $@.tmp $@
+
+install: pibl pibl.service pibl.8
+	$(INSTALL) -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSCONFDIR)/pibl \
+	    $(DESTDIR)$(SYSTEMDDIR)
+	$(INSTALL) -m 0755 pibl $(DESTDIR)$(SBINDIR)/pibl
+	$(INSTALL) -m 0644 pibl.8 $(DESTDIR)$(MANDIR)/man8/pibl.8
+	$(INSTALL) -m 0644 pibl.service $(DESTDIR)$(SYSTEMDDIR)/pibl.service
+	@if [ -e $(DESTDIR)$(PIBL_CFG) ]; then \
+	    echo "install: kept the existing $(DESTDIR)$(PIBL_CFG)"; \
+	else \
+	    echo "$(INSTALL) -m 0644 pibl.cfg $(DESTDIR)$(PIBL_CFG)"; \
+	    $(INSTALL) -m 0644 pibl.cfg $(DESTDIR)$(PIBL_CFG); \
+	fi
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/pibl $(DESTDIR)$(MANDIR)/man8/pibl.8 $(DESTDIR)$(SYSTEMDDIR)/pibl.service
+	@if [ -f $(DESTDIR)$(PIBL_CFG) ] && cmp -s pibl.cfg $(DESTDIR)$(PIBL_CFG); then \
+	    echo "rm -f $(DESTDIR)$(PIBL_CFG)"; rm -f $(DESTDIR)$(PIBL_CFG); \
+	elif [ -e $(DESTDIR)$(PIBL_CFG) ]; then \
+	    echo "uninstall: kept $(DESTDIR)$(PIBL_CFG) (changed since install)"; \
+	fi
+	@rmdir $(DESTDIR)$(SYSCONFDIR)/pibl 2>/dev/null || true
+
 # Three replicas of www/ on 8081-8083 and PIBL on 8080; Ctrl-C stops all.
 run: all
 	./scripts/run-local.sh
@@ -106,7 +159,7 @@ asan-test:
 	exit $$rc
 
 clean:
-	rm -f pibl pibl-origin tests/unit $(FUZZ_BINS)
+	rm -f pibl pibl-origin tests/unit $(FUZZ_BINS) pibl.service pibl.8
 	rm -rf cache $(SAN_LOGS)
 
-.PHONY: all unit test run clean fuzz fuzz-run asan-test
+.PHONY: all unit test run clean fuzz fuzz-run asan-test install uninstall pibl.service pibl.8

@@ -378,7 +378,8 @@ render_unit() {
     local template=$script_dir/pibl.service
     [ -f "$template" ] || die "unit template $template is missing"
     sed -e "s|@PIBL_BIN@|$PIBL_BIN|g" -e "s|@PIBL_HOME@|$PIBL_HOME|g" \
-        -e "s|@PIBL_TTL@|$ttl|g" -e "s|@PIBL_USER@|pibl|g" "$template"
+        -e "s|@PIBL_CFG@|pibl.cfg|g" -e "s|@PIBL_TTL@|$ttl|g" \
+        -e "s|@PIBL_USER@|pibl|g" "$template"
 }
 
 # render_pibl_userdata OUT MODE BACKEND... - write PIBL's user-data script

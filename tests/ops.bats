@@ -404,7 +404,8 @@ three_up_one_dead() {
         echo "# systemd-analyze not installed: only the ExecReload line was checked" >&3
         return 0
     fi
-    sed -e "s#@PIBL_BIN@#$PIBL_BIN#g" -e "s#@PIBL_HOME@#$BATS_TEST_TMPDIR#g" -e 's#@PIBL_TTL@#30#g' \
+    sed -e "s#@PIBL_BIN@#$PIBL_BIN#g" -e "s#@PIBL_HOME@#$BATS_TEST_TMPDIR#g" -e 's#@PIBL_CFG@#pibl.cfg#g' \
+        -e 's#@PIBL_TTL@#30#g' \
         -e "s#@PIBL_USER@#$(id -un)#g" "$unit" >"$rendered"
     run ! grep -q '@PIBL_' "$rendered"
     run timeout 30 systemd-analyze verify "$rendered"
