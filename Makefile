@@ -52,7 +52,8 @@ unit: tests/unit
 test: all tests/unit
 	./tests/run-tests.sh
 
-# Three replicas of www/ on 8081-8083 and PIBL on 8080; Ctrl-C stops all.
+# Three replicas of www/ on 8081-8083 and PIBL on 8080 (PIBL_PORT, WEB1_PORT..., see the script);
+# Ctrl-C stops PIBL, then the replicas.
 run: all
 	./scripts/run-local.sh
 
