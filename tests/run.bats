@@ -61,7 +61,7 @@ print(" ".join(str(x.getsockname()[1]) for x in s))')
 # run_env: the environment of a run on the chosen ports, as NAME=VALUE words for env(1).
 run_env() {
     echo "PIBL_PORT=$P_PIBL PIBL_ADMIN_PORT=$P_ADMIN WEB1_PORT=$P_WEB1 WEB2_PORT=$P_WEB2 WEB3_PORT=$P_WEB3" \
-        "PIBL_LISTEN=127.0.0.1 RUN_DIR=$RUN_DIR TTL=${RUN_TTL:-60}"
+        "PIBL_LISTEN=127.0.0.1 RUN_DIR=$RUN_DIR TTL=${RUN_TTL:-60} TMPDIR=$BATS_TEST_TMPDIR"
 }
 
 # start_run [CMD...]: start CMD (default: scripts/run-local.sh) in a new session with SIGINT at its default and
@@ -215,6 +215,13 @@ time.sleep(60)' "$port" "$BATS_TEST_TMPDIR/holder.ready" 3>&- &
     grep -q "^run: web3  pid [0-9]*  http://127.0.0.1:$P_WEB3/\$" "$RUN_OUT"
     grep -q "^run: PIBL  pid [0-9]*  http://localhost:$P_PIBL/  (cache TTL 60 s; log and cache in $RUN_DIR)\$" "$RUN_OUT"
     grep -q "^run: status page http://127.0.0.1:$P_ADMIN/\$" "$RUN_OUT"
+    # The config of the run: pibl.cfg's settings with this run's ports.
+    local cfg
+    cfg=$(compgen -G "$BATS_TEST_TMPDIR/pibl-run.*/pibl.cfg")
+    grep -qx "port = $P_PIBL" "$cfg"
+    grep -qx "backend = 127.0.0.1:$P_WEB3" "$cfg"
+    grep -qx 'log_file = pibl.log' "$cfg"
+    [ "$(grep -c '^backend' "$cfg")" = 3 ]
     # PIBL runs in RUN_DIR: its log and cache are there, not in the repository.
     [ -f "$RUN_DIR/pibl.log" ]
     [ -d "$RUN_DIR/cache" ]
@@ -307,6 +314,8 @@ time.sleep(60)' "$port" "$BATS_TEST_TMPDIR/holder.ready" 3>&- &
     [ "$l_pibl" -lt "$l_webs" ]
     grep -q '^run: web servers stopped$' "$RUN_OUT"
     grep -q '"GET /_slow?ms=2500 HTTP/1.1" .* status=200 ' "$RUN_DIR/pibl.log"
+    # The config of the run (in TMPDIR) is gone with it.
+    [ -z "$(compgen -G "$BATS_TEST_TMPDIR/pibl-run.*")" ]
     [ -z "$(session_pids "$RUN_PID")" ]
     RUN_PID=""
     all_ports_free
