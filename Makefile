@@ -105,7 +105,8 @@ uninstall:
 	fi
 	@rmdir $(DESTDIR)$(SYSCONFDIR)/pibl 2>/dev/null || true
 
-# Three replicas of www/ on 8081-8083 and PIBL on 8080; Ctrl-C stops all.
+# Three replicas of www/ on 8081-8083 and PIBL on 8080 (PIBL_PORT, WEB1_PORT..., see the script);
+# Ctrl-C stops PIBL, then the replicas.
 run: all
 	./scripts/run-local.sh
 

@@ -13,8 +13,8 @@
  * If-Modified-Since) and a set of test routes under "/_" that produce odd
  * framings on demand: chunked bodies, close-delimited bodies, aborted bodies,
  * interim 1xx responses, chosen status codes, slow answers, cacheable answers,
- * an echo of the request and an upload sink, a WebSocket echo and a stream of
- * server-sent events. Every response names the origin
+ * an echo of the request and an upload sink, a WebSocket echo, a stream of
+ * server-sent events and the origin's name alone. Every response names the origin
  * in an X-Backend header, and -l appends one line per request to a log file
  * (plus the raw head to REQLOG.heads) so tests can count what reached which
  * origin.
@@ -129,6 +129,8 @@ static int handle_request(struct conn *c)
         rc = serve_status(c);
     else if (view_eq(p, "/_slow"))
         rc = serve_slow(c);
+    else if (view_eq(p, "/_whoami"))
+        rc = serve_whoami(c);
     else if (view_eq(p, "/_abort"))
         rc = serve_abort(c);
     else if (view_eq(p, "/_1xx"))

@@ -329,6 +329,13 @@ int serve_status(struct conn *c);
 int serve_slow(struct conn *c);
 
 /*
+ * /_whoami: 200 text/plain "NAME\n" with Cache-Control: no-store, so no cache
+ * keeps it and every request shows the replica that round robin picked (the
+ * demo page www/index.html asks it). Returns 0 or -1.
+ */
+int serve_whoami(struct conn *c);
+
+/*
  * /_abort?size=S&after=A: promise Content-Length S, send A bytes (A <= S,
  * default S/2), then close: a truncated response on purpose. Always -1.
  */
