@@ -219,7 +219,7 @@ render_html(const struct snapshot *s, struct out *o)
         "td,th{border:1px solid #bbb;padding:.3em .5em;text-align:right;font-size:.9em}"
         "th{background:#eee}td.l{text-align:left}.up{color:#070;font-weight:bold}"
         ".down{color:#b00;font-weight:bold}.drain,.maint{color:#a60;font-weight:bold}"
-        "small{color:#666}form{margin:0;white-space:nowrap}button{font-size:.8em}</style></head><body>\n"
+        "small{color:#666}.n{white-space:nowrap}form{margin:0;white-space:nowrap}button{font-size:.8em}</style></head><body>\n"
         "<h1>PIBL: estado</h1>\n<p>Activo desde hace ");
     out_duration(o, s->uptime);
     outf(o, " &middot; conexiones abiertas: %d &middot; t&uacute;neles WebSocket: %d &middot; "
@@ -241,10 +241,10 @@ render_html(const struct snapshot *s, struct out *o)
             outf(o, "</small>");
         }
         iso_time(b->state_since, when, sizeof when);
-        outf(o, "</td><td class=\"%s\">%s</td><td class=\"l\" title=\"%s\">hace ", state_of(b),
+        outf(o, "</td><td class=\"l %s\">%s</td><td class=\"l n\" title=\"%s\">hace ", state_of(b),
             state_of(b), when);
         out_duration(o, (long)(now - b->state_since));
-        outf(o, "</td><td>%d</td><td class=\"l\">", b->weight);
+        outf(o, "</td><td>%d</td><td class=\"l n\">", b->weight);
         if (b->check_at == 0) {
             outf(o, "-");
         } else {

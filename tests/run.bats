@@ -361,9 +361,36 @@ time.sleep(60)' "$port" "$BATS_TEST_TMPDIR/holder.ready" 3>&- &
         fi
     done
     # Every /_whoami went to a replica (12 in all, none from the cache); the page went once.
-    [ "$(grep -c '"GET /_whoami HTTP/1.1" .* backend=127\.0\.0\.1:' "$RUN_DIR/pibl.log")" = 12 ]
+    [ "$(grep -c '"GET /_whoami HTTP/1.1" .* backend=web[123] ' "$RUN_DIR/pibl.log")" = 12 ]
     run ! grep -q '"GET /_whoami HTTP/1.1" .* cache=HIT' "$RUN_DIR/pibl.log"
     [ "$(grep -c '"GET / HTTP/1.1" .* cache=MISS' "$RUN_DIR/pibl.log")" = 1 ]
+}
+
+@test "status page of make run: headless Chromium renders web1-web3 with their state, counters and buttons" {
+    browser_bin >/dev/null || skip "chromium not installed: apt-get install chromium to run this test"
+    start_run
+    wait_ready
+    local i dom rows png="$BATS_TEST_TMPDIR/status.png"
+    for i in 1 2 3 4 5 6; do
+        pcurl -o /dev/null "http://127.0.0.1:$P_PIBL/_whoami?i=$i"
+    done
+    pcurl -o /dev/null "http://127.0.0.1:$P_PIBL/"
+    pcurl -o /dev/null "http://127.0.0.1:$P_PIBL/"
+    dom=$(browser --dump-dom "http://127.0.0.1:$P_ADMIN/")
+    rows=$(html_rows backends <<<"$dom")
+    echo "$rows"
+    for i in 1 2 3; do
+        grep -Eq "^web$i 127\.0\.0\.1:[0-9]+\|up\|hace [0-9]+ s\|1\|" <<<"$rows"
+    done
+    grep -q '|drenar activar desactivar$' <<<"$rows"
+    [ "$(grep -c '^web' <<<"$rows")" = 3 ]
+    # The screenshot docs/status-page.png is this page: SCREENSHOT_OUT=docs/status-page.png takes it again.
+    browser --window-size=1500,760 --screenshot="$png" "http://127.0.0.1:$P_ADMIN/" >/dev/null
+    [ "$(png_size "$png")" = "1500 760" ]
+    [ "$(stat -c %s "$png")" -gt 10000 ]
+    if [ -n "${SCREENSHOT_OUT:-}" ]; then
+        cp "$png" "$SCREENSHOT_OUT"
+    fi
 }
 
 @test "run: run-local.sh is shellcheck-clean" {
