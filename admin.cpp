@@ -522,18 +522,6 @@ read_request(int fd, char *buf, size_t cap, size_t *got)
     return -1;
 }
 
-static int
-hex_digit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /*
  * The value of key in an application/x-www-form-urlencoded text of len
  * bytes (a query or a form body), decoded into out (cap bytes). Returns 1,
@@ -553,8 +541,8 @@ form_value(const char *text, size_t len, const char *key, char *out, size_t cap)
             for (size_t j = i + kl + 1; j < end; j++) {
                 char c = text[j];
                 if (c == '%') {
-                    int h = j + 2 < end ? hex_digit(text[j + 1]) : -1;
-                    int l = h >= 0 ? hex_digit(text[j + 2]) : -1;
+                    int h = j + 2 < end ? http_hex_value((unsigned char)text[j + 1]) : -1;
+                    int l = h >= 0 ? http_hex_value((unsigned char)text[j + 2]) : -1;
                     if (l < 0)
                         return 0;
                     c = (char)(h * 16 + l);

@@ -334,8 +334,8 @@ chunk_ext_step(int *st, unsigned char c)
     return -1;
 }
 
-static int
-hex_value(unsigned char c)
+int
+http_hex_value(unsigned char c)
 {
     if (c >= '0' && c <= '9')
         return c - '0';
@@ -364,7 +364,7 @@ http_chunked_step(struct http_chunked *ck, const char *p, size_t len, size_t *da
         unsigned char c = (unsigned char)p[i++];
         switch (ck->state) {
         case CK_SIZE: {
-            int h = hex_value(c);
+            int h = http_hex_value(c);
             if (h >= 0) {
                 if (++ck->n_digits > CK_MAX_DIGITS)
                     return -1;

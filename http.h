@@ -188,6 +188,9 @@ int http_valid_host(const char *h, size_t len);
 /* The reason phrase PIBL sends with one of its own statuses ("Error" if unknown). */
 const char *http_reason_phrase(int status);
 
+/* The value of a hex digit (chunk sizes, percent-escapes), or -1. */
+int http_hex_value(unsigned char c);
+
 /* ---------------------------------------------------------------- bodies */
 
 /* How a body is delimited (RFC 9112 6.3). */
