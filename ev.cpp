@@ -160,6 +160,7 @@ ev_forward(struct loop *l, struct conn *c)
     if (head_len == -1)
         return ev_slow(l, c, RESUME_FORWARD);
     x->backend = b;
+    exchange_note_tried(x, b);
     c->u.fd = -1;
     c->u.backend = b;
     c->u.reused = 0;
