@@ -227,15 +227,18 @@ log_format_parse(const char *name)
 int
 log_open(const char *path, int format, const char *error_log)
 {
+    int chosen = error_log != NULL && error_log[0] != '\0';
+
+    g_format = format;
+    g_own_apart = chosen || format != LOG_FORMAT_PIBL;
     g_queue = (char *)malloc(LOG_QUEUE_BYTES);
     g_spare = (char *)malloc(LOG_QUEUE_BYTES);
-    g_own = (char *)malloc(LOG_OWN_BYTES);
-    g_own_spare = (char *)malloc(LOG_OWN_BYTES);
-    if (g_queue == NULL || g_spare == NULL || g_own == NULL || g_own_spare == NULL)
+    if (g_own_apart) {                          /* else own lines share g_queue */
+        g_own = (char *)malloc(LOG_OWN_BYTES);
+        g_own_spare = (char *)malloc(LOG_OWN_BYTES);
+    }
+    if (g_queue == NULL || g_spare == NULL || (g_own_apart && (g_own == NULL || g_own_spare == NULL)))
         return -1;
-    g_format = format;
-    int chosen = error_log != NULL && error_log[0] != '\0';
-    g_own_apart = chosen || format != LOG_FORMAT_PIBL;
     if (chosen && strcmp(error_log, "stdout") == 0) {
         g_err_fd = STDOUT_FILENO;
     } else if (chosen && strcmp(error_log, "stderr") != 0) {
