@@ -14,7 +14,7 @@
 #   upstream.cpp     backend sockets and the idle connection pool
 #   rr.cpp           backend table and round robin
 #   health.cpp       active health checks
-#   log.cpp          log lines to stdout and the log file
+#   log.cpp          access lines (pibl, combined, json) and PIBL's own lines
 #   admin.cpp        the status page
 # origin/ is pibl-origin, the demo and test web server (not part of pibl), one job a file:
 #   origin.cpp start-up, connection threads, dispatch   io.cpp socket I/O

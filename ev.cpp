@@ -161,6 +161,7 @@ ev_forward(struct loop *l, struct conn *c)
         return ev_slow(l, c, RESUME_FORWARD);
     x->backend = b;
     x->sent_bytes = (uint64_t)head_len;
+    exchange_note_tried(x, b);
     c->u.fd = -1;
     c->u.backend = b;
     c->u.reused = 0;

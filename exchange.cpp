@@ -57,6 +57,7 @@ exchange_reset(struct exchange *x)
     x->req.method_len = 0;
     x->req.n_headers = 0;
     x->method[0] = x->target[0] = x->host[0] = x->key[0] = '\0';
+    x->ua[0] = x->referer[0] = '\0';
     /* An empty entry is fd -1 and slot -1 (a fresh block is all zeros,
      * and slot 0 is a real slot). */
     x->stale.fd = x->hit.fd = -1;
@@ -66,69 +67,64 @@ exchange_reset(struct exchange *x)
     x->t_start = pibl_now_us();
 }
 
-/* Copy a log field, turning quotes and control bytes into '?'. */
+/* Copy a log field as received, cut to cap - 1 bytes: log.cpp escapes it
+ * for the format (a head holds no NUL: the parser refuses it). */
 static void
 copy_field(char *dst, size_t cap, const char *src, size_t len)
 {
     size_t n = len < cap - 1 ? len : cap - 1;
 
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)src[i];
-        dst[i] = (ch < 0x20 || ch == '"' || ch == '\\' || ch >= 0x7f) ? '?' : (char)ch;
-    }
+    memcpy(dst, src, n);
     dst[n] = '\0';
 }
 
+void
+exchange_note_tried(struct exchange *x, int b)
+{
+    if (b < 0 || b >= MAX_BACKENDS)
+        return;
+    for (int i = 0; i < x->n_tried; i++)
+        if (x->tried_order[i] == b)
+            return;                             /* a stale pooled connection, tried again */
+    x->tried_order[x->n_tried++] = (unsigned char)b;
+}
+
 /*
- * One line per exchange, put together by hand: the printf family was a
- * tenth of PIBL's own CPU time on small answers. Cut like log_line().
+ * One line per exchange, formatted by log.cpp by hand: the printf family
+ * was a tenth of PIBL's own CPU time on small answers.
  */
 void
 exchange_log(const struct conn *c, const struct exchange *x)
 {
-    char ts[40], line[LOG_LINE_MAX];
-    int64_t us = pibl_now_us() - x->t_start;
-    struct http_builder b = { line, sizeof line - 1, 0, 0 };
+    const char *tried[MAX_BACKENDS];
+    struct log_access a;
 
     g_requests.fetch_add(1, std::memory_order_relaxed);
     if (x->cache != CACHE_NONE)
         cache_note(x->cache);
     if (x->backend >= 0 && x->status != 0 && x->cache != CACHE_HIT && x->cache != CACHE_STALE)
         rr_answered(x->backend, x->status, x->sent_bytes + x->up_bytes, x->bytes);
-    log_timestamp(ts, sizeof ts);
-    http_put_cut(&b, ts);
-    http_put_cut(&b, " ");
-    http_put_cut(&b, c->peer);
-    http_put_cut(&b, " \"");
-    http_put_cut(&b, x->method[0] ? x->method : "-");
-    http_put_cut(&b, " ");
-    http_put_cut(&b, x->target[0] ? x->target : "-");
-    http_put_cut(&b, " HTTP/1.");
-    http_put_long(&b, x->minor);
-    http_put_cut(&b, "\" host=");
-    http_put_cut(&b, x->host[0] ? x->host : "-");
-    http_put_cut(&b, " backend=");
-    http_put_cut(&b, x->backend >= 0 ? rr_name(x->backend) : "-");
-    http_put_cut(&b, " status=");
-    http_put_num(&b, (unsigned long long)x->status);
-    http_put_cut(&b, " bytes=");
-    http_put_num(&b, (unsigned long long)x->bytes);
-    if (x->status == 101) {                     /* a tunnel: the other way too */
-        http_put_cut(&b, " up=");
-        http_put_num(&b, (unsigned long long)x->up_bytes);
-    }
-    http_put_cut(&b, " ms=");
-    http_put_num(&b, (unsigned long long)(us < 0 ? 0 : us / 1000));
-    char frac[4] = { '.', (char)('0' + us % 1000 / 100), (char)('0' + us % 100 / 10), '\0' };
-    http_put_cut(&b, us < 0 ? ".00" : frac);
-    http_put_cut(&b, " cache=");
-    http_put_cut(&b, cache_status_name(x->cache));
-    if (x->err) {
-        http_put_cut(&b, " err=\"");
-        http_put_cut(&b, x->err);
-        http_put_cut(&b, "\"");
-    }
-    log_text(line, b.len, b.overflow);
+    for (int i = 0; i < x->n_tried; i++)
+        tried[i] = rr_name(x->tried_order[i]);
+    a.client = c->peer;
+    a.client_ip = c->peer_ip;
+    a.method = x->method;
+    a.target = x->target;
+    a.host = x->host;
+    a.backend = x->backend >= 0 ? rr_name(x->backend) : NULL;
+    a.minor = x->minor;
+    a.status = x->status;
+    a.bytes = x->bytes;
+    a.tunnel = x->status == 101;
+    a.up_bytes = x->up_bytes;
+    a.us = pibl_now_us() - x->t_start;
+    a.cache = cache_status_name(x->cache);
+    a.ua = x->ua;
+    a.referer = x->referer;
+    a.tried = tried;
+    a.n_tried = x->n_tried;
+    a.err = x->err;
+    log_access(&a);
 }
 
 int
@@ -265,6 +261,13 @@ exchange_check_request(const struct pibl_config *cfg, struct exchange *x, int *s
     x->is_head = http_name_is(r->method, r->method_len, "HEAD");
     copy_field(x->method, sizeof x->method, r->method, r->method_len);
     copy_field(x->target, sizeof x->target, r->target, r->target_len);
+    for (int i = 0; i < r->n_headers; i++) {   /* for the log: the first of each */
+        const struct http_header *f = &r->headers[i];
+        if (f->name_len == 10 && x->ua[0] == '\0' && http_name_is(f->name, 10, "user-agent"))
+            copy_field(x->ua, sizeof x->ua, f->value, f->value_len);
+        else if (f->name_len == 7 && x->referer[0] == '\0' && http_name_is(f->name, 7, "referer"))
+            copy_field(x->referer, sizeof x->referer, f->value, f->value_len);
+    }
 
     *path = r->target;
     *path_len = r->target_len;
@@ -781,6 +784,7 @@ exchange_forward(struct conn *c, struct exchange *x, const char *host, size_t ho
             break;
         tried |= (uint64_t)1 << b;
         x->backend = b;
+        exchange_note_tried(x, b);
 
         long head_len = exchange_upstream_head(c, x, host, host_len, path, path_len, ct, b);
         if (head_len == -1) {

@@ -17,6 +17,8 @@
 #include <stdint.h>
 
 #define MAX_INTERIM          8        /* 1xx answers relayed before the final one */
+#define MAX_LOG_UA           256      /* User-Agent kept for the log, cut past it */
+#define MAX_LOG_REFERER      512      /* Referer kept for the log, cut past it */
 
 struct conn;
 
@@ -43,6 +45,7 @@ struct exchange {
     const char *err;               /* reason for the log, or NULL */
     int cache;                     /* enum cache_status */
     uint64_t tried;                /* backends already tried (bit mask) */
+    int n_tried;                   /* entries in tried_order */
     int fail_status;               /* answer when no backend is left, 0 = 503 */
     const char *fail_why;
     /* The cache (RFC 9111); see cachepolicy.h. */
@@ -58,9 +61,12 @@ struct exchange {
     size_t cond_len;               /* bytes in cond */
 
     struct http_request req;       /* views into the connection's head buffer */
-    char method[32];               /* copies for the log line */
+    char method[32];               /* copies for the log line, as received */
     char target[512];              /* cut for the log */
     char host[MAX_HOST_NAME];
+    char ua[MAX_LOG_UA];           /* User-Agent, "" = none */
+    char referer[MAX_LOG_REFERER]; /* Referer, "" = none */
+    unsigned char tried_order[MAX_BACKENDS];   /* backend slots tried, in order, each once */
     char key[MAX_CACHE_KEY + 1];   /* cache key */
     struct cache_entry stale;      /* expired entry: revalidate or stale-if-error */
     struct cache_entry hit;        /* entry being sent by the event loop */
@@ -163,6 +169,9 @@ int exchange_error(struct conn *c, struct exchange *x, int status, const char *w
 
 /* Write the exchange's log line (and count it). */
 void exchange_log(const struct conn *c, const struct exchange *x);
+
+/* Backend slot b is being tried: note it for the log (once, in order). */
+void exchange_note_tried(struct exchange *x, int b);
 
 /*
  * End an exchange: the cache's part (cachepolicy_end), the log line.

@@ -48,7 +48,7 @@
 
 /* ---------------------------------------------------------------- config */
 
-enum key_type { K_INT, K_LONG, K_BOOL, K_STRING, K_BACKEND, K_ADDR, K_PATH };
+enum key_type { K_INT, K_LONG, K_BOOL, K_STRING, K_BACKEND, K_ADDR, K_PATH, K_LOG_FORMAT };
 
 struct key_spec {
     const char *name;
@@ -65,6 +65,8 @@ static const struct key_spec g_keys[] = {
     { "backend",            K_BACKEND, 0,                       0, 0 },
     { "log_file",           K_STRING,  CFG(log_file),           0, PATH_MAX },
     { "log_headers",        K_BOOL,    CFG(log_headers),        0, 1 },
+    { "log_format",         K_LOG_FORMAT, CFG(log_format),      0, 0 },
+    { "error_log",          K_STRING,  CFG(error_log),          0, PATH_MAX },
     { "cache_dir",          K_STRING,  CFG(cache_dir),          0, PATH_MAX - 64 },
     { "connect_timeout",    K_INT,     CFG(connect_timeout),    1, 3600 },
     { "backend_timeout",    K_INT,     CFG(backend_timeout),    1, 86400 },
@@ -312,6 +314,13 @@ apply_key(struct pibl_config *cfg, const struct key_spec *k, char *value, char *
         return 0;
     case K_BACKEND:
         return add_backend(cfg, value, err, err_len);
+    case K_LOG_FORMAT:
+        if ((b = log_format_parse(value)) == -1) {
+            snprintf(err, err_len, "%s: \"%s\" must be pibl, combined or json", k->name, value);
+            return -1;
+        }
+        *(int *)field = b;
+        return 0;
     case K_PATH:
         if (value[0] != '/' || strlen(value) >= (size_t)k->max || strpbrk(value, " \t") != NULL) {
             snprintf(err, err_len, "%s: \"%s\" must be a path starting with /", k->name, value);
@@ -730,6 +739,11 @@ reload(void)
         strcmp(next->cache_dir, cur->cache_dir) != 0)
         log_line("pibl: warning: reload: listen, port, admin_listen, admin_port and cache_dir "
             "change only on restart; kept as they were");
+    if (next->log_format != cur->log_format || strcmp(next->error_log, cur->error_log) != 0)
+        log_line("pibl: warning: reload: log_format and error_log change only on restart; "
+            "kept as they were");
+    next->log_format = cur->log_format;
+    memcpy(next->error_log, cur->error_log, sizeof next->error_log);
     memcpy(next->listen_addr, cur->listen_addr, sizeof next->listen_addr);
     next->port = cur->port;
     memcpy(next->admin_listen, cur->admin_listen, sizeof next->admin_listen);
@@ -966,7 +980,7 @@ main(int argc, char **argv)
     rr_configure(&cfg, &ch);
 
     int n_fds = raise_fd_limit();
-    if (install_signals() == -1 || log_open(cfg.log_file) == -1) {
+    if (install_signals() == -1 || log_open(cfg.log_file, cfg.log_format, cfg.error_log) == -1) {
         fprintf(stderr, "pibl: cannot start: %s\n", strerror(errno));
         return 1;
     }

@@ -51,6 +51,9 @@ struct pibl_config {
     struct backend_conf backends[MAX_BACKENDS];
     char log_file[PATH_MAX];       /* exchange log, appended */
     int log_headers;               /* 1: also log whole header blocks */
+    int log_format;                /* enum log_format (log.h) of the access lines */
+    char error_log[PATH_MAX];      /* PIBL's own lines: "stderr", "stdout" or a
+                                      file; "" = the format's default */
     char cache_dir[PATH_MAX];      /* cache folder, relative to the cwd */
     int connect_timeout;           /* s, connect() to a backend */
     int backend_timeout;           /* s, silence from a backend -> 504 */

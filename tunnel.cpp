@@ -62,6 +62,7 @@ struct tunnel {
     int64_t t_start;
     int minor, backend;
     char method[32], target[512], host[MAX_HOST_NAME];
+    char *ua, *referer;            /* in the same block, after the struct */
 };
 
 static std::atomic<int> g_open;    /* tunnels open now */
@@ -112,11 +113,18 @@ tunnel_accept(struct conn *c, struct exchange *x, struct upstream *u, size_t len
 int
 tunnel_begin(struct conn *c)
 {
-    struct tunnel *t = (struct tunnel *)calloc(1, sizeof *t);
+    const struct exchange *x = c->x;
+    /* User-Agent and Referer take only the room they need: a browser's
+     * tunnels are many and long-lived. */
+    size_t ua_len = strlen(x->ua), ref_len = strlen(x->referer);
+    struct tunnel *t = (struct tunnel *)calloc(1, sizeof *t + ua_len + ref_len + 2);
 
     if (t == NULL)
         return -1;
-    const struct exchange *x = c->x;
+    t->ua = (char *)(t + 1);
+    t->referer = t->ua + ua_len + 1;
+    memcpy(t->ua, x->ua, ua_len + 1);
+    memcpy(t->referer, x->referer, ref_len + 1);
     t->t_start = x->t_start;
     t->minor = x->minor;
     t->backend = c->u.backend;
@@ -150,6 +158,8 @@ tunnel_end(struct conn *c)
     memcpy(x.method, t->method, sizeof x.method);
     memcpy(x.target, t->target, sizeof x.target);
     memcpy(x.host, t->host, sizeof x.host);
+    memcpy(x.ua, t->ua, strlen(t->ua) + 1);    /* copied from an x->ua: it fits */
+    memcpy(x.referer, t->referer, strlen(t->referer) + 1);
     exchange_log(c, &x);
     g_open.fetch_sub(1, std::memory_order_relaxed);
     rr_tunnels(t->backend, -1);

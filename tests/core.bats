@@ -178,10 +178,11 @@ check_bad_cfg() {
     start_pibl
     run pcurl -o /dev/null -w '%{http_code}' "$(url '/_echo?logprobe=1')"
     [ "$output" = 200 ]
-    # Exact shape: UTC time to the millisecond, ms with two decimals, cache=- with the cache off, nothing after.
+    # Exact shape: UTC time to the millisecond, ms with two decimals, cache=- with the cache off, then the
+    # User-Agent curl sent and ref="-" (no Referer), nothing after.
     local re="^20[0-9]{2}-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-6][0-9]\.[0-9]{3}Z 127\.0\.0\.1:[0-9]+ "
     re+="\"GET /_echo\\?logprobe=1 HTTP/1\.1\" host=127\.0\.0\.1:$PIBL_PORT "
-    re+="backend=127\.0\.0\.1:${ORIGIN_PORT[o1]} status=200 bytes=[1-9][0-9]* ms=(0|[1-9][0-9]*)\.[0-9]{2} cache=-$"
+    re+="backend=127\.0\.0\.1:${ORIGIN_PORT[o1]} status=200 bytes=[1-9][0-9]* ms=(0|[1-9][0-9]*)\.[0-9]{2} cache=- ua=\"curl/[^\"]+\" ref=\"-\"$"
     wait_for_line "$PIBL_LOG" "$re"
     wait_for_line "$PIBL_OUT" "$re"
     [ "$(count_lines "$PIBL_LOG" logprobe)" -eq 1 ]
@@ -202,7 +203,7 @@ check_bad_cfg() {
     start_pibl
     run raw_request "$PIBL_PORT" $'GET /hello.txt HTTP/1.1\r\n\r\n'
     [ "$(status_of "$output")" = 400 ]
-    wait_for_line "$PIBL_LOG" ' "GET /hello\.txt HTTP/1\.1" host=- backend=- status=400 bytes=[0-9]+ ms=[0-9]+\.[0-9]{2} cache=- err="[^"]+"$'
+    wait_for_line "$PIBL_LOG" ' "GET /hello\.txt HTTP/1\.1" host=- backend=- status=400 bytes=[0-9]+ ms=[0-9]+\.[0-9]{2} cache=- ua="-" ref="-" err="[^"]+"$'
     wait_for_line "$PIBL_OUT" ' backend=- status=400 '
 }
 

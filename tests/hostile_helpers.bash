@@ -19,8 +19,8 @@
 
 PEER_PY="$PIBL_ROOT/tests/hostile_peer.py"
 
-# The documented exchange log line (README.md), err="..." optional at the end.
-LOG_LINE_RE='^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z [^ ]+ "[^"]*" host=[^ ]+ backend=[^ ]+ status=[0-9]+ bytes=[0-9]+ ms=[0-9]+\.[0-9]+ cache=[A-Z-]+( err="[^"]*")?$'
+# The documented exchange log line (README.md, log_format = pibl), tried=... and err="..." optional at the end.
+LOG_LINE_RE='^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z [^ ]+ "[^"]*" host=[^ ]+ backend=[^ ]+ status=[0-9]+ bytes=[0-9]+ ms=[0-9]+\.[0-9]+ cache=[A-Z-]+ ua="[^"]*" ref="[^"]*"( tried=[^ ]+)?( err="[^"]*")?$'
 
 # hostile_setup: helpers_setup plus this file's state.
 hostile_setup() {

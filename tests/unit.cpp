@@ -1,13 +1,14 @@
 /*
  * tests/unit.cpp - table-driven unit tests for the parsers (request head,
- * response head, chunked bodies, Content-Length), the config file and round
- * robin. Prints one line per failure and ends with "N passed, N failed".
+ * response head, chunked bodies, Content-Length), the config file, round
+ * robin and the access line formats (escaping, dates, cutting). Prints one line per failure and ends with "N passed, N failed".
  * Built by `make unit`, also under -fsanitize=address,undefined.
  */
 #include "cache.h"
 #include "cachepolicy.h"
 #include "exchange.h"
 #include "http.h"
+#include "log.h"
 #include "pibl.h"
 #include "rr.h"
 
@@ -347,6 +348,10 @@ static const struct cfg_case g_cfg_cases[] = {
     { "backend = 127.0.0.1:1 weight=101\n", ":1: backend" },
     { "backend = 127.0.0.1:1\nhealth_check = healthz\n", ":2: health_check" },
     { "backend = 127.0.0.1:1 weight=3\nhealth_check = /healthz\nadmin_port = 0\n", NULL },
+    { "backend = 127.0.0.1:1\nlog_format = json\nerror_log = /tmp/e.log\n", NULL },
+    { "backend = 127.0.0.1:1\nlog_format = Combined\n",
+      ":2: log_format: \"Combined\" must be pibl, combined or json" },
+    { "backend = 127.0.0.1:1\nerror_log =\n", ":2: error_log: missing value" },
 };
 
 static void
@@ -374,6 +379,10 @@ test_config(void)
         "log_headers = on\nunderscores_in_headers = on\n", &cfg, err, sizeof err) == 0 &&
         cfg.n_backends == 2 && cfg.max_body_bytes == 0 && cfg.log_headers == 1 &&
         cfg.underscores_in_headers == 1, "values applied");
+    CHECK(cfg.log_format == LOG_FORMAT_PIBL && cfg.error_log[0] == '\0', "log defaults");
+    CHECK(load_text("backend = 127.0.0.1:1\nlog_format = combined\nerror_log = stdout\n", &cfg, err,
+        sizeof err) == 0 && cfg.log_format == LOG_FORMAT_COMBINED &&
+        strcmp(cfg.error_log, "stdout") == 0, "log keys applied");
     CHECK(pibl_config_load("/nonexistent/pibl.cfg", &cfg, err, sizeof err) == -1 &&
         strstr(err, "/nonexistent/pibl.cfg") != NULL, "missing file named");
 }
@@ -665,6 +674,139 @@ test_cache_decisions(void)
     CHECK(cachepolicy_judge(&x, &e) == ENTRY_FRESH, "no Vary");
 }
 
+/* ------------------------------------------------------------ access lines */
+
+/* One exchange with every field, at 2025-11-27T02:41:42.682Z. */
+static void
+sample_access(struct log_access *a, const char *const *tried)
+{
+    memset(a, 0, sizeof *a);
+    a->client = "127.0.0.1:60556";
+    a->client_ip = "127.0.0.1";
+    a->method = "GET";
+    a->target = "/a\"b\\c";
+    a->host = "example.com";
+    a->backend = "web2";
+    a->minor = 1;
+    a->status = 502;
+    a->bytes = 1124;
+    a->us = 520;
+    a->cache = "MISS";
+    a->ua = "Mozilla/5.0 \"q\"\t\x01\xc3\xa9";
+    a->referer = NULL;
+    a->tried = tried;
+    a->n_tried = 2;
+    a->err = "backend unreachable";
+}
+
+/* Format a in format into out (NUL-terminated). */
+static void
+format_line(int format, const struct log_access *a, char *out, size_t cap)
+{
+    struct timespec now = { 1764211302, 682000000 };   /* 2025-11-27T02:41:42.682Z */
+    size_t n = log_format_access(format, a, &now, out, cap - 1);
+
+    out[n] = '\0';
+}
+
+static void
+test_access_lines(void)
+{
+    const char *tried[] = { "web1", "web2" };
+    struct log_access a;
+    char line[LOG_LINE_MAX];
+
+    sample_access(&a, tried);
+    format_line(LOG_FORMAT_PIBL, &a, line, sizeof line);
+    CHECK(strcmp(line, "2025-11-27T02:41:42.682Z 127.0.0.1:60556 \"GET /a?b?c HTTP/1.1\" "
+        "host=example.com backend=web2 status=502 bytes=1124 ms=0.52 cache=MISS "
+        "ua=\"Mozilla/5.0 ?q?????\" ref=\"-\" tried=web1,web2 err=\"backend unreachable\"") == 0,
+        "pibl line: %s", line);
+    format_line(LOG_FORMAT_COMBINED, &a, line, sizeof line);
+    CHECK(strcmp(line, "127.0.0.1 - - [27/Nov/2025:02:41:42 +0000] \"GET /a\\\"b\\\\c HTTP/1.1\" "
+        "502 1124 \"-\" \"Mozilla/5.0 \\\"q\\\"\\x09\\x01\\xc3\\xa9\"") == 0,
+        "combined line: %s", line);
+    format_line(LOG_FORMAT_JSON, &a, line, sizeof line);
+    CHECK(strcmp(line, "{\"time\":\"2025-11-27T02:41:42.682Z\",\"client\":\"127.0.0.1:60556\","
+        "\"method\":\"GET\",\"target\":\"/a\\\"b\\\\c\",\"protocol\":\"HTTP/1.1\","
+        "\"host\":\"example.com\",\"backend\":\"web2\",\"status\":502,\"bytes\":1124,\"ms\":0.52,"
+        "\"cache\":\"MISS\",\"ua\":\"Mozilla/5.0 \\\"q\\\"\\t\\u0001\\u00c3\\u00a9\",\"referer\":null,"
+        "\"tried\":[\"web1\",\"web2\"],\"err\":\"backend unreachable\"}") == 0,
+        "json line: %s", line);
+
+    /* One backend that answered: pibl says no tried=; a tunnel has up=. */
+    a.status = 101;
+    a.tunnel = 1;
+    a.up_bytes = 77;
+    a.n_tried = 1;
+    a.err = NULL;
+    format_line(LOG_FORMAT_PIBL, &a, line, sizeof line);
+    CHECK(strstr(line, " status=101 bytes=1124 up=77 ms=") != NULL && strstr(line, "tried=") == NULL &&
+        strstr(line, "err=") == NULL, "pibl tunnel line: %s", line);
+    format_line(LOG_FORMAT_JSON, &a, line, sizeof line);
+    CHECK(strstr(line, "\"bytes\":1124,\"up_bytes\":77,\"ms\"") != NULL &&
+        strstr(line, "\"tried\":[\"web1\"],\"err\":null}") != NULL, "json tunnel line: %s", line);
+
+    /* Nothing read: every field absent. */
+    memset(&a, 0, sizeof a);
+    a.client = "[::1]:5";
+    a.client_ip = "::1";
+    a.minor = 1;
+    a.status = 400;
+    a.cache = "-";
+    format_line(LOG_FORMAT_PIBL, &a, line, sizeof line);
+    CHECK(strcmp(line, "2025-11-27T02:41:42.682Z [::1]:5 \"- - HTTP/1.1\" host=- backend=- status=400 "
+        "bytes=0 ms=0.00 cache=- ua=\"-\" ref=\"-\"") == 0, "pibl empty: %s", line);
+    format_line(LOG_FORMAT_COMBINED, &a, line, sizeof line);
+    CHECK(strcmp(line, "::1 - - [27/Nov/2025:02:41:42 +0000] \"-\" 400 0 \"-\" \"-\"") == 0,
+        "combined empty: %s", line);
+    format_line(LOG_FORMAT_JSON, &a, line, sizeof line);
+    CHECK(strstr(line, "\"method\":null,\"target\":null,\"protocol\":null,\"host\":null,"
+        "\"backend\":null,\"status\":400,\"bytes\":0,\"ms\":0.00,\"cache\":null,\"ua\":null,"
+        "\"referer\":null,\"tried\":[],\"err\":null}") != NULL, "json empty: %s", line);
+
+    /* Fields far too long once escaped: cut with "...", the line still whole. */
+    static char big[3000];
+    memset(big, '"', sizeof big - 1);
+    sample_access(&a, tried);
+    a.target = a.ua = a.referer = big;
+    format_line(LOG_FORMAT_JSON, &a, line, sizeof line);
+    size_t n = strlen(line);
+    CHECK(n < sizeof line - 1 && strstr(line, "...\"") != NULL &&
+        strcmp(line + n - 52, "\"tried\":[\"web1\",\"web2\"],\"err\":\"backend unreachable\"}") == 0,
+        "json cut, closed: %s", line + n - 60);
+    format_line(LOG_FORMAT_COMBINED, &a, line, sizeof line);
+    n = strlen(line);
+    CHECK(n < sizeof line - 1 && strcmp(line + n - 11, "\"...\" \"...\"") == 0, "combined cut, closed: %s",
+        line + n - 30);
+    format_line(LOG_FORMAT_PIBL, &a, line, sizeof line);
+    n = strlen(line);
+    CHECK(n < sizeof line - 1 && strstr(line, " err=\"backend unreachable\"") != NULL,
+        "pibl cut, closed: %s", line + n - 60);
+
+    /* Every month by name, whatever the locale; names parse back. */
+    static const char *const months[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug",
+        "Sep", "Oct", "Nov", "Dec" };
+    memset(&a, 0, sizeof a);
+    for (int m = 0; m < 12; m++) {
+        struct tm tm;
+        memset(&tm, 0, sizeof tm);
+        tm.tm_year = 2026 - 1900;
+        tm.tm_mon = m;
+        tm.tm_mday = 5;
+        tm.tm_hour = 7;
+        struct timespec now = { timegm(&tm), 0 };
+        size_t len = log_format_access(LOG_FORMAT_COMBINED, &a, &now, line, sizeof line - 1);
+        line[len] = '\0';
+        char want[40];
+        snprintf(want, sizeof want, "[05/%s/2026:07:00:00 +0000]", months[m]);
+        CHECK(strstr(line, want) != NULL, "month %d: %s", m, line);
+    }
+    CHECK(log_format_parse("pibl") == LOG_FORMAT_PIBL && log_format_parse("combined") ==
+        LOG_FORMAT_COMBINED && log_format_parse("json") == LOG_FORMAT_JSON &&
+        log_format_parse("JSON") == -1 && log_format_parse("") == -1, "format names");
+}
+
 int
 main(void)
 {
@@ -679,6 +821,7 @@ main(void)
     test_backend_admin();
     test_field_lists();
     test_cache_decisions();
+    test_access_lines();
     printf("unit: %d passed, %d failed\n", n_passed, n_failed);
     return n_failed == 0 ? 0 : 1;
 }
