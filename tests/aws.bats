@@ -904,6 +904,38 @@ destroy_listing_ok() {
     [ "$(live_count)" -eq 0 ] && [ -z "$(ls "$AWS_STUB_DIR/sg")" ] && [ -z "$(ls "$AWS_STUB_DIR/kp")" ]
 }
 
+# help_defaults SCRIPT - "--option<TAB>value" for every "(default: value)" in
+# SCRIPT -h, the option being the last --word before it on its line or on the
+# option line above (a default on a continuation line).
+help_defaults() {
+    "$1" -h | awk '
+        match($0, /^ +(-[a-z], )?--[a-z-]+/) { s = substr($0, RSTART, RLENGTH); sub(/^ +(-[a-z], )?/, "", s); opt = s }
+        opt != "" && match($0, /\(default: [^)]*\)/) { d = substr($0, RSTART + 10, RLENGTH - 11); print opt "\t" d }'
+}
+
+@test "-h and README.md state the same defaults and the same user-data limit" {
+    local script opt value readme n=0
+    # README without its backquotes: "`--ttl` (60)" reads "--ttl (60)".
+    readme=$(tr -d '`' <"$REPO/README.md" | tr '\n' ' ')
+    for script in "$DEPLOY" "$DESTROY" "$STATUS"; do
+        while IFS=$'\t' read -r opt value; do
+            n=$((n + 1))
+            if [[ "$value" == *" "* ]]; then
+                # A default in words ("from --os"): the README must name the option.
+                [[ "$readme" == *"$opt"* ]] || { echo "README lacks $opt"; return 1; }
+            else
+                [[ "$readme" == *"$opt ($value)"* || "$readme" == *"$opt ($value,"* || "$readme" == *"$opt ($value "* ]] ||
+                    { echo "${script##*/} -h: $opt (default: $value), README differs"; return 1; }
+            fi
+        done < <(help_defaults "$script")
+    done
+    [ "$n" -ge 20 ]
+    "$DEPLOY" -h | grep -q 'at most 16384 bytes'
+    [[ "$readme" == *"16384 bytes"* ]]
+    # And the old claim of a fixed compressed size is gone.
+    ! grep -q 'unos 27 KB' "$REPO/README.md"
+}
+
 @test "copy mode: no SSH answer within --wait-timeout stops the deploy with ssh's last words" {
     local work=$BATS_TEST_TMPDIR/checkout
     big_checkout "$work" ""
