@@ -6,27 +6,39 @@
 #   - an EC2 key pair, imported from a local ed25519 key (made with ssh-keygen
 #     if absent), so the private key never travels;
 #   - security group PROJECT-pibl: PIBL's port and SSH from the client CIDR;
-#   - security group PROJECT-web: HTTP (80) from PROJECT-pibl only;
+#   - security group PROJECT-web: HTTP (80) from PROJECT-pibl only (and SSH
+#     from PROJECT-pibl when the web app is copied over SSH);
 #   - three web servers (nginx from the distribution, the site from www/,
 #     byte-identical on the three);
-#   - one PIBL instance that builds PIBL from this repository, writes
-#     pibl.cfg with the three private IPs and runs it under systemd.
-# The web app and PIBL's source travel inside the user-data when they fit in
-# EC2's 16 KB (gzip-compressed; cloud-init decompresses it); what does not fit
-# is cloned by the instance from --git-url, or else from the checkout's origin
-# remote at its current branch.
+#   - one PIBL instance that builds PIBL, writes pibl.cfg with the three
+#     private IPs and runs it under systemd.
+# How the web app and PIBL's source reach the instances (--source, chosen per
+# part before any AWS call):
+#   userdata  inside the user-data, when it fits in EC2's 16384 bytes
+#             (gzip-compressed; cloud-init decompresses it);
+#   git       the instance clones --git-url, or the checkout's origin remote
+#             when it is a network URL (https, http, git, ssh);
+#   copy      otherwise (no origin, or origin is a local path): the deploy
+#             sends the source over SSH with the managed key once the PIBL
+#             instance answers (git archive of --git-ref for PIBL, a tar of
+#             www/ for the web servers, reached through PIBL as a jump host),
+#             and runs the build and start there.
 # Then it waits until http://PIBL-IP:PORT/ answers and prints how to use it.
+# --dry-run prints the plan (each AWS call, the user-data sizes, the source
+# modes, the SSH steps) and makes no AWS call.
 #
 # Re-running is safe: everything is found again by name and tags (Project,
 # Role), launches carry client tokens derived from the PIBL security group id
 # (so a repeated call returns the instances it already made, and a deploy after
 # aws-destroy.sh, which deletes that group, gets new tokens and a fresh
-# deployment).
+# deployment). In copy mode a re-run sends the source again; the instance
+# rebuilds and restarts only when the source or the configuration changed.
 #
-# What it refuses: a region without a default VPC, content over 16 KB with no
-# repository to clone it from, stopped instances of the project (start them or
-# destroy), an unusable project name, CIDR, port, TTL or git URL. It never
-# deletes anything; aws-destroy.sh does that.
+# What it refuses: a region without a default VPC, a source mode that cannot
+# work (too big for the user-data, no reachable repository, no git checkout to
+# archive), stopped instances of the project (start them or destroy), an
+# unusable project name, CIDR, port, TTL, git URL or ref. It never deletes
+# anything; aws-destroy.sh does that.
 #
 # Limits: user-data <= 16384 bytes, project name <= 24 characters, one region
 # per run, bash >= 4.4.
@@ -42,6 +54,10 @@ readonly N_WEB=3                      # web servers, as the assignment asks
 readonly WEB_PORT=80                  # the web servers' HTTP port
 readonly PIBL_HOME=/var/lib/pibl      # on the instance: cwd, pibl.cfg, cache/, pibl.log
 readonly PIBL_BIN=/opt/pibl/bin/pibl  # on the instance: the built binary
+readonly BOOT_MARKER=/var/lib/pibl-setup/ready  # on the instance: first-boot setup done (copy mode)
+readonly BOOT_TRIES=180               # the copy's install script waits 180 x 5 s for it
+readonly PIBL_ARCHIVE=pibl-source.tar.gz  # copy mode: names in the SSH user's home
+readonly WEB_ARCHIVE=web-site.tar.gz
 
 region=${AWS_REGION:-${AWS_DEFAULT_REGION:-us-east-1}}
 instance_type=${PIBL_INSTANCE_TYPE:-t3.micro}
@@ -53,21 +69,29 @@ port=${PIBL_PORT:-8080}
 os_name=${PIBL_OS:-al2023}
 ami_param=${PIBL_AMI_PARAM:-}
 ssh_user=${PIBL_SSH_USER:-}
+source_mode=${PIBL_SOURCE:-auto}
 git_url=${PIBL_GIT_URL:-}
-git_ref_set=${PIBL_GIT_REF:+1}
-git_ref=${PIBL_GIT_REF:-main}
+git_ref=${PIBL_GIT_REF:-HEAD}
 source_dir=${PIBL_SOURCE_DIR:-$repo_dir}
 www_dir=${PIBL_WWW_DIR:-$repo_dir/www}
 key_dir=${PIBL_KEY_DIR:-$HOME/.ssh}
 wait_timeout=${PIBL_WAIT_TIMEOUT:-900}
 poll_seconds=${PIBL_POLL_SECONDS:-10}
+ssh_prog=${PIBL_SSH:-ssh}             # the SSH client; tests put a recorder here
 wait_http=1
+dry_run=0
 endpoint=${AWS_ENDPOINT_URL:-}
 aws_cli=${PIBL_AWS_CLI:-aws}
 work_dir=""
+plan_file=""                          # dry run: the plan is collected here
 instance_ids=()                       # set by ensure_instances
-web_mode="" pibl_mode=""              # ship or git, set by choose_delivery
+web_mode="" pibl_mode=""              # userdata, git or copy, set by choose_delivery
+web_ud_size="" pibl_ud_size=""        # gzipped user-data bytes, set by choose_delivery
+origin_url="" origin_problem=""       # set by origin_source
+clone_ref=""                          # git mode: --branch for the clone ("" = remote's default)
+archive_commit=""                     # copy mode: the commit git archive packs
 vpc="" ami="" sg_pibl="" sg_web=""    # found or made by main
+pem="" known_hosts=""                 # the managed key and its host keys
 
 usage() {
     cat <<EOF
@@ -77,34 +101,48 @@ Deploys PIBL and $N_WEB web servers to EC2 (default VPC) and prints the URL.
 Safe to re-run: existing resources are found by name and tags and reused.
 Remove everything with scripts/aws-destroy.sh (same --region and --project).
 
-Options (environment variable in brackets, then the default):
-  -r, --region REGION       AWS region [AWS_REGION, AWS_DEFAULT_REGION] us-east-1
-  -i, --instance-type TYPE  EC2 instance type for all four [PIBL_INSTANCE_TYPE] t3.micro
-  -k, --key-name NAME       EC2 key pair name [PIBL_KEY_NAME] PROJECT-key;
+Options: [environment variable] (default: value)
+  -r, --region REGION       AWS region [AWS_REGION, AWS_DEFAULT_REGION] (default: us-east-1)
+  -i, --instance-type TYPE  EC2 instance type for all four [PIBL_INSTANCE_TYPE] (default: t3.micro)
+  -k, --key-name NAME       EC2 key pair name [PIBL_KEY_NAME] (default: PROJECT-key);
                             imported from KEY_DIR/NAME.pem (made if missing)
-  -c, --client-cidr CIDR    who may reach PIBL's port and SSH [PIBL_CLIENT_CIDR] 0.0.0.0/0
+  -c, --client-cidr CIDR    who may reach PIBL's port and SSH [PIBL_CLIENT_CIDR] (default: 0.0.0.0/0)
                             (narrow it, e.g. --client-cidr 203.0.113.7/32)
-      --ttl SECONDS         PIBL cache TTL, 0..31536000, 0 = no cache [PIBL_TTL] 60
-  -p, --project NAME        name and Project tag of everything [PIBL_PROJECT] pibl
-      --port PORT           PIBL's listening port [PIBL_PORT] 8080
-      --os NAME             al2023 (Amazon Linux 2023), debian12 or ubuntu24 [PIBL_OS] al2023
+      --ttl SECONDS         PIBL cache TTL, 0..31536000, 0 = no cache [PIBL_TTL] (default: 60)
+  -p, --project NAME        name and Project tag of everything [PIBL_PROJECT] (default: pibl)
+      --port PORT           PIBL's listening port [PIBL_PORT] (default: 8080)
+      --os NAME             al2023 (Amazon Linux 2023), debian12 or ubuntu24 [PIBL_OS] (default: al2023)
       --ami-param NAME      public SSM parameter holding the AMI id [PIBL_AMI_PARAM]
-                            (default from --os, x86_64; change it for arm64 types)
-      --ssh-user USER       login user of the AMI [PIBL_SSH_USER] (from --os)
-      --git-url URL         build PIBL from a git clone of URL instead of shipping the
-                            source in the user-data [PIBL_GIT_URL]
-      --git-ref REF         branch or tag for --git-url [PIBL_GIT_REF] main
-      --source-dir DIR      PIBL source to ship [PIBL_SOURCE_DIR] this repository
-      --www-dir DIR         the web app for the web servers [PIBL_WWW_DIR] REPO/www
-      --key-dir DIR         where the private key lives [PIBL_KEY_DIR] ~/.ssh
-      --wait-timeout SECS   how long to wait for PIBL to answer [PIBL_WAIT_TIMEOUT] 900
+                            (default: from --os, x86_64; change it for arm64 types)
+      --ssh-user USER       login user of the AMI [PIBL_SSH_USER] (default: from --os)
+      --source MODE         how the web app and PIBL's source reach the instances [PIBL_SOURCE]
+                            (default: auto), one of:
+                            userdata  inside the user-data, at most $USERDATA_MAX bytes gzipped
+                            git       the instances clone --git-url or the checkout's origin
+                            copy      sent over SSH once PIBL boots (git archive of --git-ref;
+                                      the web app as a tar, through PIBL)
+                            auto      userdata when it fits, else git when there is a
+                                      network URL, else copy
+      --git-url URL         repository the instances clone (https, http or git URL, no
+                            credentials) [PIBL_GIT_URL] (default: the origin remote)
+      --git-ref REF         what to build [PIBL_GIT_REF] (default: HEAD): a branch or tag
+                            for git (HEAD = the checkout's branch, or with --git-url the
+                            remote's default branch), any commit for copy
+      --source-dir DIR      the PIBL source checkout [PIBL_SOURCE_DIR] (default: REPO)
+      --www-dir DIR         the web app for the web servers [PIBL_WWW_DIR] (default: REPO/www)
+      --key-dir DIR         where the private key lives [PIBL_KEY_DIR] (default: ~/.ssh)
+      --wait-timeout SECS   how long to wait for SSH and for PIBL to answer [PIBL_WAIT_TIMEOUT] (default: 900)
       --no-wait             do not wait for http://PIBL-IP:PORT/ (e.g. on an emulator)
+  -n, --dry-run             print the plan (every AWS call, user-data sizes, source
+                            modes, SSH steps) and make no AWS call
   -h, --help                this help
 
-AWS_ENDPOINT_URL, when set, is passed as --endpoint-url to every AWS call
-(a local EC2 emulator, for instance). AWS_PROFILE selects a CLI profile.
+REPO is the repository holding this script. AWS_ENDPOINT_URL, when set, is
+passed as --endpoint-url to every AWS call (a local EC2 emulator, for instance).
+AWS_PROFILE selects a CLI profile. PIBL_SSH names the ssh client (default ssh).
 
-Needs: aws (CLI v1 or v2) with credentials, ssh-keygen, gzip, base64, curl.
+Needs: aws (CLI v1 or v2) with credentials, ssh-keygen, gzip, base64, curl;
+git, tar and ssh for the copy mode.
 EOF
 }
 
@@ -128,13 +166,15 @@ parse_args() {
         --os) need_value "$1" $#; os_name=$2; shift ;;
         --ami-param) need_value "$1" $#; ami_param=$2; shift ;;
         --ssh-user) need_value "$1" $#; ssh_user=$2; shift ;;
+        --source) need_value "$1" $#; source_mode=$2; shift ;;
         --git-url) need_value "$1" $#; git_url=$2; shift ;;
-        --git-ref) need_value "$1" $#; git_ref=$2; git_ref_set=1; shift ;;
+        --git-ref) need_value "$1" $#; git_ref=$2; shift ;;
         --source-dir) need_value "$1" $#; source_dir=$2; shift ;;
         --www-dir) need_value "$1" $#; www_dir=$2; shift ;;
         --key-dir) need_value "$1" $#; key_dir=$2; shift ;;
         --wait-timeout) need_value "$1" $#; wait_timeout=$2; shift ;;
         --no-wait) wait_http=0 ;;
+        -n | --dry-run) dry_run=1 ;;
         *) die "unknown argument \"$1\" (see -h)" ;;
         esac
         shift
@@ -172,12 +212,23 @@ validate_args() {
     ubuntu24) : "${ami_param:=/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id}" "${ssh_user:=ubuntu}" ;;
     *) die "unknown --os \"$os_name\" (al2023, debian12 or ubuntu24)" ;;
     esac
+    [[ "$ssh_user" =~ ^[a-z_][a-z0-9_-]{0,31}$ ]] || die "SSH user \"$ssh_user\" looks wrong"
+    case $source_mode in
+    auto | userdata | git | copy) ;;
+    *) die "unknown --source \"$source_mode\" (auto, userdata, git or copy)" ;;
+    esac
+    [[ "$git_ref" =~ ^[A-Za-z0-9._/~^][A-Za-z0-9._/~^-]{0,99}$ ]] || die "git ref \"$git_ref\" looks wrong"
     if [ -n "$git_url" ]; then
+        if [ "$source_mode" = copy ] || [ "$source_mode" = userdata ]; then
+            die "--git-url and --source $source_mode contradict each other"
+        fi
         check_git_url "$git_url"
     else
         [ -f "$source_dir/Makefile" ] || die "no Makefile in \"$source_dir\" (--source-dir), or use --git-url"
     fi
     [ -d "$www_dir" ] || die "web app folder \"$www_dir\" not found (--www-dir)"
+    pem=$key_dir/$key_name.pem
+    known_hosts=$key_dir/$key_name.known_hosts
 }
 
 # check_git_url URL - refuse a URL the instances could not clone, or one that
@@ -186,21 +237,54 @@ validate_args() {
 check_git_url() {
     [[ "$1" =~ ^(https://|http://|git://|file:///)[^[:space:]\'\"\\\`$]+$ ]] ||
         die "git URL \"$1\" must be an https:// (or http://, git://) URL the instances can clone without credentials"
-    [[ "$git_ref" =~ ^[A-Za-z0-9._/-]{1,100}$ ]] || die "git ref \"$git_ref\" looks wrong"
 }
 
-# origin_clone_url - print an anonymous clone URL for the source checkout's
-# origin remote (git@HOST:PATH becomes https://HOST/PATH), or fail.
-origin_clone_url() {
+# origin_source - look at the source checkout's origin remote. Sets origin_url
+# to an anonymous clone URL when origin is a network URL (git@HOST:PATH and
+# ssh://USER@HOST/PATH become https://HOST/PATH), else sets origin_problem to
+# why there is none. A local path (/x/y, ../y, file://...) is no use on AWS.
+origin_source() {
     local url
-    command -v git >/dev/null 2>&1 || return 1
-    url=$(git -C "$source_dir" remote get-url origin 2>/dev/null) || return 1
-    if [[ "$url" =~ ^[A-Za-z0-9._-]+@([A-Za-z0-9.-]+):(.+)$ ]]; then
-        url="https://${BASH_REMATCH[1]}/${BASH_REMATCH[2]}"
-    elif [[ "$url" =~ ^ssh://[A-Za-z0-9._-]+@([A-Za-z0-9.-]+)(:[0-9]+)?/(.+)$ ]]; then
-        url="https://${BASH_REMATCH[1]}/${BASH_REMATCH[3]}"
+    origin_url="" origin_problem=""
+    if ! command -v git >/dev/null 2>&1; then
+        origin_problem="git is not installed here"
+        return 0
     fi
-    printf '%s\n' "$url"
+    if ! git -C "$source_dir" rev-parse --git-dir >/dev/null 2>&1; then
+        origin_problem="$source_dir is not a git checkout"
+        return 0
+    fi
+    if ! url=$(git -C "$source_dir" remote get-url origin 2>/dev/null); then
+        origin_problem="the checkout has no origin remote"
+        return 0
+    fi
+    case $url in
+    https://* | http://* | git://*) ;;
+    ssh://*)
+        [[ "$url" =~ ^ssh://([^@/]+@)?([A-Za-z0-9.-]+)(:[0-9]+)?/(.+)$ ]] &&
+            url="https://${BASH_REMATCH[2]}/${BASH_REMATCH[4]}" ;;
+    *://*) ;;
+    *)
+        # git reads HOST:PATH (no slash before the colon) as scp-like SSH;
+        # anything else is a path on this machine.
+        if [[ "$url" =~ ^([^/@:]+@)?([A-Za-z0-9.-]+):([^/].*)$ ]]; then
+            url="https://${BASH_REMATCH[2]}/${BASH_REMATCH[3]}"
+        else
+            origin_problem="origin is a local path ($url), not reachable from AWS"
+            return 0
+        fi ;;
+    esac
+    case $url in
+    https://* | http://* | git://*) ;;
+    *)
+        origin_problem="origin is a local path ($url), not reachable from AWS"
+        return 0 ;;
+    esac
+    if ! (check_git_url "$url") 2>/dev/null; then
+        origin_problem="origin ($url) is not a URL the instances can clone"
+        return 0
+    fi
+    origin_url=$url
 }
 
 # check_local_tools - the commands this script needs besides the AWS CLI.
@@ -213,6 +297,47 @@ check_local_tools() {
         command -v curl >/dev/null 2>&1 || missing+=(curl)
     fi
     [ ${#missing[@]} -eq 0 ] || die "missing local commands: ${missing[*]}"
+}
+
+# check_copy_tools - the commands the copy mode needs (after choose_delivery).
+check_copy_tools() {
+    local tool missing=()
+    [ "$web_mode" = copy ] || [ "$pibl_mode" = copy ] || return 0
+    for tool in tar "$ssh_prog"; do
+        command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+    done
+    [ ${#missing[@]} -eq 0 ] || die "the copy mode needs these local commands: ${missing[*]}"
+}
+
+# shell_quote WORD... - print the words as one shell command line: a word with
+# anything outside [A-Za-z0-9_./:=,@%+-] goes in single quotes.
+shell_quote() {
+    local w words=() q="'\\''"
+    for w in "$@"; do
+        if [[ "$w" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
+            words+=("$w")
+        else
+            words+=("'${w//\'/$q}'")
+        fi
+    done
+    printf '%s\n' "${words[*]}"
+}
+
+# plan_aws WHEN ARGS... - dry run: add the AWS call aws_run would make, with
+# WHEN (always, or "if missing": only when a re-run does not find the
+# resource) to the plan.
+plan_aws() {
+    local when=$1 extra=()
+    shift
+    if [ -n "$endpoint" ]; then
+        extra=(--endpoint-url "$endpoint")
+    fi
+    printf '  %-12s %s\n' "[$when]" "$(shell_quote "$aws_cli" "${extra[@]}" --region "$region" "$@")" >>"$plan_file"
+}
+
+# plan_note TEXT - dry run: add a line of prose to the plan.
+plan_note() {
+    printf '  %s\n' "$*" >>"$plan_file"
 }
 
 # ---------------------------------------------------------------- user-data
@@ -273,13 +398,15 @@ list_www_files() {
     (cd "$1" && find . -type f | sed 's|^\./||' | LC_ALL=C sort)
 }
 
-# userdata_common_head ROLE - the opening every user-data script shares: strict
-# mode, the offline-test seams, the log, and a package installer for dnf or apt.
-userdata_common_head() {
+# script_head ROLE WHAT - the opening every generated script shares (WHAT:
+# "User-data" or "Install script"): strict mode, the offline-test seams, the
+# log, and a package installer for dnf or apt.
+script_head() {
     cat <<EOF
 #!/bin/bash
-# User-data of a $1 instance of project $project, generated by scripts/aws-deploy.sh.
-# cloud-init runs it once, as root, at first boot; output in /var/log/pibl-setup.log.
+# $2 of a $1 instance of project $project, generated by scripts/aws-deploy.sh.
+# It runs as root (user-data: once, by cloud-init at first boot; install
+# script: through SSH, copy mode); output also in /var/log/pibl-setup.log.
 set -euo pipefail
 EOF
     cat <<'EOF'
@@ -292,7 +419,8 @@ if [ "$dry_run" = 1 ] && [ -z "$root" ]; then
     exit 2
 fi
 if [ "$dry_run" != 1 ]; then
-    exec > >(tee -a /var/log/pibl-setup.log) 2>&1
+    mkdir -p "$root/var/log"
+    exec > >(tee -a "$root/var/log/pibl-setup.log") 2>&1
 fi
 echo "pibl-setup: start $(date -u +%FT%TZ)"
 
@@ -311,40 +439,101 @@ install_packages() {
 EOF
 }
 
-# render_web_userdata OUT MODE - write the web servers' user-data script (text)
-# to OUT: nginx from the distribution, the site (MODE ship: inside the script;
-# git: from a clone of git_url) in its document root, an X-Backend header
-# naming the host, nginx enabled.
-render_web_userdata() {
-    local out=$1 mode=$2 files=()
-    {
-        userdata_common_head web
-        cat <<'EOF'
+# boot_marker_write - print the user-data lines that say the first-boot setup
+# is done; the copy's install script waits for them.
+boot_marker_write() {
+    # shellcheck disable=SC2016  # $root is for the generated script
+    printf 'mkdir -p "$root%s"\ntouch "$root%s"\n' "$(dirname "$BOOT_MARKER")" "$BOOT_MARKER"
+    # shellcheck disable=SC2016
+    echo 'echo "pibl-setup: first-boot setup done; the source comes over SSH $(date -u +%FT%TZ)"'
+}
 
-install_packages nginx
+# install_script_start ROLE - print the opening of a copy-mode install script
+# for ROLE after its head: a main function taking the archive and a stamp of
+# what it installs, that first waits (bounded) for the first-boot setup and
+# stops early when that stamp is already installed. The caller prints the body
+# and install_script_end.
+install_script_start() {
+    # shellcheck disable=SC2016  # the $ are for the generated script
+    printf 'boot_marker=$root%s\nstamp_file=$root/var/lib/pibl-setup/%s.installed\n' "$BOOT_MARKER" "$1"
+    # shellcheck disable=SC2016
+    printf 'boot_tries=${PIBL_UD_BOOT_TRIES:-%s}\n' "$BOOT_TRIES"
+    cat <<'EOF'
+# main ARCHIVE STAMP - install ARCHIVE (a .tar.gz) unless STAMP is installed.
+main() {
+    local archive=$1 stamp=$2 tries=0
+    until [ -f "$boot_marker" ]; do
+        tries=$((tries + 1))
+        if [ "$tries" -gt "$boot_tries" ]; then
+            echo "pibl-setup: the first-boot setup has not finished; see /var/log/pibl-setup.log" >&2
+            exit 1
+        fi
+        echo "pibl-setup: waiting for the first-boot setup (user-data)"
+        sleep 5
+    done
+    if [ "$(cat "$stamp_file" 2>/dev/null || true)" = "$stamp" ]; then
+        echo "pibl-setup: $stamp is installed already, nothing to do"
+        rm -f "$archive"
+        return 0
+    fi
+EOF
+}
+
+# install_script_end - close main: record the stamp; run main with stdin
+# closed (the script itself arrives on bash's stdin).
+install_script_end() {
+    cat <<'EOF'
+    rm -f "$archive"
+    echo "$stamp" > "$stamp_file"
+}
+main "$@" </dev/null
+EOF
+}
+
+# web_docroot - print the lines that set $docroot for the distribution.
+web_docroot() {
+    cat <<'EOF'
 if command -v dnf >/dev/null 2>&1; then
     docroot=$root/usr/share/nginx/html   # Amazon Linux, Fedora family
 else
     docroot=$root/var/www/html           # Debian, Ubuntu
 fi
+EOF
+}
+
+# render_web_userdata OUT MODE - write the web servers' user-data script (text)
+# to OUT: nginx from the distribution, the site (MODE userdata: inside the
+# script; git: from a clone of git_url; copy: none yet, it comes over SSH) in
+# its document root, an X-Backend header naming the host, nginx enabled.
+render_web_userdata() {
+    local out=$1 mode=$2 files=()
+    {
+        script_head web User-data
+        echo
+        echo 'install_packages nginx'
+        web_docroot
+        cat <<'EOF'
 rm -rf "$docroot"
 mkdir -p "$docroot"
 EOF
-        if [ "$mode" = git ]; then
-            printf 'git_url=%q\ngit_ref=%q\n' "$git_url" "$git_ref"
+        case $mode in
+        git)
+            printf 'git_url=%q\ngit_ref=%q\n' "$git_url" "$clone_ref"
             cat <<'EOF'
 install_packages git
 tmp_src=$(mktemp -d)
-git clone --depth 1 --branch "$git_ref" "$git_url" "$tmp_src"
+git clone --depth 1 ${git_ref:+--branch "$git_ref"} "$git_url" "$tmp_src"
 cp -R "$tmp_src"/www/. "$docroot"/
 rm -rf "$tmp_src"
 EOF
-        else
+            ;;
+        userdata)
             printf '# The web app, the same on every web server (from www/).\n'
             mapfile -t files < <(list_www_files "$www_dir")
             [ ${#files[@]} -gt 0 ] || die "web app folder \"$www_dir\" is empty"
             emit_tree "$www_dir" docroot "${files[@]}"
-        fi
+            ;;
+        esac
         cat <<'EOF'
 chmod -R a+rX "$docroot"
 mkdir -p "$root/etc/nginx/conf.d"
@@ -356,19 +545,43 @@ if [ "$dry_run" != 1 ]; then
     systemctl enable nginx
     systemctl restart nginx
 fi
-echo "pibl-setup: web server ready $(date -u +%FT%TZ)"
 EOF
+        if [ "$mode" = copy ]; then
+            boot_marker_write
+        else
+            # shellcheck disable=SC2016
+            echo 'echo "pibl-setup: web server ready $(date -u +%FT%TZ)"'
+        fi
     } >"$out"
+}
+
+# render_web_install OUT - write the copy mode's install script for a web
+# server: the site from the archive (a tar of www/) into the document root.
+render_web_install() {
+    {
+        script_head web "Install script"
+        install_script_start web
+        web_docroot | sed 's/^/    /'
+        cat <<'EOF'
+    rm -rf "$docroot"
+    mkdir -p "$docroot"
+    tar -xzf "$archive" --no-same-owner -C "$docroot"
+    chmod -R a+rX "$docroot"
+    echo "pibl-setup: web site installed $(date -u +%FT%TZ)"
+EOF
+        install_script_end
+    } >"$1"
 }
 
 # render_pibl_cfg BACKEND... - print pibl.cfg for the given host:port backends.
 render_pibl_cfg() {
-    local b
+    local b n=0
     printf '# pibl.cfg - generated by scripts/aws-deploy.sh for project %s.\n' "$project"
-    printf '# The backends are the private IPs of the %s web servers.\n' "$N_WEB"
+    printf '# The backends are the private IPs of the %s web servers, named web1...\n' "$N_WEB"
     printf 'listen = 0.0.0.0\nport = %s\n' "$port"
     for b in "$@"; do
-        printf 'backend = %s\n' "$b"
+        n=$((n + 1))
+        printf 'backend = web%d %s\n' "$n" "$b"
     done
     printf 'log_file = pibl.log\ncache_dir = cache\n'
 }
@@ -382,54 +595,31 @@ render_unit() {
         -e "s|@PIBL_USER@|pibl|g" "$template"
 }
 
-# render_pibl_userdata OUT MODE BACKEND... - write PIBL's user-data script
-# (text) to OUT: build tools, the source (MODE ship: inside the script; git: a
-# clone of git_url at git_ref), make pibl, pibl.cfg checked with pibl -t, the
-# systemd unit, the service started.
-render_pibl_userdata() {
-    local out=$1 mode=$2 files=()
-    shift 2
-    {
-        userdata_common_head pibl
-        # shellcheck disable=SC2016  # $root is for the generated script
-        printf 'pibl_bin=$root%s\npibl_home=$root%s\n' "$PIBL_BIN" "$PIBL_HOME"
-        cat <<'EOF'
+# pibl_vars - print the lines that name PIBL's paths on the instance.
+pibl_vars() {
+    # shellcheck disable=SC2016  # $root is for the generated script
+    printf 'pibl_bin=$root%s\npibl_home=$root%s\nsrc=$root/opt/pibl/src\n' "$PIBL_BIN" "$PIBL_HOME"
+}
 
-if command -v dnf >/dev/null 2>&1; then
-    install_packages gcc-c++ make
-else
-    install_packages g++ make
-fi
-src=$root/opt/pibl/src
-rm -rf "$src"
-mkdir -p "$src"
-EOF
-        if [ "$mode" = git ]; then
-            printf 'git_url=%q\ngit_ref=%q\n' "$git_url" "$git_ref"
-            cat <<'EOF'
-install_packages git
-git clone --depth 1 --branch "$git_ref" "$git_url" "$src"
-EOF
-        else
-            printf '# PIBL source, shipped from the deploying checkout.\n'
-            mapfile -t files < <(list_source_files "$source_dir")
-            emit_tree "$source_dir" src "${files[@]}"
-        fi
-        cat <<'EOF'
+# pibl_build_and_start BACKEND... - print the lines, shared by the user-data
+# and the copy's install script, that build the source in $src, install the
+# binary, write pibl.cfg (checked with pibl -t) and the unit, and start PIBL.
+pibl_build_and_start() {
+    cat <<'EOF'
 make -C "$src" pibl
 install -D -m 0755 "$src/pibl" "$pibl_bin"
 mkdir -p "$pibl_home"
 cat > "$pibl_home/pibl.cfg" <<'PIBL_CFG_EOF'
 EOF
-        render_pibl_cfg "$@"
-        cat <<'EOF'
+    render_pibl_cfg "$@"
+    cat <<'EOF'
 PIBL_CFG_EOF
 "$pibl_bin" -t "$pibl_home/pibl.cfg"
 mkdir -p "$root/etc/systemd/system"
 cat > "$root/etc/systemd/system/pibl.service" <<'PIBL_UNIT_EOF'
 EOF
-        render_unit
-        cat <<'EOF'
+    render_unit
+    cat <<'EOF'
 PIBL_UNIT_EOF
 if [ "$dry_run" != 1 ]; then
     if ! id pibl >/dev/null 2>&1; then
@@ -442,6 +632,72 @@ if [ "$dry_run" != 1 ]; then
 fi
 echo "pibl-setup: PIBL ready $(date -u +%FT%TZ)"
 EOF
+}
+
+# render_pibl_userdata OUT MODE BACKEND... - write PIBL's user-data script
+# (text) to OUT: build tools, then MODE userdata: the source inside the
+# script; git: a clone of git_url at clone_ref; both then build and start
+# PIBL. MODE copy: only the tools and the first-boot marker (the install
+# script does the rest over SSH).
+render_pibl_userdata() {
+    local out=$1 mode=$2 files=()
+    shift 2
+    {
+        script_head pibl User-data
+        pibl_vars
+        echo
+        echo 'if command -v dnf >/dev/null 2>&1; then'
+        echo '    install_packages gcc-c++ make tar'
+        echo 'else'
+        echo '    install_packages g++ make tar'
+        echo 'fi'
+        case $mode in
+        copy)
+            boot_marker_write
+            ;;
+        git)
+            # shellcheck disable=SC2016
+            printf 'rm -rf "$src"\nmkdir -p "$src"\n'
+            printf 'git_url=%q\ngit_ref=%q\n' "$git_url" "$clone_ref"
+            echo 'install_packages git'
+            if [ -n "$clone_ref" ]; then
+                # shellcheck disable=SC2016  # for the generated script
+                echo 'git clone --depth 1 --branch "$git_ref" "$git_url" "$src"'
+            else
+                # shellcheck disable=SC2016
+                echo 'git clone --depth 1 "$git_url" "$src"'
+            fi
+            pibl_build_and_start "$@"
+            ;;
+        userdata)
+            # shellcheck disable=SC2016
+            printf 'rm -rf "$src"\nmkdir -p "$src"\n'
+            printf '# PIBL source, shipped from the deploying checkout.\n'
+            mapfile -t files < <(list_source_files "$source_dir")
+            emit_tree "$source_dir" src "${files[@]}"
+            pibl_build_and_start "$@"
+            ;;
+        esac
+    } >"$out"
+}
+
+# render_pibl_install OUT BACKEND... - write the copy mode's install script for
+# the PIBL instance: the source from the archive (git archive) into $src,
+# then build and start as the user-data would.
+render_pibl_install() {
+    local out=$1
+    shift
+    {
+        script_head pibl "Install script"
+        pibl_vars
+        install_script_start pibl
+        cat <<'EOF'
+    rm -rf "$src"
+    mkdir -p "$src"
+    tar -xzf "$archive" --no-same-owner -C "$src"
+EOF
+        pibl_build_and_start "$@"   # not indented: it holds here-documents
+        install_script_end
     } >"$out"
 }
 
@@ -452,72 +708,138 @@ compress_userdata() {
     wc -c <"$2" | tr -d ' '
 }
 
-# use_git_source WHAT SIZE - the WHAT user-data would be SIZE bytes, too big to
-# ship: make sure git_url and git_ref name a repository the instances can
-# clone, taking the checkout's origin remote and current branch when the user
-# gave no --git-url. Dies with what to do when there is none.
+# use_git_source WHAT - make git_url and clone_ref name a repository the
+# instances can clone: --git-url, or else the checkout's origin remote (a
+# network URL). Returns 1, with origin_problem saying why, when there is none.
 use_git_source() {
-    local what=$1 size=$2 origin
-    [ -z "$git_url" ] || return 0
-    if ! origin=$(origin_clone_url) || ! (check_git_url "$origin") 2>/dev/null; then
-        die "$what is $size bytes gzipped, over EC2's $USERDATA_MAX-byte user-data limit,
-  and the checkout has no origin remote to clone from. Push the repository where
-  the instances can clone it without credentials (a public GitHub repository,
-  say) and run again with
-    --git-url https://github.com/USER/REPO.git --git-ref BRANCH"
+    local what=$1 branch from_origin=0
+    if [ -z "$git_url" ]; then
+        origin_source
+        [ -n "$origin_url" ] || return 1
+        git_url=$origin_url
+        from_origin=1
+    elif [ "$git_url" != "$origin_url" ]; then
+        origin_url=""   # --git-url given: HEAD means the remote's default branch
     fi
-    git_url=$origin
-    if [ -z "$git_ref_set" ]; then
-        git_ref=$(git -C "$source_dir" rev-parse --abbrev-ref HEAD 2>/dev/null) || git_ref=""
-        if [ -z "$git_ref" ] || [ "$git_ref" = HEAD ]; then
-            die "the source checkout is not on a branch; pass --git-ref BRANCH"
-        fi
+    if [ "$git_ref" != HEAD ]; then
+        clone_ref=$git_ref
+    elif [ -n "$origin_url" ]; then
+        branch=$(git -C "$source_dir" symbolic-ref -q --short HEAD 2>/dev/null) ||
+            die "the source checkout is not on a branch; pass --git-ref BRANCH (or --source copy)"
+        clone_ref=$branch
     fi
-    check_git_url "$git_url"
-    warn "$what is $size bytes gzipped, over EC2's $USERDATA_MAX-byte user-data limit:
-  the instances will clone $git_url (branch or tag $git_ref). They get what is
-  pushed there, not uncommitted or unpushed changes here."
+    if ! [[ "$clone_ref" =~ ^[A-Za-z0-9._/-]{0,100}$ ]] || [[ "$clone_ref" == -* ]]; then
+        die "git ref \"$clone_ref\" cannot be cloned: a branch or tag name, or use --source copy"
+    fi
+    if [ "$from_origin" = 1 ]; then
+        warn "the instances will clone $git_url (branch or tag $clone_ref) for $what:
+  they get what is pushed there, not uncommitted or unpushed changes here."
+    fi
+    return 0
+}
+
+# use_copy_source WHAT - check that the copy mode can pack the PIBL source:
+# a git checkout where --git-ref names a commit. Sets archive_commit.
+use_copy_source() {
+    command -v git >/dev/null 2>&1 || die "$1: the copy mode needs git here (git archive)"
+    git -C "$source_dir" rev-parse --git-dir >/dev/null 2>&1 ||
+        die "$1: the copy mode packs a git checkout (git archive) and $source_dir is not one;
+  make it one (git init, git add, git commit), or pass --git-url URL of a repository the instances can clone"
+    archive_commit=$(git -C "$source_dir" rev-parse --verify --quiet "$git_ref^{commit}") ||
+        die "$1: git ref \"$git_ref\" names no commit in $source_dir"
+    if [ "$git_ref" = HEAD ] && [ -n "$(git -C "$source_dir" status --porcelain --untracked-files=no)" ]; then
+        warn "$source_dir has uncommitted changes; the copy takes commit ${archive_commit:0:12} without them"
+    fi
+}
+
+# pick_mode PART WHAT SIZE [GIT_FIRST] - choose how PART (web or pibl) reaches
+# its instances, given that its user-data with the content inside is SIZE
+# bytes gzipped; GIT_FIRST=1 when --git-url asks for git over userdata. Sets
+# the global picked and says why on stdout. Dies when the asked mode cannot
+# work.
+pick_mode() {
+    local part=$1 what=$2 size=$3 git_first=${4:-0} fits=0 over
+    [ "$size" -gt "$USERDATA_MAX" ] || fits=1
+    over="$what is $size bytes gzipped, over EC2's $USERDATA_MAX-byte user-data limit"
+    case $source_mode in
+    userdata)
+        [ "$fits" = 1 ] || die "$over (--source userdata); use --source git or copy"
+        picked=userdata ;;
+    git)
+        use_git_source "$what" || die "--source git: $origin_problem. Push the repository where the
+  instances can clone it without credentials and pass --git-url URL, or use --source copy"
+        picked=git ;;
+    copy)
+        picked=copy ;;
+    auto)
+        if [ "$fits" = 1 ] && [ "$git_first" = 0 ]; then
+            picked=userdata
+        elif use_git_source "$what"; then
+            picked=git
+        else
+            info "$over, and $origin_problem: it is copied over SSH once the instances boot"
+            picked=copy
+        fi ;;
+    esac
+    if [ "$picked" = copy ] && [ "$part" = pibl ]; then
+        use_copy_source "$what"
+    fi
 }
 
 # choose_delivery - decide, before any AWS call, how the web app and PIBL's
-# source reach the instances, and check the 16 KB limit with the longest
-# possible backend addresses. Sets web_mode and pibl_mode to ship or git.
-# Shipping is preferred; git is used when asked (--git-url, for PIBL) or when
-# the shipped user-data would be too big. Dies when neither works.
+# source reach the instances (see --source), and check the 16 KB limit with
+# the longest possible backend addresses. Sets web_mode, pibl_mode,
+# web_ud_size and pibl_ud_size; leaves the user-data in work_dir/web.sh.gz
+# and work_dir/pibl.sh.gz. Dies when no mode works.
 choose_delivery() {
-    local size long=255.255.255.255:80
-    render_web_userdata "$work_dir/web.sh" ship
+    local size picked git_first=0
+    # Three different addresses as long as any (a repeated one would compress
+    # better than real ones); the real user-data differs by a few bytes.
+    local long=(254.253.252.251:80 249.248.247.246:80 244.243.242.241:80)
+    render_web_userdata "$work_dir/web.sh" userdata
     size=$(compress_userdata "$work_dir/web.sh" "$work_dir/web.sh.gz")
-    web_mode=ship
-    if [ "$size" -gt "$USERDATA_MAX" ]; then
-        use_git_source "the web app in $www_dir" "$size"
-        web_mode=git
-        render_web_userdata "$work_dir/web.sh" git
-        compress_userdata "$work_dir/web.sh" "$work_dir/web.sh.gz" >/dev/null
+    pick_mode web "the web app in $www_dir" "$size"
+    web_mode=$picked
+    if [ "$web_mode" != userdata ]; then
+        render_web_userdata "$work_dir/web.sh" "$web_mode"
     fi
-    pibl_mode=git
-    if [ -z "$git_url" ]; then
-        render_pibl_userdata "$work_dir/pibl.sh" ship "$long" "$long" "$long"
+    web_ud_size=$(compress_userdata "$work_dir/web.sh" "$work_dir/web.sh.gz")
+    [ "$web_ud_size" -le "$USERDATA_MAX" ] || die "the web servers' user-data is $web_ud_size bytes gzipped, over $USERDATA_MAX"
+
+    [ -z "$git_url" ] || git_first=1
+    size=0
+    if [ -f "$source_dir/Makefile" ]; then
+        render_pibl_userdata "$work_dir/pibl.sh" userdata "${long[@]}"
         size=$(compress_userdata "$work_dir/pibl.sh" "$work_dir/pibl.sh.gz")
-        pibl_mode=ship
-        if [ "$size" -gt "$USERDATA_MAX" ]; then
-            use_git_source "the PIBL source in $source_dir" "$size"
-            pibl_mode=git
-        fi
     fi
-    render_pibl_userdata "$work_dir/pibl.sh" "$pibl_mode" "$long" "$long" "$long"
-    size=$(compress_userdata "$work_dir/pibl.sh" "$work_dir/pibl.sh.gz")
-    [ "$size" -le "$USERDATA_MAX" ] || die "PIBL's user-data is $size bytes gzipped, over $USERDATA_MAX"
-    info "web app: $web_mode ($(wc -c <"$work_dir/web.sh.gz" | tr -d ' ') bytes of user-data); PIBL source: $pibl_mode${git_url:+ ($git_url $git_ref)}"
+    pick_mode pibl "the PIBL source in $source_dir" "$size" "$git_first"
+    pibl_mode=$picked
+    render_pibl_userdata "$work_dir/pibl.sh" "$pibl_mode" "${long[@]}"
+    pibl_ud_size=$(compress_userdata "$work_dir/pibl.sh" "$work_dir/pibl.sh.gz")
+    [ "$pibl_ud_size" -le "$USERDATA_MAX" ] || die "PIBL's user-data is $pibl_ud_size bytes gzipped, over $USERDATA_MAX"
+    info "web app: $web_mode ($web_ud_size bytes of user-data); PIBL source: $pibl_mode$(source_detail "$pibl_mode")"
+}
+
+# source_detail MODE - print " (what exactly)" for a PIBL source mode.
+source_detail() {
+    case $1 in
+    git) printf ' (%s %s)' "$git_url" "${clone_ref:-default branch}" ;;
+    copy) printf ' (git archive of %s, commit %s)' "$git_ref" "${archive_commit:0:12}" ;;
+    esac
 }
 
 # ---------------------------------------------------------------- AWS steps
 
 # find_default_vpc - print the default VPC id or die.
 find_default_vpc() {
-    local vpc
-    vpc=$(aws_run ec2 describe-vpcs --filters Name=is-default,Values=true \
-        --query 'Vpcs[0].VpcId' --output text) || die "could not list the VPCs of $region"
+    # shellcheck disable=SC2054  # the commas belong to the filter
+    local vpc args=(ec2 describe-vpcs --filters Name=is-default,Values=true --query 'Vpcs[0].VpcId' --output text)
+    if [ "$dry_run" = 1 ]; then
+        plan_aws always "${args[@]}"
+        echo '<default-vpc>'
+        return 0
+    fi
+    vpc=$(aws_run "${args[@]}") || die "could not list the VPCs of $region"
     if [ -z "$vpc" ] || [ "$vpc" = None ]; then
         die "region $region has no default VPC. Create one with:
   aws ec2 create-default-vpc --region $region"
@@ -527,9 +849,13 @@ find_default_vpc() {
 
 # find_ami - print the current AMI id from the public SSM parameter, or die.
 find_ami() {
-    local ami
-    ami=$(aws_run ssm get-parameter --name "$ami_param" \
-        --query Parameter.Value --output text) || die "could not read SSM parameter $ami_param in $region"
+    local ami args=(ssm get-parameter --name "$ami_param" --query Parameter.Value --output text)
+    if [ "$dry_run" = 1 ]; then
+        plan_aws always "${args[@]}"
+        echo '<ami>'
+        return 0
+    fi
+    ami=$(aws_run "${args[@]}") || die "could not read SSM parameter $ami_param in $region"
     [[ "$ami" =~ ^ami-[0-9a-f]+$ ]] || die "SSM parameter $ami_param gave \"$ami\", not an AMI id"
     printf '%s\n' "$ami"
 }
@@ -549,9 +875,18 @@ tag_spec() {
 # we hold its private key: generate KEY_DIR/NAME.pem if missing, import its
 # public half if the key pair is missing. An existing key pair is reused as is.
 ensure_key_pair() {
-    local found pem=$key_dir/$key_name.pem
-    found=$(aws_run ec2 describe-key-pairs --filters "Name=key-name,Values=$key_name" \
-        --query 'KeyPairs[0].KeyName' --output text) || die "could not list key pairs"
+    local found
+    local find=(ec2 describe-key-pairs --filters "Name=key-name,Values=$key_name"
+        --query 'KeyPairs[0].KeyName' --output text)
+    local import=(ec2 import-key-pair --key-name "$key_name" --public-key-material "fileb://$work_dir/key.pub"
+        --tag-specifications "$(tag_spec key-pair key)" --query KeyPairId --output text)
+    if [ "$dry_run" = 1 ]; then
+        plan_aws always "${find[@]}"
+        plan_aws "if missing" "${import[@]}"
+        [ -f "$pem" ] || plan_note "(local: $pem does not exist; ssh-keygen -t ed25519 would make it)"
+        return 0
+    fi
+    found=$(aws_run "${find[@]}") || die "could not list key pairs"
     if [ "$found" = "$key_name" ]; then
         info "key pair $key_name exists, reused"
         [ -f "$pem" ] || warn "key pair $key_name exists but its private key is not at $pem; SSH needs it"
@@ -566,10 +901,7 @@ ensure_key_pair() {
         info "new SSH key $pem"
     fi
     ssh-keygen -y -f "$pem" >"$work_dir/key.pub" || die "cannot read the public key of $pem"
-    aws_run ec2 import-key-pair --key-name "$key_name" \
-        --public-key-material "fileb://$work_dir/key.pub" \
-        --tag-specifications "$(tag_spec key-pair key)" \
-        --query KeyPairId --output text >/dev/null || die "could not import key pair $key_name"
+    aws_run "${import[@]}" >/dev/null || die "could not import key pair $key_name"
     info "key pair $key_name imported from $pem"
 }
 
@@ -577,15 +909,23 @@ ensure_key_pair() {
 # in the default VPC, creating it (tagged) if no group has that name and tags.
 ensure_security_group() {
     local role=$1 desc=$2 name="$project-$1" id
-    id=$(aws_run ec2 describe-security-groups --filters "Name=vpc-id,Values=$vpc" \
-        "Name=group-name,Values=$name" "Name=tag:Project,Values=$project" \
-        --query 'SecurityGroups[0].GroupId' --output text) || die "could not list security groups"
+    local find=(ec2 describe-security-groups --filters "Name=vpc-id,Values=$vpc"
+        "Name=group-name,Values=$name" "Name=tag:Project,Values=$project"
+        --query 'SecurityGroups[0].GroupId' --output text)
+    local make=(ec2 create-security-group --group-name "$name" --description "$desc"
+        --vpc-id "$vpc" --tag-specifications "$(tag_spec security-group "$role")"
+        --query GroupId --output text)
+    if [ "$dry_run" = 1 ]; then
+        plan_aws always "${find[@]}"
+        plan_aws "if missing" "${make[@]}"
+        printf '<sg-%s>\n' "$role"
+        return 0
+    fi
+    id=$(aws_run "${find[@]}") || die "could not list security groups"
     if [ -n "$id" ] && [ "$id" != None ]; then
         info "security group $name ($id) exists, reused" >&2
     else
-        id=$(aws_run ec2 create-security-group --group-name "$name" --description "$desc" \
-            --vpc-id "$vpc" --tag-specifications "$(tag_spec security-group "$role")" \
-            --query GroupId --output text) || die "could not create security group $name"
+        id=$(aws_run "${make[@]}") || die "could not create security group $name"
         info "security group $name ($id) created" >&2
     fi
     printf '%s\n' "$id"
@@ -596,6 +936,10 @@ ensure_security_group() {
 allow_ingress() {
     local group=$1 what=$2 out
     shift 2
+    if [ "$dry_run" = 1 ]; then
+        plan_aws always ec2 authorize-security-group-ingress --group-id "$group" "$@"
+        return 0
+    fi
     if out=$(aws_run ec2 authorize-security-group-ingress --group-id "$group" "$@" 2>&1 >/dev/null); then
         info "rule added: $what"
     elif [[ "$out" == *InvalidPermission.Duplicate* ]]; then
@@ -605,14 +949,37 @@ allow_ingress() {
     fi
 }
 
+# running_instances ROLE - print the project's running instances with that
+# Role (list_instances layout); in a dry run, plan the call and print
+# placeholders: N_WEB web servers or one PIBL instance.
+running_instances() {
+    local role=$1 instance_args=() n=1 i
+    if [ "$dry_run" != 1 ]; then
+        list_instances "$role" running
+        return
+    fi
+    list_instances_args "$role" running
+    plan_aws always "${instance_args[@]}"
+    [ "$role" = pibl ] || n=$N_WEB
+    for ((i = 1; i <= n; i++)); do
+        printf '<%s-%s>\trunning\t<%s-%s-private-ip>\t<%s-%s-public-ip>\t%s\tNone\tNone\t%s-%s\n' \
+            "$role" "$i" "$role" "$i" "$role" "$i" "$role" "$project" "$role"
+    done
+}
+
 # ensure_instances ROLE COUNT GROUP USERDATA_GZ [TAG=VALUE...] - make sure
 # COUNT pending-or-running instances with this Role exist; launch the missing
 # ones with IMDSv2 required, tags and a client token. Sets the global array
 # instance_ids to their ids (sorted). Exits on error.
 ensure_instances() {
-    local role=$1 count=$2 group=$3 userdata=$4 have n_have token ids state
+    local role=$1 count=$2 group=$3 userdata=$4 have="" n_have=0 token ids state instance_args=() i
     shift 4
-    have=$(list_instances "$role" "pending,running,stopping,stopped") || die "could not list instances"
+    if [ "$dry_run" = 1 ]; then
+        list_instances_args "$role" "pending,running,stopping,stopped"
+        plan_aws always "${instance_args[@]}"
+    else
+        have=$(list_instances "$role" "pending,running,stopping,stopped") || die "could not list instances"
+    fi
     while IFS=$'\t' read -r _ state _; do
         case $state in
         stopping | stopped)
@@ -621,17 +988,28 @@ ensure_instances() {
         esac
     done <<<"$have"
     n_have=$(grep -c . <<<"$have" || true)
+    # Same PIBL group + same number of survivors = same token: a retried
+    # call returns the instances it already made instead of making more.
+    token="$project-$role-$sg_pibl-$n_have"
+    # shellcheck disable=SC2054  # the commas belong to the options
+    local launch=(ec2 run-instances --image-id "$ami" --instance-type "$instance_type"
+        --count "$((count - n_have))" --key-name "$key_name" --security-group-ids "$group"
+        --user-data "fileb://$userdata"
+        --metadata-options HttpTokens=required,HttpEndpoint=enabled,HttpPutResponseHopLimit=1
+        --tag-specifications "$(tag_spec instance "$role" "$@")" "$(tag_spec volume "$role")"
+        --client-token "$token" --query 'Instances[].InstanceId' --output text)
+    if [ "$dry_run" = 1 ]; then
+        plan_aws "if missing" "${launch[@]}"
+        list_instances_args "$role" "pending,running"
+        plan_aws always "${instance_args[@]}"
+        instance_ids=()
+        for ((i = 1; i <= count; i++)); do
+            instance_ids+=("<$role-$i>")
+        done
+        return 0
+    fi
     if [ "$n_have" -lt "$count" ]; then
-        # Same PIBL group + same number of survivors = same token: a retried
-        # call returns the instances it already made instead of making more.
-        token="$project-$role-$sg_pibl-$n_have"
-        ids=$(aws_run ec2 run-instances --image-id "$ami" --instance-type "$instance_type" \
-            --count "$((count - n_have))" --key-name "$key_name" --security-group-ids "$group" \
-            --user-data "fileb://$userdata" \
-            --metadata-options HttpTokens=required,HttpEndpoint=enabled,HttpPutResponseHopLimit=1 \
-            --tag-specifications "$(tag_spec instance "$role" "$@")" "$(tag_spec volume "$role")" \
-            --client-token "$token" --query 'Instances[].InstanceId' --output text) ||
-            die "could not launch the $role instances"
+        ids=$(aws_run "${launch[@]}") || die "could not launch the $role instances"
         info "$role: launched ${ids//$'\t'/ } (client token $token)"
     else
         info "$role: $n_have instance(s) exist, none launched"
@@ -648,6 +1026,10 @@ ensure_instances() {
 wait_running() {
     local role=$1
     shift
+    if [ "$dry_run" = 1 ]; then
+        plan_aws always ec2 wait instance-running --instance-ids "$@"
+        return 0
+    fi
     info "waiting for the $role instances to run: $*"
     aws_run ec2 wait instance-running --instance-ids "$@" ||
         die "the $role instances did not reach 'running' (terminated? see the EC2 console)"
@@ -671,6 +1053,140 @@ wait_for_http() {
     done
 }
 
+# ---------------------------------------------------------------- copy over SSH
+
+# ssh_args ID - set the caller's array ssh_opts for a connection to instance
+# ID: the managed key only, no prompts, a 10 s connect timeout, keep-alives
+# through a long build, and host keys remembered per instance id
+# (HostKeyAlias) in KEY_DIR/NAME.known_hosts, accepted the first time: EC2
+# reuses public IPs, never instance ids.
+ssh_args() {
+    ssh_opts=(-i "$pem" -o IdentitiesOnly=yes -o BatchMode=yes -o ConnectTimeout=10
+        -o ServerAliveInterval=30 -o StrictHostKeyChecking=accept-new
+        -o "UserKnownHostsFile=$known_hosts" -o "HostKeyAlias=$1")
+}
+
+# remote_run ID ADDRESS VIA INPUT COMMAND - run COMMAND (a shell line) as
+# ssh_user on instance ID at ADDRESS, its stdin from the file INPUT. VIA is
+# "JUMP_ID JUMP_ADDRESS" to go through that instance (the web servers have no
+# SSH from outside), or "". The one place that runs ssh_prog; in a dry run it
+# adds the command to the plan instead. Returns ssh's status.
+remote_run() {
+    local id=$1 addr=$2 via=$3 input=$4 cmd=$5 ssh_opts=() proxy=()
+    if [ -n "$via" ]; then
+        ssh_args "${via%% *}"
+        proxy=(-o "ProxyCommand=$(shell_quote "$ssh_prog" "${ssh_opts[@]}" -W %h:%p "$ssh_user@${via#* }")")
+    fi
+    ssh_args "$id"
+    if [ "$dry_run" = 1 ]; then
+        [ "$input" = /dev/null ] || input=${input##*/}
+        plan_note "$(shell_quote "$ssh_prog" "${ssh_opts[@]}" "${proxy[@]}" "$ssh_user@$addr" "$cmd") < $input"
+        return 0
+    fi
+    "$ssh_prog" "${ssh_opts[@]}" "${proxy[@]}" "$ssh_user@$addr" "$cmd" <"$input"
+}
+
+# wait_for_ssh ID ADDRESS VIA - retry a no-op SSH command until it works or
+# wait_timeout passes (sshd starts a little after the instance runs).
+wait_for_ssh() {
+    local start now err
+    if [ "$dry_run" = 1 ]; then
+        plan_note "wait until this works (every $poll_seconds s, up to $wait_timeout s):"
+        remote_run "$1" "$2" "$3" /dev/null true
+        return 0
+    fi
+    start=$(date +%s)
+    info "waiting for SSH on $ssh_user@$2 ($1)"
+    until err=$(remote_run "$1" "$2" "$3" /dev/null true 2>&1 >/dev/null); do
+        now=$(date +%s)
+        [ $((now - start)) -lt "$wait_timeout" ] ||
+            die "no SSH answer from $ssh_user@$2 ($1) within $wait_timeout s; the last try said:
+  ${err:-nothing}
+  (key $pem; is port 22 open to you, --client-cidr?)"
+        sleep "$poll_seconds"
+    done
+}
+
+# send_and_install ID ADDRESS VIA ARCHIVE SCRIPT NAME - upload ARCHIVE as NAME
+# in the SSH user's home (through a .part file, so a broken upload is never
+# installed), then run SCRIPT there as root with NAME and a stamp of ARCHIVE
+# plus SCRIPT (unchanged stamp: the instance does nothing).
+send_and_install() {
+    local id=$1 addr=$2 via=$3 archive=$4 script=$5 name=$6 stamp
+    stamp=$(cat "$archive" "$script" | cksum | tr ' ' -)
+    [ "$dry_run" = 1 ] || info "sending ${archive##*/} ($(wc -c <"$archive" | tr -d ' ') bytes) to $ssh_user@$addr ($id) and installing it"
+    remote_run "$id" "$addr" "$via" "$archive" "cat > $name.part && mv -f $name.part $name" ||
+        die "could not send ${archive##*/} to $addr ($id)"
+    remote_run "$id" "$addr" "$via" "$script" "sudo bash -s -- $name $stamp" ||
+        die "the install on $addr ($id) failed; its log: /var/log/pibl-setup.log"
+}
+
+# pack_sources - make the copy mode's archives in work_dir: pibl-source.tar.gz
+# (git archive of archive_commit: tracked files only) and web-site.tar.gz
+# (every file of www_dir, as the user-data would carry them).
+pack_sources() {
+    if [ "$pibl_mode" = copy ]; then
+        git -C "$source_dir" archive --format=tar.gz -o "$work_dir/$PIBL_ARCHIVE" "$archive_commit" ||
+            die "git archive of $git_ref in $source_dir failed"
+    fi
+    if [ "$web_mode" = copy ]; then
+        (cd "$www_dir" && tar -cf - .) | gzip -9 -n >"$work_dir/$WEB_ARCHIVE" ||
+            die "could not pack $www_dir"
+    fi
+}
+
+# deliver_by_ssh PIBL_ID PIBL_ADDRESS WEB_LINES BACKEND... - the copy mode,
+# once the instances run: wait for SSH on PIBL, install the web app on each
+# web server (through PIBL) and PIBL's source on PIBL.
+deliver_by_ssh() {
+    local pibl_id=$1 pibl_addr=$2 web_lines=$3 id priv
+    shift 3
+    [ "$web_mode" = copy ] || [ "$pibl_mode" = copy ] || return 0
+    if [ "$dry_run" = 1 ]; then
+        plan_note ""
+        plan_note "SSH steps (copy mode), with the managed key $pem:"
+    fi
+    wait_for_ssh "$pibl_id" "$pibl_addr" ""
+    if [ "$web_mode" = copy ]; then
+        render_web_install "$work_dir/web-install.sh"
+        while IFS=$'\t' read -r id _ priv _; do
+            wait_for_ssh "$id" "$priv" "$pibl_id $pibl_addr"
+            send_and_install "$id" "$priv" "$pibl_id $pibl_addr" "$work_dir/$WEB_ARCHIVE" \
+                "$work_dir/web-install.sh" "$WEB_ARCHIVE"
+        done <<<"$web_lines"
+    fi
+    if [ "$pibl_mode" = copy ]; then
+        render_pibl_install "$work_dir/pibl-install.sh" "$@"
+        send_and_install "$pibl_id" "$pibl_addr" "" "$work_dir/$PIBL_ARCHIVE" \
+            "$work_dir/pibl-install.sh" "$PIBL_ARCHIVE"
+    fi
+}
+
+# print_plan - dry run: the source modes, the user-data sizes and the calls.
+print_plan() {
+    local a
+    cat <<EOF
+
+Dry run for project "$project" in $region: no AWS call was made.
+Source:
+  web app:     $web_mode
+  PIBL source: $pibl_mode$(source_detail "$pibl_mode")
+EOF
+    for a in "$PIBL_ARCHIVE" "$WEB_ARCHIVE"; do
+        [ ! -f "$work_dir/$a" ] || printf '  %s: %s bytes, sent over SSH\n' "$a" "$(wc -c <"$work_dir/$a" | tr -d ' ')"
+    done
+    cat <<EOF
+User-data (gzipped; EC2's limit is $USERDATA_MAX bytes per instance):
+  web  x$N_WEB (the same bytes): $web_ud_size bytes each
+  pibl x1: $pibl_ud_size bytes (with placeholder backend addresses; the real ones change it by a few bytes)
+AWS calls, in order ([if missing]: skipped for what a re-run finds):
+EOF
+    cat "$plan_file"
+    if [ "$wait_http" = 1 ]; then
+        printf '\nThen: wait up to %s s for http://<pibl-1-public-ip>:%s/ to answer.\n' "$wait_timeout" "$port"
+    fi
+}
+
 cleanup() {
     if [ -n "$work_dir" ]; then
         rm -rf "$work_dir"
@@ -685,16 +1201,23 @@ main() {
     trap cleanup EXIT
 
     choose_delivery
+    check_copy_tools
+    pack_sources
 
-    check_cli_and_credentials
+    if [ "$dry_run" = 1 ]; then
+        plan_file=$work_dir/plan
+        : >"$plan_file"
+        plan_aws always sts get-caller-identity --query '[Account,Arn]' --output text
+    else
+        check_cli_and_credentials
+    fi
     if [ "$client_cidr" = 0.0.0.0/0 ]; then
         warn "PIBL's port $port and SSH will be open to the whole Internet (0.0.0.0/0);
   narrow them with --client-cidr YOUR.PUBLIC.IP/32"
     fi
     vpc=$(find_default_vpc)
-    info "default VPC: $vpc"
     ami=$(find_ami)
-    info "AMI: $ami ($ami_param)"
+    [ "$dry_run" = 1 ] || info "default VPC: $vpc; AMI: $ami ($ami_param)"
     ensure_key_pair
 
     sg_pibl=$(ensure_security_group pibl "PIBL reverse proxy, project $project")
@@ -702,26 +1225,34 @@ main() {
     allow_ingress "$sg_pibl" "PIBL port $port from $client_cidr" --protocol tcp --port "$port" --cidr "$client_cidr"
     allow_ingress "$sg_pibl" "SSH from $client_cidr" --protocol tcp --port 22 --cidr "$client_cidr"
     allow_ingress "$sg_web" "HTTP $WEB_PORT from $sg_pibl" --protocol tcp --port "$WEB_PORT" --source-group "$sg_pibl"
+    if [ "$web_mode" = copy ]; then
+        allow_ingress "$sg_web" "SSH from $sg_pibl (the web app is copied through PIBL)" \
+            --protocol tcp --port 22 --source-group "$sg_pibl"
+    fi
 
     local pibl_lines web_lines backends=() id state priv pub role tport tbackends
     ensure_instances web "$N_WEB" "$sg_web" "$work_dir/web.sh.gz"
     wait_running web "${instance_ids[@]}"
-    web_lines=$(list_instances web running) || die "could not list the web servers"
-    while IFS=$'\t' read -r id state priv pub role tport tbackends; do
+    web_lines=$(running_instances web) || die "could not list the web servers"
+    while IFS=$'\t' read -r id state priv pub role tport tbackends _; do
         [ "$priv" != None ] || die "web server $id has no private IP"
         backends+=("$priv:$WEB_PORT")
     done <<<"$web_lines"
-    info "web servers: ${backends[*]}"
+    [ "$dry_run" = 1 ] || info "web servers: ${backends[*]}"
 
-    render_pibl_userdata "$work_dir/pibl.sh" "$pibl_mode" "${backends[@]}"
-    info "PIBL user-data: $(compress_userdata "$work_dir/pibl.sh" "$work_dir/pibl.sh.gz") bytes gzipped (limit $USERDATA_MAX)"
+    if [ "$dry_run" != 1 ]; then
+        render_pibl_userdata "$work_dir/pibl.sh" "$pibl_mode" "${backends[@]}"
+        pibl_ud_size=$(compress_userdata "$work_dir/pibl.sh" "$work_dir/pibl.sh.gz")
+        [ "$pibl_ud_size" -le "$USERDATA_MAX" ] || die "PIBL's user-data is $pibl_ud_size bytes gzipped, over $USERDATA_MAX"
+        info "PIBL user-data: $pibl_ud_size bytes gzipped (limit $USERDATA_MAX)"
+    fi
     ensure_instances pibl 1 "$sg_pibl" "$work_dir/pibl.sh.gz" \
         "Port=$port" "Ttl=$ttl" "Backends=${backends[*]}"
     wait_running pibl "${instance_ids[@]}"
-    pibl_lines=$(list_instances pibl running) || die "could not list the PIBL instance"
-    IFS=$'\t' read -r id state priv pub role tport tbackends <<<"$(head -n 1 <<<"$pibl_lines")"
+    pibl_lines=$(running_instances pibl) || die "could not list the PIBL instance"
+    IFS=$'\t' read -r id state priv pub role tport tbackends _ <<<"$(head -n 1 <<<"$pibl_lines")"
     [ "$pub" != None ] || die "PIBL instance $id has no public IP (does the default subnet assign them?)"
-    if [ "$tbackends" != "${backends[*]}" ]; then
+    if [ "$dry_run" != 1 ] && [ "$tbackends" != "${backends[*]}" ]; then
         warn "PIBL ($id) was configured for \"$tbackends\" but the web servers are now \"${backends[*]}\";
   run scripts/aws-destroy.sh and deploy again to rebuild it"
     fi
@@ -730,7 +1261,13 @@ main() {
         port=$tport
     fi
 
-    local url="http://$pub:$port/" pem="$key_dir/$key_name.pem" rc=0
+    deliver_by_ssh "$id" "$pub" "$web_lines" "${backends[@]}"
+    if [ "$dry_run" = 1 ]; then
+        print_plan
+        return 0
+    fi
+
+    local url="http://$pub:$port/" rc=0
     if [ "$wait_http" = 1 ]; then
         wait_for_http "$url" || rc=1
     fi
@@ -739,6 +1276,7 @@ main() {
 
 PIBL deployment "$project" in $region
   URL:        $url
+  Source:     web app $web_mode; PIBL $pibl_mode$(source_detail "$pibl_mode")
   SSH:        $ssh_cmd
   Log:        $ssh_cmd tail -f $PIBL_HOME/pibl.log
               $ssh_cmd sudo journalctl -u pibl -f

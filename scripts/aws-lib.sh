@@ -13,9 +13,9 @@
 
 # The one describe-instances query all three scripts use. Text output gives one
 # line per instance, tab separated, "None" for a missing value:
-# id, state, private IP, public IP, Role tag, Port tag, Backends tag.
+# id, state, private IP, public IP, Role tag, Port tag, Backends tag, Name tag.
 # shellcheck disable=SC2034  # used by the scripts that source this file
-readonly Q_INSTANCES="Reservations[].Instances[].[InstanceId,State.Name,PrivateIpAddress,PublicIpAddress,Tags[?Key=='Role']|[0].Value,Tags[?Key=='Port']|[0].Value,Tags[?Key=='Backends']|[0].Value]"
+readonly Q_INSTANCES="Reservations[].Instances[].[InstanceId,State.Name,PrivateIpAddress,PublicIpAddress,Tags[?Key=='Role']|[0].Value,Tags[?Key=='Port']|[0].Value,Tags[?Key=='Backends']|[0].Value,Tags[?Key=='Name']|[0].Value]"
 
 # States of an instance that still exists (or is still billed, or still holds
 # its network interface and so its security group).
@@ -77,18 +77,26 @@ check_cli_and_credentials() {
     info "AWS account and identity: ${out//$'\t'/ } (region $region${endpoint:+, endpoint $endpoint})"
 }
 
+# list_instances_args ROLE STATES - set the caller's array instance_args to
+# the describe-instances arguments list_instances sends (a dry run prints them).
+list_instances_args() {
+    local role=$1 states=$2
+    instance_args=(ec2 describe-instances --filters "Name=tag:Project,Values=$project"
+        "Name=instance-state-name,Values=$states")
+    if [ -n "$role" ]; then
+        instance_args+=("Name=tag:Role,Values=$role")
+    fi
+    instance_args+=(--query "$Q_INSTANCES" --output text)
+}
+
 # list_instances ROLE STATES - print the project's instances with that Role tag
 # ("" = any role) in the given comma-separated states, one line each in the
 # Q_INSTANCES layout, sorted by instance id so that every run sees the same
 # order. Returns the CLI's status.
 list_instances() {
-    local role=$1 states=$2 filters out
-    filters=("Name=tag:Project,Values=$project" "Name=instance-state-name,Values=$states")
-    if [ -n "$role" ]; then
-        filters+=("Name=tag:Role,Values=$role")
-    fi
-    out=$(aws_run ec2 describe-instances --filters "${filters[@]}" \
-        --query "$Q_INSTANCES" --output text) || return 1
+    local instance_args=() out
+    list_instances_args "$1" "$2"
+    out=$(aws_run "${instance_args[@]}") || return 1
     if [ -n "$out" ]; then
         printf '%s\n' "$out" | sort
     fi

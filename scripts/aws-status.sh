@@ -28,9 +28,9 @@ Usage: ${0##*/} [options]
 Lists the instances, security groups and key pairs of a PIBL deployment and
 checks whether PIBL answers. Exit 0 when it answers, 1 otherwise.
 
-Options (environment variable in brackets, then the default):
-  -r, --region REGION   AWS region [AWS_REGION, AWS_DEFAULT_REGION] us-east-1
-  -p, --project NAME    Project tag [PIBL_PROJECT] pibl
+Options: [environment variable] (default: value)
+  -r, --region REGION   AWS region [AWS_REGION, AWS_DEFAULT_REGION] (default: us-east-1)
+  -p, --project NAME    Project tag [PIBL_PROJECT] (default: pibl)
       --no-probe        do not send the HTTP request to PIBL
   -h, --help            this help
 
@@ -63,7 +63,7 @@ main() {
         echo "  (none)"
     else
         printf '  %-6s %-21s %-14s %-16s %-16s\n' ROLE INSTANCE STATE PRIVATE-IP PUBLIC-IP
-        while IFS=$'\t' read -r id state priv pub role port backends; do
+        while IFS=$'\t' read -r id state priv pub role port backends _; do
             printf '  %-6s %-21s %-14s %-16s %-16s\n' "$role" "$id" "$state" "$priv" "$pub"
             if [ "$role" = pibl ] && [ "$state" = running ] && [ "$pub" != None ]; then
                 [ "$port" != None ] || port=8080

@@ -185,7 +185,7 @@ write_pibl_cfg() {
         echo "listen = 0.0.0.0"
         echo "port = $port"
         for n in 1 2 3; do
-            echo "backend = $(addr_of "web$n"):80"
+            echo "backend = web$n $(addr_of "web$n"):80"
         done
         echo "log_file = pibl.log"
         echo "cache_dir = cache"

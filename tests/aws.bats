@@ -30,7 +30,8 @@ setup() {
     export PIBL_POLL_SECONDS=0 PIBL_DELETE_TRIES=3
     unset AWS_ENDPOINT_URL AWS_REGION AWS_DEFAULT_REGION AWS_PROFILE \
         PIBL_PROJECT PIBL_PORT PIBL_TTL PIBL_GIT_URL PIBL_GIT_REF PIBL_KEY_NAME \
-        PIBL_CLIENT_CIDR PIBL_INSTANCE_TYPE PIBL_OS PIBL_AMI_PARAM PIBL_AWS_CLI
+        PIBL_CLIENT_CIDR PIBL_INSTANCE_TYPE PIBL_OS PIBL_AMI_PARAM PIBL_AWS_CLI PIBL_SOURCE PIBL_SSH \
+        GIT_CONFIG_COUNT
     SRC="$BATS_TEST_TMPDIR/src"
     WWW="$BATS_TEST_TMPDIR/www"
     make_fixture_source "$SRC"
@@ -100,6 +101,25 @@ userdata_of() {
     echo "$AWS_STUB_DIR/userdata/$(ids_with_role "$1" | head -n 1)"
 }
 
+# The origin URL of the test checkouts: never contacted (see clone_from).
+ORIGIN_URL=https://git.example.invalid/pibl.git
+
+# make_checkout DIR BARE - make DIR a git checkout on branch main with one
+# commit of its files, a bare clone of it at BARE, and ORIGIN_URL as origin.
+make_checkout() {
+    git -C "$1" init -q -b main
+    git -C "$1" -c user.name=t -c user.email=t@t add -A
+    git -C "$1" -c user.name=t -c user.email=t@t commit -q -m source
+    git clone -q --bare "$1" "$2"
+    git -C "$1" remote add origin "$ORIGIN_URL"
+}
+
+# clone_from BARE - from now on in this test, git fetches ORIGIN_URL from the
+# local bare repository BARE (url.<base>.insteadOf, through the environment).
+clone_from() {
+    export GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0="url.file://$1.insteadOf" GIT_CONFIG_VALUE_0="$ORIGIN_URL"
+}
+
 # dry_run_userdata GZ ROOT - run a rendered user-data script in dry-run mode
 # under the scratch root ROOT (no packages, users or systemd).
 dry_run_userdata() {
@@ -160,7 +180,7 @@ verify_unit() {
     [[ "$output" == *AWS_ACCESS_KEY_ID* ]]
     [ "$(grep -c . "$AWS_STUB_DIR/calls")" -eq 1 ]
     [ "$(n_calls 'sts get-caller-identity')" -eq 1 ]
-    run "$DESTROY"
+    run "$DESTROY" --yes
     [ "$status" -ne 0 ] && [[ "$output" == *"credentials"* ]]
     run "$STATUS"
     [ "$status" -ne 0 ] && [[ "$output" == *"credentials"* ]]
@@ -286,7 +306,7 @@ verify_unit() {
     sg_pibl=$(grep -l '^name=pibl-pibl$' "$AWS_STUB_DIR"/sg/* | xargs basename)
     sg_web=$(grep -l '^name=pibl-web$' "$AWS_STUB_DIR"/sg/* | xargs basename)
     : >"$AWS_STUB_DIR/calls"
-    run "$DESTROY"
+    run "$DESTROY" --yes
     echo "$output"
     [ "$status" -eq 0 ]
     [ "$(line_no .)" -eq "$(line_no 'sts get-caller-identity')" ]
@@ -307,7 +327,7 @@ verify_unit() {
     # The local private key stays (it may serve other regions).
     [ -f "$HOME/.ssh/pibl-key.pem" ]
     : >"$AWS_STUB_DIR/calls"
-    run "$DESTROY"
+    run "$DESTROY" --yes
     [ "$status" -eq 0 ]
     [ "$(n_calls 'terminate|delete')" -eq 0 ]
     [[ "$output" == *"no instances"* ]]
@@ -318,7 +338,7 @@ verify_unit() {
     [ "$status" -eq 0 ]
     echo "An error occurred (DependencyViolation) when calling the DeleteSecurityGroup operation: resource has a dependent object" \
         >"$AWS_STUB_DIR/fail-once/delete-security-group"
-    run "$DESTROY"
+    run "$DESTROY" --yes
     echo "$output"
     [ "$status" -eq 0 ]
     [[ "$output" == *"still in use, retrying"* ]]
@@ -333,7 +353,7 @@ verify_unit() {
     [ "$status" -eq 0 ]
     [ "$(n_calls 'import-key-pair')" -eq 1 ]          # only ours, above
     [ "$(n_calls 'run-instances .*--key-name mine ')" -eq 2 ]
-    run "$DESTROY"
+    run "$DESTROY" --yes
     [ "$status" -eq 0 ]
     [ -f "$AWS_STUB_DIR/kp/mine" ]
 }
@@ -343,7 +363,7 @@ verify_unit() {
     [ "$status" -eq 0 ]
     local old_tokens new_tokens
     old_tokens=$(calls_of run-instances | grep -o -- '--client-token [^ ]*' | sort)
-    run "$DESTROY"
+    run "$DESTROY" --yes
     [ "$status" -eq 0 ]
     : >"$AWS_STUB_DIR/calls"
     run "$DEPLOY"
@@ -364,7 +384,7 @@ verify_unit() {
     [ "$status" -eq 0 ]
     run "$STATUS"
     [ "$status" -eq 0 ]
-    run "$DESTROY"
+    run "$DESTROY" --yes
     [ "$status" -eq 0 ]
     [ "$(n_calls .)" -gt 20 ]
     [ "$(n_calls .)" -eq "$(n_calls '^aws --endpoint-url http://127.0.0.1:4566 ')" ]
@@ -460,7 +480,7 @@ verify_unit() {
     local cfg=$root/var/lib/pibl/pibl.cfg
     cat "$cfg"
     for id in $(ids_with_role web); do
-        grep -qx "backend = $(sed -n 's/^private=//p' "$AWS_STUB_DIR/inst/$id"):80" "$cfg"
+        grep -Eqx "backend = web[1-3] $(sed -n 's/^private=//p' "$AWS_STUB_DIR/inst/$id"):80" "$cfg"
     done
     [ "$(grep -c '^backend = ' "$cfg")" -eq 3 ]
     grep -qx 'port = 8080' "$cfg"
@@ -491,18 +511,14 @@ verify_unit() {
     for f in pibl.cpp pibl.h Makefile; do
         [ -f "$REPO/$f" ] || skip "the C++ sources are not in the repository yet"
     done
-    # A checkout of the real source whose origin is a local bare repository,
-    # so the git path (taken when the source is too big to ship) clones without
-    # any network.
+    # A checkout of the real source whose origin is a network URL, so the git
+    # path is taken when the source is too big to ship; the dry run below
+    # clones it from a local bare repository (insteadOf), without any network.
     local work=$BATS_TEST_TMPDIR/checkout bare=$BATS_TEST_TMPDIR/origin.git
     mkdir -p "$work"
     cp "$REPO"/Makefile "$REPO"/*.cpp "$REPO"/*.h "$work"/
     [ ! -f "$REPO/pibl.cfg" ] || cp "$REPO/pibl.cfg" "$work"/
-    git -C "$work" init -q -b main
-    git -C "$work" -c user.name=t -c user.email=t@t add -A
-    git -C "$work" -c user.name=t -c user.email=t@t commit -q -m source
-    git clone -q --bare "$work" "$bare"
-    git -C "$work" remote add origin "file://$bare"
+    make_checkout "$work" "$bare"
     run "$DEPLOY" --source-dir "$work"
     echo "$output"
     [ "$status" -eq 0 ]
@@ -512,6 +528,7 @@ verify_unit() {
     [ "$(wc -c <"$ud")" -le 16384 ]
     [ "$(wc -c <"$(userdata_of web)")" -le 16384 ]
     local root=$BATS_TEST_TMPDIR/pibl-root
+    clone_from "$bare"
     run dry_run_userdata "$ud" "$root"
     echo "$output"
     [ "$status" -eq 0 ]
@@ -538,24 +555,22 @@ verify_unit() {
 }
 
 @test "a web app too big to ship is cloned from the origin remote, and installs the same files" {
-    # The fixture tree becomes a git checkout whose origin is a local bare repository.
+    # The fixture tree becomes a git checkout whose origin is a network URL
+    # (cloned from a local bare repository in the dry run, through insteadOf).
     local work=$BATS_TEST_TMPDIR/checkout bare=$BATS_TEST_TMPDIR/origin.git
     mkdir -p "$work"
     cp -R "$SRC"/. "$work"/
     cp -R "$WWW" "$work/www"
     head -c 40000 /dev/urandom >"$work/www/noise.bin"
-    git -C "$work" init -q -b main
-    git -C "$work" -c user.name=t -c user.email=t@t add -A
-    git -C "$work" -c user.name=t -c user.email=t@t commit -q -m site
-    git clone -q --bare "$work" "$bare"
-    git -C "$work" remote add origin "file://$bare"
+    make_checkout "$work" "$bare"
     run "$DEPLOY" --source-dir "$work" --www-dir "$work/www"
     echo "$output"
     [ "$status" -eq 0 ]
     [[ "$output" == *"web app: git"* ]]
-    [[ "$output" == *"will clone file://$bare (branch or tag main)"* ]]
+    [[ "$output" == *"will clone $ORIGIN_URL (branch or tag main)"* ]]
     [ "$(wc -c <"$(userdata_of web)")" -le 16384 ]
     local root=$BATS_TEST_TMPDIR/web-root
+    clone_from "$bare"
     run dry_run_userdata "$(userdata_of web)" "$root"
     echo "$output"
     [ "$status" -eq 0 ]
@@ -564,10 +579,379 @@ verify_unit() {
     diff -r "$work/www" "$docroot"
 }
 
+# big_checkout DIR ORIGIN - a git checkout of the fixture source, too big for
+# the user-data (40 KB of noise in a tracked file), with ORIGIN as its origin
+# remote ("" = none).
+big_checkout() {
+    mkdir -p "$1"
+    cp -R "$SRC"/. "$1"/
+    { echo '/*'; head -c 30000 /dev/urandom | base64; echo '*/'; } >"$1/big.h"
+    git -C "$1" init -q -b main
+    git -C "$1" -c user.name=t -c user.email=t@t add -A
+    git -C "$1" -c user.name=t -c user.email=t@t commit -q -m source
+    [ -z "$2" ] || git -C "$1" remote add origin "$2"
+}
+
+# ssh_call_with TEXT - the number of the first recorded ssh call with an
+# argument equal to TEXT.
+ssh_call_with() {
+    local f
+    for f in $(ls "$AWS_STUB_DIR"/ssh/*.args | sort -t / -k 1 -V); do
+        if grep -qxF -- "$1" "$f"; then
+            basename "$f" .args
+            return 0
+        fi
+    done
+    return 1
+}
+
+@test "origin is a local path: named so, and the source is copied over SSH instead" {
+    local work=$BATS_TEST_TMPDIR/checkout
+    big_checkout "$work" /srv/git/pibl.git
+    touch "$AWS_STUB_DIR/ssh-record-only"
+    run "$DEPLOY" --source-dir "$work" --dry-run
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"origin is a local path (/srv/git/pibl.git), not reachable from AWS"* ]]
+    [[ "$output" != *"no origin remote"* ]]
+    [[ "$output" == *"PIBL source: copy"* ]]
+    git -C "$work" remote set-url origin "file:///srv/git/pibl.git"
+    run "$DEPLOY" --source-dir "$work" --dry-run
+    [[ "$output" == *"origin is a local path (file:///srv/git/pibl.git), not reachable from AWS"* ]]
+    git -C "$work" remote remove origin
+    run "$DEPLOY" --source-dir "$work" --dry-run
+    [[ "$output" == *"the checkout has no origin remote"* ]] && [[ "$output" == *"PIBL source: copy"* ]]
+    # Forcing git with a local origin: refused before any AWS call, saying why.
+    git -C "$work" remote add origin ../elsewhere
+    run "$DEPLOY" --source-dir "$work" --source git
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"--source git: origin is a local path (../elsewhere), not reachable from AWS"* ]]
+    [[ "$output" == *"--source copy"* ]]
+    # A network origin (scp-like SSH) is cloned over HTTPS instead.
+    git -C "$work" remote set-url origin git@github.com:someone/pibl.git
+    run "$DEPLOY" --source-dir "$work" --dry-run
+    [[ "$output" == *"PIBL source: git (https://github.com/someone/pibl.git main)"* ]]
+    [ ! -s "$AWS_STUB_DIR/calls" ]
+    [ ! -e "$AWS_STUB_DIR/ssh-calls" ]
+}
+
+@test "copy mode: git archive of the chosen ref, tracked files only, sent with the managed key; PIBL built there" {
+    local work=$BATS_TEST_TMPDIR/checkout
+    big_checkout "$work" ""
+    # Branch "release" has one more file; main's working tree has an untracked
+    # file and an uncommitted change, none of which may travel.
+    git -C "$work" checkout -q -b release
+    echo 'only on release' >"$work/release-notes.txt"
+    git -C "$work" add release-notes.txt
+    git -C "$work" -c user.name=t -c user.email=t@t commit -q -m release
+    git -C "$work" checkout -q main
+    echo 'not tracked' >"$work/untracked.txt"
+    echo '// uncommitted' >>"$work/main.cpp"
+    echo 2 >"$AWS_STUB_DIR/ssh-failures"           # sshd not up for the first two tries
+    run "$DEPLOY" --source-dir "$work" --git-ref release
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"PIBL source: copy (git archive of release, commit $(git -C "$work" rev-parse --short=12 release))"* ]]
+    local pibl_id pub pem=$HOME/.ssh/pibl-key.pem
+    pibl_id=$(ids_with_role pibl)
+    pub=$(sed -n 's/^public_if_running=//p' "$AWS_STUB_DIR/inst/$pibl_id")
+    # SSH waited for the instance: two refusals, then the probe that worked.
+    [ "$(grep -c " ec2-user@$pub true\$" "$AWS_STUB_DIR/ssh-calls")" -eq 3 ]
+    # The upload: to ec2-user at PIBL's public IP, with only the managed key,
+    # host keys remembered per instance id.
+    local up
+    up=$(ssh_call_with 'cat > pibl-source.tar.gz.part && mv -f pibl-source.tar.gz.part pibl-source.tar.gz')
+    grep -qxF -- "ec2-user@$pub" "$AWS_STUB_DIR/ssh/$up.args"
+    grep -A1 -xF -- -i "$AWS_STUB_DIR/ssh/$up.args" | grep -qxF -- "$pem"
+    grep -qxF IdentitiesOnly=yes "$AWS_STUB_DIR/ssh/$up.args"
+    grep -qxF BatchMode=yes "$AWS_STUB_DIR/ssh/$up.args"
+    grep -qxF "HostKeyAlias=$pibl_id" "$AWS_STUB_DIR/ssh/$up.args"
+    grep -qxF "UserKnownHostsFile=$HOME/.ssh/pibl-key.known_hosts" "$AWS_STUB_DIR/ssh/$up.args"
+    # What it sent: exactly the files of the ref (git archive), not the
+    # untracked file, and main.cpp as committed.
+    local archive=$AWS_STUB_DIR/ssh/$up.stdin
+    diff <(tar -tzf "$archive" | grep -v '/$' | sort) <(git -C "$work" ls-tree -r --name-only release | sort)
+    tar -tzf "$archive" | grep -qx release-notes.txt
+    ! tar -tzf "$archive" | grep -q untracked
+    diff <(tar -xzOf "$archive" main.cpp) <(git -C "$work" show release:main.cpp)
+    [[ "$output" != *"uncommitted changes"* ]]   # they do not matter for --git-ref release
+    # The install ran as root (sudo) with the archive and a stamp, after the
+    # upload, and built, checked and installed PIBL on the instance.
+    local inst
+    inst=$(grep -n -m1 "ec2-user@$pub sudo bash -s -- pibl-source.tar.gz [0-9]*-[0-9]*\$" "$AWS_STUB_DIR/ssh-calls" | cut -d : -f 1)
+    [ -n "$inst" ] && [ "$inst" -gt "$up" ]
+    local host=$AWS_STUB_DIR/hosts/$pibl_id
+    [ -x "$host/root/opt/pibl/bin/pibl" ]
+    [ -f "$host/root/opt/pibl/src/release-notes.txt" ]
+    [ ! -e "$host/root/opt/pibl/src/untracked.txt" ]
+    for id in $(ids_with_role web); do
+        grep -Eqx "backend = web[1-3] $(sed -n 's/^private=//p' "$AWS_STUB_DIR/inst/$id"):80" "$host/root/var/lib/pibl/pibl.cfg"
+    done
+    grep -qx 'ExecStart=/opt/pibl/bin/pibl pibl.cfg 60' "$host/root/etc/systemd/system/pibl.service"
+    [[ "$output" == *"pibl: $host/root/var/lib/pibl/pibl.cfg: OK"* ]]
+    [ ! -e "$host/home/pibl-source.tar.gz" ] && [ ! -e "$host/home/pibl-source.tar.gz.part" ]
+    # The user-data carried no source, only the tools and the first-boot mark.
+    gzip -dc "$(userdata_of pibl)" | grep -q 'pibl-setup/ready'
+    ! gzip -dc "$(userdata_of pibl)" | grep -q 'make -C'
+    # No SSH to the web servers: the web app went in their user-data.
+    [ "$(grep -c ' ec2-user@172\.31\.' "$AWS_STUB_DIR/ssh-calls")" -eq 0 ]
+    # A re-run sends the source again and the instance sees nothing changed.
+    run "$DEPLOY" --source-dir "$work" --git-ref release
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"is installed already, nothing to do"* ]]
+}
+
+@test "copy mode: the install script starts PIBL under systemd, waits for the first boot, skips a known stamp" {
+    local work=$BATS_TEST_TMPDIR/checkout
+    big_checkout "$work" ""
+    touch "$AWS_STUB_DIR/ssh-record-only"
+    run "$DEPLOY" --source-dir "$work"
+    [ "$status" -eq 0 ]
+    local up inst script archive stamp
+    up=$(ssh_call_with 'cat > pibl-source.tar.gz.part && mv -f pibl-source.tar.gz.part pibl-source.tar.gz')
+    inst=$((up + 1))
+    grep -q '^sudo bash -s -- pibl-source.tar.gz ' "$AWS_STUB_DIR/ssh/$inst.args"
+    stamp=$(tail -n 1 "$AWS_STUB_DIR/ssh/$inst.args" | cut -d ' ' -f 6)
+    script=$AWS_STUB_DIR/ssh/$inst.stdin
+    # An instance of our own: a scratch root, and systemctl, useradd, chown
+    # that record what they are asked.
+    local root=$BATS_TEST_TMPDIR/root home=$BATS_TEST_TMPDIR/home-ec2 bin=$BATS_TEST_TMPDIR/bin
+    mkdir -p "$root" "$home" "$bin"
+    for tool in systemctl useradd chown; do
+        printf '#!/bin/sh\necho "%s $*" >>"%s/admin.log"\n' "$tool" "$BATS_TEST_TMPDIR" >"$bin/$tool"
+        chmod +x "$bin/$tool"
+    done
+    cp "$AWS_STUB_DIR/ssh/$up.stdin" "$home/pibl-source.tar.gz"
+    # Before the user-data finished, it gives up (bounded) with a pointer to the log.
+    run env -C "$home" PATH="$bin:$PATH" PIBL_UD_ROOT="$root" PIBL_UD_BOOT_TRIES=0 bash "$script" pibl-source.tar.gz "$stamp"
+    [ "$status" -ne 0 ] && [[ "$output" == *"first-boot setup has not finished"* ]]
+    [ ! -e "$BATS_TEST_TMPDIR/admin.log" ]
+    # After it (the copy-mode user-data, dry run): build, config, unit, start.
+    run dry_run_userdata "$(userdata_of pibl)" "$root"
+    [ "$status" -eq 0 ] && [ -f "$root/var/lib/pibl-setup/ready" ]
+    run env -C "$home" PATH="$bin:$PATH" PIBL_UD_ROOT="$root" bash "$script" pibl-source.tar.gz "$stamp"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [ -x "$root/opt/pibl/bin/pibl" ]
+    cat "$BATS_TEST_TMPDIR/admin.log"
+    grep -qx 'useradd --system --home-dir /var/lib/pibl --shell /usr/sbin/nologin pibl' "$BATS_TEST_TMPDIR/admin.log"
+    grep -qx "chown -R pibl:pibl $root/var/lib/pibl" "$BATS_TEST_TMPDIR/admin.log"
+    diff <(grep ^systemctl "$BATS_TEST_TMPDIR/admin.log") \
+        <(printf 'systemctl daemon-reload\nsystemctl enable pibl.service\nsystemctl restart pibl.service\n')
+    grep -q 'pibl-setup: PIBL ready' "$root/var/log/pibl-setup.log"
+    [ ! -e "$home/pibl-source.tar.gz" ]
+    # The same stamp again: nothing rebuilt or restarted.
+    : >"$BATS_TEST_TMPDIR/admin.log"
+    cp "$AWS_STUB_DIR/ssh/$up.stdin" "$home/pibl-source.tar.gz"
+    run env -C "$home" PATH="$bin:$PATH" PIBL_UD_ROOT="$root" bash "$script" pibl-source.tar.gz "$stamp"
+    [ "$status" -eq 0 ] && [[ "$output" == *"installed already"* ]]
+    [ ! -s "$BATS_TEST_TMPDIR/admin.log" ]
+}
+
+@test "copy mode for the web app: SSH from PIBL's group only, through PIBL as jump host, same files" {
+    run "$DEPLOY" --source copy --source-dir "$SRC" 2>&1
+    [ "$status" -ne 0 ] && [[ "$output" == *"not one"* ]]     # PIBL's copy needs a git checkout
+    local work=$BATS_TEST_TMPDIR/checkout
+    big_checkout "$work" ""
+    run "$DEPLOY" --source copy --source-dir "$work"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"web app: copy"* ]]
+    local sg_pibl sg_web pibl_id pub id priv n
+    sg_pibl=$(grep -l '^name=pibl-pibl$' "$AWS_STUB_DIR"/sg/* | xargs basename)
+    sg_web=$(grep -l '^name=pibl-web$' "$AWS_STUB_DIR"/sg/* | xargs basename)
+    grep -qx "rule=tcp:22:sg:$sg_pibl" "$AWS_STUB_DIR/sg/$sg_web"
+    [ "$(n_calls "authorize-security-group-ingress --group-id $sg_web .*--cidr")" -eq 0 ]
+    pibl_id=$(ids_with_role pibl)
+    pub=$(sed -n 's/^public_if_running=//p' "$AWS_STUB_DIR/inst/$pibl_id")
+    for id in $(ids_with_role web); do
+        priv=$(sed -n 's/^private=//p' "$AWS_STUB_DIR/inst/$id")
+        n=$(ssh_call_with "HostKeyAlias=$id")
+        grep -qxF "ec2-user@$priv" "$AWS_STUB_DIR/ssh/$n.args"
+        grep -q "^ProxyCommand=ssh -i $HOME/.ssh/pibl-key.pem .*HostKeyAlias=$pibl_id -W %h:%p ec2-user@$pub\$" \
+            "$AWS_STUB_DIR/ssh/$n.args"
+        diff -r "$WWW" "$AWS_STUB_DIR/hosts/$id/root/usr/share/nginx/html" 2>/dev/null ||
+            diff -r "$WWW" "$AWS_STUB_DIR/hosts/$id/root/var/www/html"
+    done
+    gzip -dc "$(userdata_of web)" | grep -q 'pibl-setup/ready'
+}
+
+# plan_calls - the AWS calls of a --dry-run output ($output), one line each,
+# arguments joined by spaces as the aws stub records them.
+plan_calls() {
+    local line args
+    sed -n 's/^  \[[a-z ]*\] *//p' <<<"$output" | while IFS= read -r line; do
+        eval "args=($line)"
+        printf '%s\n' "${args[*]}"
+    done
+}
+
+@test "--dry-run makes no AWS call, prints every call with its arguments, the user-data sizes and the modes" {
+    # The stub records any call; PIBL_AWS_CLI is also a CLI that fails on any call.
+    printf '#!/bin/sh\necho "$*" >>"%s/dead-calls"\nexit 99\n' "$BATS_TEST_TMPDIR" >"$BATS_TEST_TMPDIR/dead-aws"
+    chmod +x "$BATS_TEST_TMPDIR/dead-aws"
+    PIBL_AWS_CLI=$BATS_TEST_TMPDIR/dead-aws run "$DEPLOY" --dry-run --project demo --region eu-west-1
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [ ! -e "$BATS_TEST_TMPDIR/dead-calls" ]
+    run "$DEPLOY" -n --project demo --region eu-west-1
+    [ "$status" -eq 0 ]
+    [ ! -s "$AWS_STUB_DIR/calls" ] && [ ! -e "$HOME/.ssh/demo-key.pem" ]
+    [[ "$output" == *"no AWS call was made"* ]]
+    [[ "$output" == *"web app:     userdata"* ]] && [[ "$output" == *"PIBL source: userdata"* ]]
+    local plan=$output planned
+    planned=$(plan_calls)
+    # The same deployment for real, on the stub: the sizes and the calls match.
+    run "$DEPLOY" --project demo --region eu-west-1
+    [ "$status" -eq 0 ]
+    [[ "$plan" == *"web  x3 (the same bytes): $(wc -c <"$(userdata_of web)") bytes each"* ]]
+    local pibl_planned real
+    pibl_planned=$(sed -n 's/^  pibl x1: \([0-9]*\) bytes.*/\1/p' <<<"$plan")
+    real=$(wc -c <"$(userdata_of pibl)")
+    echo "PIBL user-data: planned $pibl_planned, sent $real"
+    [ "$real" -ge $((pibl_planned - 32)) ] && [ "$real" -le $((pibl_planned + 32)) ]
+    # Every planned call was made (placeholders and temporary files aside),
+    # and every call made was planned.
+    local line re n=0
+    while IFS= read -r line; do
+        re=$(sed -e 's/[][\\.*^$|?+(){}]/\\&/g' -e 's/<[a-z0-9-]*>/[^ ]+/g' -e 's|fileb:///[^ ]*|fileb://[^ ]+|g' <<<"$line")
+        grep -Eq -- "^$re\$" "$AWS_STUB_DIR/calls" || { echo "planned, not made: $line"; return 1; }
+        n=$((n + 1))
+    done <<<"$planned"
+    [ "$n" -ge 20 ]
+    while IFS= read -r line; do
+        line=$(sed -e 's|fileb:///[^ ]*|F|g' -e 's/ami-[0-9a-f]\{17\}/A/g' -e 's/\<i-[0-9a-f]\{17\}/I/g' -e 's/sg-[0-9a-f]\{17\}/G/g' \
+            -e 's/vpc-[0-9a-f]\{17\}/V/g' -e 's/ami-[0-9a-f]\{17\}/A/g' -e 's/172\.31\.[0-9]*\.[0-9]*/P/g' <<<"$line")
+        sed -e 's|fileb:///[^ ]*|F|g' -e 's/<sg-[a-z]*>/G/g' -e 's/<default-vpc>/V/g' -e 's/<ami>/A/g' \
+            -e 's/<[a-z]*-[0-9]>/I/g' -e 's/<web-[0-9]-private-ip>/P/g' <<<"$planned" | grep -qxF -- "$line" ||
+            { echo "made, not planned: $line"; return 1; }
+    done <"$AWS_STUB_DIR/calls"
+    # With the real CLI and an endpoint where nothing listens, still no call.
+    local real_aws
+    real_aws=$(PATH=${PATH#"$BATS_TEST_DIRNAME/aws-stub:"} command -v aws) || return 0
+    AWS_ENDPOINT_URL=http://127.0.0.1:9 PIBL_AWS_CLI=$real_aws run "$DEPLOY" --dry-run
+    [ "$status" -eq 0 ] && [[ "$output" == *"--endpoint-url http://127.0.0.1:9 --region us-east-1 sts get-caller-identity"* ]]
+}
+
+@test "--dry-run in copy mode lists the SSH steps and the archive size, and runs no ssh" {
+    local work=$BATS_TEST_TMPDIR/checkout
+    big_checkout "$work" ""
+    echo '// uncommitted' >>"$work/main.cpp"
+    run "$DEPLOY" --dry-run --source-dir "$work"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"has uncommitted changes; the copy takes commit $(git -C "$work" rev-parse --short=12 HEAD) without them"* ]]
+    [ ! -s "$AWS_STUB_DIR/calls" ] && [ ! -e "$AWS_STUB_DIR/ssh-calls" ]
+    [[ "$output" =~ pibl-source\.tar\.gz:\ [0-9]+\ bytes,\ sent\ over\ SSH ]]
+    [[ "$output" == *"pibl x1: "*" bytes"* ]]
+    [[ "$output" == *"'ec2-user@<pibl-1-public-ip>' 'cat > pibl-source.tar.gz.part && mv -f pibl-source.tar.gz.part pibl-source.tar.gz' < pibl-source.tar.gz"* ]]
+    [[ "$output" =~ \'ec2-user@\<pibl-1-public-ip\>\'\ \'sudo\ bash\ -s\ --\ pibl-source\.tar\.gz\ [0-9-]+\'\ \<\ pibl-install\.sh ]]
+    [ ! -e "$HOME/.ssh/pibl-key.pem" ]
+}
+
+# destroy_listing_ok - $output lists the deployment made on the stub: the
+# four instances with id and name, the two groups with id and name, the key pair.
+destroy_listing_ok() {
+    local id f
+    output=${output//$'\r'/}                        # a terminal's line ends
+    for id in $(ids_with_role web); do
+        grep -Eq "^  instance +$id +pibl-web +web +running" <<<"$output"
+    done
+    grep -Eq "^  instance +$(ids_with_role pibl) +pibl-pibl +pibl +running" <<<"$output"
+    for f in "$AWS_STUB_DIR"/sg/*; do
+        grep -Eq "^  security group +${f##*/} +$(sed -n 's/^name=//p' "$f")\$" <<<"$output"
+    done
+    grep -Eq '^  key pair +pibl-key' <<<"$output"
+}
+
+@test "destroy lists what it deletes and, without a terminal or --yes, deletes nothing" {
+    run "$DEPLOY"
+    [ "$status" -eq 0 ]
+    : >"$AWS_STUB_DIR/calls"
+    run "$DESTROY" </dev/null
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"stdin is not a terminal"*"nothing deleted"*"--yes"* ]]
+    destroy_listing_ok
+    [ "$(n_calls 'terminate|delete')" -eq 0 ]
+    run "$DESTROY" --dry-run
+    [ "$status" -eq 0 ] && [[ "$output" == *"dry run: nothing deleted"* ]]
+    destroy_listing_ok
+    [ "$(n_calls 'terminate|delete')" -eq 0 ]
+    [ "$(live_count)" -eq 4 ] && [ "$(ls "$AWS_STUB_DIR/sg" | wc -l)" -eq 2 ] && [ -f "$AWS_STUB_DIR/kp/pibl-key" ]
+}
+
+@test "destroy on a terminal asks: no keeps everything, yes deletes it all" {
+    command -v script >/dev/null 2>&1 || skip "script(1) (util-linux) not installed: no terminal to test with"
+    run "$DEPLOY"
+    [ "$status" -eq 0 ]
+    : >"$AWS_STUB_DIR/calls"
+    local cmd
+    cmd=$(printf '%q ' env PATH="$PATH" AWS_STUB_DIR="$AWS_STUB_DIR" PIBL_POLL_SECONDS=0 "$DESTROY")
+    run script -qec "$cmd" /dev/null <<<"n"
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"Delete these? [y/N]"* ]] && [[ "$output" == *"nothing deleted"* ]]
+    destroy_listing_ok
+    [ "$(n_calls 'terminate|delete')" -eq 0 ] && [ "$(live_count)" -eq 4 ]
+    run script -qec "$cmd" /dev/null <<<""
+    [ "$status" -ne 0 ] && [ "$(live_count)" -eq 4 ]          # Enter alone is no
+    run script -qec "$cmd" /dev/null <<<"y"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [ "$(live_count)" -eq 0 ] && [ -z "$(ls "$AWS_STUB_DIR/sg")" ] && [ -z "$(ls "$AWS_STUB_DIR/kp")" ]
+}
+
+# help_defaults SCRIPT - "--option<TAB>value" for every "(default: value)" in
+# SCRIPT -h, the option being the last --word before it on its line or on the
+# option line above (a default on a continuation line).
+help_defaults() {
+    "$1" -h | awk '
+        match($0, /^ +(-[a-z], )?--[a-z-]+/) { s = substr($0, RSTART, RLENGTH); sub(/^ +(-[a-z], )?/, "", s); opt = s }
+        opt != "" && match($0, /\(default: [^)]*\)/) { d = substr($0, RSTART + 10, RLENGTH - 11); print opt "\t" d }'
+}
+
+@test "-h and README.md state the same defaults and the same user-data limit" {
+    local script opt value readme n=0
+    # README without its backquotes: "`--ttl` (60)" reads "--ttl (60)".
+    readme=$(tr -d '`' <"$REPO/README.md" | tr '\n' ' ')
+    for script in "$DEPLOY" "$DESTROY" "$STATUS"; do
+        while IFS=$'\t' read -r opt value; do
+            n=$((n + 1))
+            if [[ "$value" == *" "* ]]; then
+                # A default in words ("from --os"): the README must name the option.
+                [[ "$readme" == *"$opt"* ]] || { echo "README lacks $opt"; return 1; }
+            else
+                [[ "$readme" == *"$opt ($value)"* || "$readme" == *"$opt ($value,"* || "$readme" == *"$opt ($value "* ]] ||
+                    { echo "${script##*/} -h: $opt (default: $value), README differs"; return 1; }
+            fi
+        done < <(help_defaults "$script")
+    done
+    [ "$n" -ge 20 ]
+    "$DEPLOY" -h | grep -q 'at most 16384 bytes'
+    [[ "$readme" == *"16384 bytes"* ]]
+    # And the old claim of a fixed compressed size is gone.
+    ! grep -q 'unos 27 KB' "$REPO/README.md"
+}
+
+@test "copy mode: no SSH answer within --wait-timeout stops the deploy with ssh's last words" {
+    local work=$BATS_TEST_TMPDIR/checkout
+    big_checkout "$work" ""
+    echo 1000 >"$AWS_STUB_DIR/ssh-failures"
+    run "$DEPLOY" --source-dir "$work" --wait-timeout 0
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"no SSH answer from ec2-user@203.0.113."*"within 0 s"*"Connection refused"* ]]
+    [ "$(grep -c . "$AWS_STUB_DIR/ssh-calls")" -eq 1 ]
+    [ ! -s "$AWS_STUB_DIR/curl-calls" ]
+}
+
 @test "the scripts are shellcheck-clean" {
     command -v shellcheck >/dev/null || skip "shellcheck not installed"
     run shellcheck -x "$REPO"/scripts/aws-*.sh "$REPO"/scripts/cluster-rehearsal.sh \
-        "$BATS_TEST_DIRNAME"/aws-stub/aws "$BATS_TEST_DIRNAME"/aws-stub/curl
+        "$BATS_TEST_DIRNAME"/aws-stub/aws "$BATS_TEST_DIRNAME"/aws-stub/curl "$BATS_TEST_DIRNAME"/aws-stub/ssh
     echo "$output"
     [ "$status" -eq 0 ]
 }
@@ -600,7 +984,25 @@ verify_unit() {
     echo "$output"
     [ "$status" -eq 0 ]
     [ "$(grep -c ' running ' <<<"$output")" -eq 4 ]
-    run "$DESTROY"
+    # Destroy without --yes and without a terminal: lists, refuses, deletes nothing.
+    run "$DESTROY" </dev/null
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"stdin is not a terminal"* ]]
+    [ "$(grep -Ec '^  instance +i-[0-9a-f]+ +pibl-(web|pibl) ' <<<"$output")" -eq 4 ]
+    [ "$(grep -Ec '^  security group +sg-[0-9a-f]+ +pibl-(web|pibl)$' <<<"$output")" -eq 2 ]
+    grep -Eq '^  key pair +pibl-key ' <<<"$output"
+    if command -v script >/dev/null 2>&1; then
+        local cmd
+        cmd=$(printf '%q ' env PATH="$PATH" AWS_STUB_DIR="$AWS_STUB_DIR" PIBL_AWS_CLI="$PIBL_AWS_CLI" \
+            AWS_ENDPOINT_URL="$AWS_ENDPOINT_URL" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
+            AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null "$DESTROY")
+        run script -qec "$cmd" /dev/null <<<"n"
+        [ "$status" -ne 0 ] && [[ "$output" == *"nothing deleted"* ]]
+    fi
+    run "$STATUS" --no-probe
+    [ "$(grep -c ' running ' <<<"$output")" -eq 4 ]
+    run "$DESTROY" --yes
     echo "$output"
     [ "$status" -eq 0 ]
     run "$STATUS" --no-probe
