@@ -67,11 +67,11 @@ PIBL_USER  ?= pibl
 CACHE_TTL  ?= 60
 INSTALL    ?= install
 PIBL_HOME   = /var/lib/pibl
-PIBL_CFG    = $(SYSCONFDIR)/pibl/pibl.cfg
+INSTALLED_CFG = $(SYSCONFDIR)/pibl/pibl.cfg
 PIBL_VERSION := $(shell sed -n 's/^.define PIBL_VERSION *"\(.*\)"/\1/p' pibl.h)
 
 # The unit and the man page with the paths filled in; a placeholder left is an error.
-RENDER = sed -e 's|@PIBL_BIN@|$(SBINDIR)/pibl|g' -e 's|@PIBL_CFG@|$(PIBL_CFG)|g' \
+RENDER = sed -e 's|@PIBL_BIN@|$(SBINDIR)/pibl|g' -e 's|@PIBL_CFG@|$(INSTALLED_CFG)|g' \
              -e 's|@PIBL_HOME@|$(PIBL_HOME)|g' -e 's|@PIBL_TTL@|$(CACHE_TTL)|g' \
              -e 's|@PIBL_USER@|$(PIBL_USER)|g' -e 's|@PIBL_UNIT@|$(SYSTEMDDIR)/pibl.service|g' \
              -e 's|@PIBL_VERSION@|$(PIBL_VERSION)|g'
@@ -89,19 +89,19 @@ install: pibl pibl.service pibl.8
 	$(INSTALL) -m 0755 pibl $(DESTDIR)$(SBINDIR)/pibl
 	$(INSTALL) -m 0644 pibl.8 $(DESTDIR)$(MANDIR)/man8/pibl.8
 	$(INSTALL) -m 0644 pibl.service $(DESTDIR)$(SYSTEMDDIR)/pibl.service
-	@if [ -e $(DESTDIR)$(PIBL_CFG) ]; then \
-	    echo "install: kept the existing $(DESTDIR)$(PIBL_CFG)"; \
+	@if [ -e $(DESTDIR)$(INSTALLED_CFG) ]; then \
+	    echo "install: kept the existing $(DESTDIR)$(INSTALLED_CFG)"; \
 	else \
-	    echo "$(INSTALL) -m 0644 pibl.cfg $(DESTDIR)$(PIBL_CFG)"; \
-	    $(INSTALL) -m 0644 pibl.cfg $(DESTDIR)$(PIBL_CFG); \
+	    echo "$(INSTALL) -m 0644 pibl.cfg $(DESTDIR)$(INSTALLED_CFG)"; \
+	    $(INSTALL) -m 0644 pibl.cfg $(DESTDIR)$(INSTALLED_CFG); \
 	fi
 
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/pibl $(DESTDIR)$(MANDIR)/man8/pibl.8 $(DESTDIR)$(SYSTEMDDIR)/pibl.service
-	@if [ -f $(DESTDIR)$(PIBL_CFG) ] && cmp -s pibl.cfg $(DESTDIR)$(PIBL_CFG); then \
-	    echo "rm -f $(DESTDIR)$(PIBL_CFG)"; rm -f $(DESTDIR)$(PIBL_CFG); \
-	elif [ -e $(DESTDIR)$(PIBL_CFG) ]; then \
-	    echo "uninstall: kept $(DESTDIR)$(PIBL_CFG) (changed since install)"; \
+	@if [ -f $(DESTDIR)$(INSTALLED_CFG) ] && cmp -s pibl.cfg $(DESTDIR)$(INSTALLED_CFG); then \
+	    echo "rm -f $(DESTDIR)$(INSTALLED_CFG)"; rm -f $(DESTDIR)$(INSTALLED_CFG); \
+	elif [ -e $(DESTDIR)$(INSTALLED_CFG) ]; then \
+	    echo "uninstall: kept $(DESTDIR)$(INSTALLED_CFG) (changed since install)"; \
 	fi
 	@rmdir $(DESTDIR)$(SYSCONFDIR)/pibl 2>/dev/null || true
 

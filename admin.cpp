@@ -216,7 +216,7 @@ render_html(const struct snapshot *s, struct out *o)
     outf(o, "<!DOCTYPE html>\n<html lang=\"es\"><head><meta charset=\"utf-8\">"
         "<meta http-equiv=\"refresh\" content=\"2\"><title>PIBL: estado</title><style>"
         "body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse}"
-        "td,th{border:1px solid #bbb;padding:.3em .5em;text-align:right;font-size:.9em}"
+        "td,th{border:1px solid #bbb;padding:.3em .5em;text-align:right;font-size:.9em}td{white-space:nowrap}"
         "th{background:#eee}td.l{text-align:left}.up{color:#070;font-weight:bold}"
         ".down{color:#b00;font-weight:bold}.drain,.maint{color:#a60;font-weight:bold}"
         "small{color:#666}.n{white-space:nowrap}form{margin:0;white-space:nowrap}button{font-size:.8em}</style></head><body>\n"
@@ -241,9 +241,9 @@ render_html(const struct snapshot *s, struct out *o)
             outf(o, "</small>");
         }
         iso_time(b->state_since, when, sizeof when);
-        outf(o, "</td><td class=\"l %s\">%s</td><td class=\"l n\" title=\"%s\">hace ", state_of(b),
-            state_of(b), when);
+        outf(o, "</td><td class=\"l %s\">%s</td><td class=\"l n\">hace ", state_of(b), state_of(b));
         out_duration(o, (long)(now - b->state_since));
+        outf(o, " <small>(%.8s UTC)</small>", when[0] ? when + 11 : "?");
         outf(o, "</td><td>%d</td><td class=\"l n\">", b->weight);
         if (b->check_at == 0) {
             outf(o, "-");
@@ -491,9 +491,11 @@ static void
 reply(int fd, int status, const char *reason, const char *type, const char *body, size_t len,
     int is_head)
 {
-    char head[256];
+    char head[320];
+    const char *allow = status != 405 ? "" : len > 0 && strstr(body, "POST") == body ?
+        "Allow: POST\r\n" : "Allow: GET, HEAD\r\n";
     int n = snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-        "Cache-Control: no-store\r\nConnection: close\r\n\r\n", status, reason, type, len);
+        "%sCache-Control: no-store\r\nConnection: close\r\n\r\n", status, reason, type, len, allow);
     if (send_all(fd, head, (size_t)n) == 0 && !is_head)
         send_all(fd, body, len);
 }
@@ -562,6 +564,23 @@ form_value(const char *text, size_t len, const char *key, char *out, size_t cap)
     return 0;
 }
 
+/* How many times key= appears in a form text of len bytes. */
+static int
+form_count(const char *text, size_t len, const char *key)
+{
+    size_t kl = strlen(key), i = 0;
+    int n = 0;
+
+    while (i < len) {
+        size_t end = i;
+        while (end < len && text[end] != '&')
+            end++;
+        n += end - i > kl && memcmp(text + i, key, kl) == 0 && text[i + kl] == '=';
+        i = end + 1;
+    }
+    return n;
+}
+
 /* 1 when a field value lists want among its comma-separated media types. */
 static int
 accepts(const struct http_request *req, const char *want)
@@ -624,6 +643,11 @@ admin_action(int fd, const struct http_request *req, const char *head, size_t he
         reply(fd, 403, "Forbidden", "text/plain", cs, sizeof cs - 1, 0);
         return;
     }
+    if (http_find_field(req->headers, req->n_headers, "transfer-encoding") != NULL) {
+        static const char len[] = "send the form with a Content-Length (no chunked body)\n";
+        reply(fd, 411, "Length Required", "text/plain", len, sizeof len - 1, 0);
+        return;
+    }
     if (cl != NULL) {
         char digits[16];
         size_t n = cl->value_len < sizeof digits - 1 ? cl->value_len : sizeof digits - 1;
@@ -653,6 +677,13 @@ admin_action(int fd, const struct http_request *req, const char *head, size_t he
     int have_action = form_value(body, body_len, "action", action, sizeof action) ||
         (q != NULL && form_value(q + 1, (size_t)(req->target + req->target_len - q - 1), "action",
             action, sizeof action));
+    size_t ql = q != NULL ? (size_t)(req->target + req->target_len - q - 1) : 0;
+    if (form_count(body, body_len, "name") + (q ? form_count(q + 1, ql, "name") : 0) > 1 ||
+        form_count(body, body_len, "action") + (q ? form_count(q + 1, ql, "action") : 0) > 1) {
+        static const char two[] = "one name and one action per request\n";
+        reply(fd, 400, "Bad Request", "text/plain", two, sizeof two - 1, 0);
+        return;
+    }
     int admin = -1;
     for (size_t i = 0; have_action && i < sizeof actions / sizeof actions[0]; i++)
         if (strcmp(action, actions[i].name) == 0)
@@ -721,8 +752,13 @@ admin_serve(int fd)
             admin_action(fd, &req, head, (size_t)hl, got, peer_ip);
             goto done;
         }
-        if (is_action || (!is_head && !http_name_is(req.method, req.method_len, "GET"))) {
-            static const char only[] = "only GET and HEAD (POST on /backend)\n";
+        if (is_action) {
+            static const char post[] = "POST only: name=BACKEND&action=drain|enable|disable|reset\n";
+            reply(fd, 405, "Method Not Allowed", "text/plain", post, sizeof post - 1, is_head);
+            goto done;
+        }
+        if (!is_head && !http_name_is(req.method, req.method_len, "GET")) {
+            static const char only[] = "only GET and HEAD here (actions: POST /backend)\n";
             reply(fd, 405, "Method Not Allowed", "text/plain", only, sizeof only - 1, 0);
             goto done;
         }

@@ -262,6 +262,7 @@ ev_response(struct loop *l, struct conn *c)
         return ev_slow(l, c, RESUME_AFTER_HEAD);
     rr_record(c->u.backend, 1, pibl_now_us() - c->t_sent, NULL);
     x->status = resp.status;
+    x->from_backend = 1;
     c->u_reuse = resp.minor_version == 1 && !ct.close;
     c->body_left = bi.kind == HTTP_BODY_LENGTH ? bi.remaining : 0;
     c->p1 = c->out;

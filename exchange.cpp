@@ -102,7 +102,7 @@ exchange_log(const struct conn *c, const struct exchange *x)
     g_requests.fetch_add(1, std::memory_order_relaxed);
     if (x->cache != CACHE_NONE)
         cache_note(x->cache);
-    if (x->backend >= 0 && x->status != 0 && x->cache != CACHE_HIT && x->cache != CACHE_STALE)
+    if (x->backend >= 0 && x->from_backend)
         rr_answered(x->backend, x->status, x->sent_bytes + x->up_bytes, x->bytes);
     for (int i = 0; i < x->n_tried; i++)
         tried[i] = rr_name(x->tried_order[i]);
@@ -140,6 +140,7 @@ exchange_error(struct conn *c, struct exchange *x, int status, const char *why, 
         "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%s\r\n",
         status, http_reason_phrase(status), bl, x->keep_alive ? "" : "Connection: close\r\n");
     x->status = status;
+    x->from_backend = 0;
     x->err = why;
     x->bytes = x->is_head ? 0 : (uint64_t)bl;
     c->linger = !x->keep_alive;
@@ -673,6 +674,7 @@ relay_response(struct conn *c, struct exchange *x, struct upstream *u, size_t le
         log_block("response to client:", c->out, (size_t)out_len);
     }
     x->status = resp.status;
+    x->from_backend = 1;
     struct http_source src = { u->fd, c->uin, c->uin_cap, (size_t)head_len,
         len - (size_t)head_len, 0, 0, 0, 0 };
     struct http_sink k = { c->fd, out_chunked, c->out, (size_t)out_len, 0,

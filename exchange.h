@@ -41,6 +41,7 @@ struct exchange {
     int body_done;                 /* request body fully read from the client */
     int backend;                   /* -1 until one is chosen */
     int status;                    /* answered status, 0 = none */
+    int from_backend;              /* status is the backend's own answer (not PIBL's error) */
     uint64_t bytes;                /* answer body bytes sent */
     const char *err;               /* reason for the log, or NULL */
     int cache;                     /* enum cache_status */

@@ -156,6 +156,9 @@ reopen_files(const char *path)
             close(g_err_fd);
             g_err_fd = efd;
             g_err_warned = 0;
+            if (fd != -1 && n > 0 && (size_t)n < sizeof msg)   /* name it in the same line */
+                n = snprintf(msg, sizeof msg, "pibl: log file reopened (%s), error log reopened (%s)\n",
+                    path, g_err_path);
         }
     }
     own_write(msg, n > 0 && (size_t)n < sizeof msg ? (size_t)n : 0);

@@ -134,14 +134,17 @@ pibl_config_defaults(struct pibl_config *cfg)
 
 static int parse_number(const char *s, long long min, long long max, long long *out);
 
-/* A backend NAME: 1 to MAX_BACKEND_NAME - 1 letters, digits, '.', '_', '-'
- * (no ':', so that it cannot be taken for an address). */
+/* A backend NAME: 1 to MAX_BACKEND_NAME - 1 letters, digits, '.', '_', '-',
+ * starting with a letter or digit (no ':', so that it cannot be taken for an
+ * address), and not an option word ("drain"). */
 static int
 valid_backend_name(const char *s)
 {
     size_t n = strlen(s);
 
-    if (n == 0 || n >= MAX_BACKEND_NAME)
+    if (n == 0 || n >= MAX_BACKEND_NAME || strcmp(s, "drain") == 0)
+        return 0;
+    if (!((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z') || (s[0] >= '0' && s[0] <= '9')))
         return 0;
     for (size_t i = 0; i < n; i++) {
         char ch = s[i];
@@ -188,7 +191,8 @@ add_backend(struct pibl_config *cfg, char *value, char *err, size_t err_len)
         name = spec;
         if (!valid_backend_name(name)) {
             snprintf(err, err_len, "backend name \"%.40s\": use 1 to %d letters, digits, '.', '_' "
-                "or '-'", name, MAX_BACKEND_NAME - 1);
+                "or '-', starting with a letter or digit (and not \"drain\")", name,
+                MAX_BACKEND_NAME - 1);
             return -1;
         }
         spec = next_word(&rest);
@@ -197,11 +201,19 @@ add_backend(struct pibl_config *cfg, char *value, char *err, size_t err_len)
             return -1;
         }
     }
+    if (strchr(spec, ':') == NULL) {
+        snprintf(err, err_len, "backend %s: expected host:port after the name, got \"%.40s\"", name, spec);
+        return -1;
+    }
     while ((w = next_word(&rest)) != NULL) {
-        if (strncmp(w, "weight=", 7) == 0 && !weighted &&
-            parse_number(w + 7, 0, MAX_WEIGHT, &weight) == 0) {
+        if ((strncmp(w, "weight=", 7) == 0 && weighted) || (strcmp(w, "drain") == 0 && drain)) {
+            snprintf(err, err_len, "backend \"%s\": \"%.10s\" given twice", spec,
+                drain && w[0] == 'd' ? "drain" : "weight");
+            return -1;
+        }
+        if (strncmp(w, "weight=", 7) == 0 && parse_number(w + 7, 0, MAX_WEIGHT, &weight) == 0) {
             weighted = 1;
-        } else if (strcmp(w, "drain") == 0 && !drain) {
+        } else if (strcmp(w, "drain") == 0) {
             drain = 1;
         } else {
             snprintf(err, err_len, "backend \"%s\": expected \"weight=N\" (N from 0 to %d) or "
@@ -761,6 +773,9 @@ reload(void)
         log_reopen(next->log_file);
     log_line("pibl: reloaded %s: %d backend%s (%d added, %d removed, %d changed)", g_config_path,
         next->n_backends, next->n_backends == 1 ? "" : "s", ch.added, ch.removed, ch.changed);
+    if (ch.added + ch.removed + ch.changed > 0)
+        log_line("pibl: reload: added: %s; removed: %s; changed: %s", ch.added ? ch.names[0] : "-",
+            ch.removed ? ch.names[1] : "-", ch.changed ? ch.names[2] : "-");
 }
 
 /* Stop accepting, let in-flight exchanges finish (bounded), then exit. */
@@ -869,6 +884,17 @@ check_log_file(const char *path, int make, char *why, size_t why_len)
     return 0;
 }
 
+/* 1 when the two paths name one file (the same path, or the same inode). */
+static int
+same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+
+    if (strcmp(a, b) == 0)
+        return 1;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
 /*
  * What is wrong with the command line, as a sentence naming the argument, or
  * NULL when it is one of: -h, -V, -t CONFIG, CONFIG TTL (TTL checked later).
@@ -955,6 +981,19 @@ main(int argc, char **argv)
         }
         if (check_log_file(cfg.log_file, 0, err, sizeof err) == -1) {
             fprintf(stderr, "pibl: %s: %s (logging would go to stdout only)\n", argv[2], err);
+            bad_files++;
+        }
+        int own_file = cfg.error_log[0] != '\0' && strcmp(cfg.error_log, "stderr") != 0 &&
+            strcmp(cfg.error_log, "stdout") != 0;
+        if (own_file && check_log_file(cfg.error_log, 0, err, sizeof err) == -1) {
+            fprintf(stderr, "pibl: %s: error_log: %s (PIBL's own lines would go to stderr)\n",
+                argv[2], err + strlen("log_file "));
+            bad_files++;
+        }
+        if (own_file && cfg.log_format != LOG_FORMAT_PIBL && same_file(cfg.error_log, cfg.log_file)) {
+            fprintf(stderr, "pibl: %s: error_log %s is also log_file: PIBL's own lines would be "
+                "mixed with the access lines (leave error_log out for that)\n", argv[2],
+                cfg.error_log);
             bad_files++;
         }
         if (bad_files) {

@@ -44,13 +44,14 @@ struct backend {
     std::atomic<int> health_down;      /* active mark from health checks */
     std::atomic<int> admin;            /* enum rr_admin */
     std::atomic<int64_t> changed_ms;   /* last change of state, monotonic ms */
+    std::atomic<time_t> changed_at;    /* the same, wall clock (shown) */
     std::atomic<uint64_t> n_requests;
     std::atomic<uint64_t> n_failures;
     std::atomic<uint64_t> n_check_failures;
     std::atomic<uint64_t> n_answers[4];    /* 2xx .. 5xx */
     std::atomic<uint64_t> bytes_in, bytes_out;
     std::atomic<int> conns;                /* connections in use */
-    std::atomic<int64_t> check_ms;         /* last probe, monotonic ms, 0 = none */
+    std::atomic<time_t> check_at;          /* last probe, wall clock, 0 = none */
     std::atomic<int> check_ok;
     std::atomic<const char *> check_detail;
     std::atomic<uint64_t> latency_sum_us;
@@ -144,6 +145,14 @@ rr_resolve(const char *spec, int weight, struct backend_conf *out, char *err, si
     return 0;
 }
 
+/* The backend's state changed now (both clocks: durations and display). */
+static void
+note_change(struct backend *b, int64_t now_ms)
+{
+    b->changed_ms.store(now_ms);
+    b->changed_at.store(time(NULL));
+}
+
 /* Start a slot afresh for a backend it did not hold before. */
 static void
 slot_reset(struct backend *b, const struct backend_conf *bc)
@@ -153,7 +162,7 @@ slot_reset(struct backend *b, const struct backend_conf *bc)
     b->down_until.store(0);
     b->health_down.store(0);
     b->admin.store(RR_ADMIN_NONE);
-    b->changed_ms.store(pibl_now_ms());
+    note_change(b, pibl_now_ms());
     b->n_requests.store(0);
     b->n_failures.store(0);
     b->n_check_failures.store(0);
@@ -161,7 +170,7 @@ slot_reset(struct backend *b, const struct backend_conf *bc)
         b->n_answers[i].store(0);
     b->bytes_in.store(0);
     b->bytes_out.store(0);
-    b->check_ms.store(0);
+    b->check_at.store(0);
     b->check_ok.store(0);
     b->check_detail.store(NULL);
     b->latency_sum_us.store(0);
@@ -180,6 +189,18 @@ same_addresses(const struct backend_conf *a, const struct backend_conf *b)
         if (a->addr_len[k] != b->addr_len[k] || memcmp(&a->addr[k], &b->addr[k], a->addr_len[k]) != 0)
             return 0;
     return 1;
+}
+
+/* Add name to one of ch's lists (blank-separated; "..." once it is full). */
+static void
+note_name(char *list, const char *name)
+{
+    size_t len = strlen(list), nl = strlen(name);
+
+    if (len + nl + 2 < RR_CHANGE_NAMES)
+        snprintf(list + len, RR_CHANGE_NAMES - len, "%s%s", len ? " " : "", name);
+    else if (len + 5 < RR_CHANGE_NAMES && strcmp(list + len - 3, "...") != 0)
+        snprintf(list + len, RR_CHANGE_NAMES - len, " ...");
 }
 
 int
@@ -204,9 +225,13 @@ rr_configure(const struct pibl_config *cfg, struct rr_changes *ch)
                 ch->removed_slots[ch->n_removed_slots++] = slot;   /* old address's pool */
             if (reweighed && b->admin.load() != RR_ADMIN_NONE) {
                 b->admin.store(RR_ADMIN_NONE);     /* the file speaks again */
-                b->changed_ms.store(pibl_now_ms());
+                note_change(b, pibl_now_ms());
+            } else if (b->conf.drain != bc->drain) {
+                note_change(b, pibl_now_ms());     /* drained or back by the file */
             }
             ch->changed += moved || reweighed;
+            if (moved || reweighed)
+                note_name(ch->names[2], bc->name);
             b->conf = *bc;
             keep[slot] = 1;
         }
@@ -227,7 +252,9 @@ rr_configure(const struct pibl_config *cfg, struct rr_changes *ch)
         if (g_backends[order[i]].active) {        /* a removed backend's slot */
             ch->removed_slots[ch->n_removed_slots++] = order[i];
             ch->removed++;
+            note_name(ch->names[1], g_backends[order[i]].conf.name);
         }
+        note_name(ch->names[0], cfg->backends[i].name);
         keep[order[i]] = 1;
         slot_reset(&g_backends[order[i]], &cfg->backends[i]);
         ch->added++;
@@ -236,6 +263,7 @@ rr_configure(const struct pibl_config *cfg, struct rr_changes *ch)
         if (g_backends[s].active && !keep[s]) {
             ch->removed_slots[ch->n_removed_slots++] = s;
             ch->removed++;
+            note_name(ch->names[1], g_backends[s].conf.name);
         }
         g_backends[s].active = keep[s];
         g_backends[s].current = 0;
@@ -357,11 +385,10 @@ rr_mark_down(int i, const char *why)
         return;                    /* down_time = 0: no passive marks */
     int64_t prev = b->down_until.exchange(now + down_ms);
     if (prev == 0) {
-        b->changed_ms.store(now);
+        note_change(b, now);
         log_line("pibl: backend %s marked down for %lld s: %s (passive check)", b->conf.name,
             (long long)(down_ms / 1000), why);
-    } else if (prev <= now) {
-        b->changed_ms.store(now);
+    } else if (prev <= now) {                  /* retried after down_time: down since the first */
         log_line("pibl: backend %s still failing: %s; down again for %lld s", b->conf.name, why,
             (long long)(down_ms / 1000));
     }
@@ -376,7 +403,8 @@ rr_mark_up(int i)
         return;
     if (b->down_until.exchange(0) != 0) {
         int64_t now = pibl_now_ms();
-        double was = (double)(now - b->changed_ms.exchange(now)) / 1000.0;
+        double was = (double)(now - b->changed_ms.load()) / 1000.0;
+        note_change(b, now);
         log_line("pibl: backend %s is used again: it answered (passive check; marked down %.1f s "
             "before)", b->conf.name, was);
     }
@@ -389,7 +417,7 @@ rr_set_health(int i, int down)
 
     if (b->health_down.exchange(down) == down)
         return;
-    b->changed_ms.store(pibl_now_ms());
+    note_change(b, pibl_now_ms());
     if (!down)
         b->down_until.store(0);    /* probes passed: no passive mark left either */
 }
@@ -435,9 +463,13 @@ rr_set_admin(int i, int admin, const char *who)
     int prev = b->admin.exchange(admin);
 
     if (prev != admin)
-        b->changed_ms.store(pibl_now_ms());
-    log_line("pibl: admin: backend %s set to %s by %s (was %s)", b->conf.name, g_admin_names[admin],
-        who, g_admin_names[prev]);
+        note_change(b, pibl_now_ms());
+    if (admin == RR_ADMIN_NONE)
+        log_line("pibl: admin: backend %s back to what the config file says, by %s (was %s)",
+            b->conf.name, who, g_admin_names[prev]);
+    else
+        log_line("pibl: admin: backend %s set to %s by %s (was %s)", b->conf.name,
+            g_admin_names[admin], who, g_admin_names[prev]);
 }
 
 int
@@ -534,7 +566,7 @@ rr_check_result(int i, int ok, const char *why)
 
     b->check_ok.store(ok);
     b->check_detail.store(ok ? NULL : why);
-    b->check_ms.store(pibl_now_ms());
+    b->check_at.store(time(NULL));
     if (!ok) {
         b->n_check_failures.fetch_add(1, std::memory_order_relaxed);
         b->last_error.store(why, std::memory_order_relaxed);
@@ -553,19 +585,12 @@ rr_tunnels(int i, int delta)
     g_backends[i].tunnels.fetch_add(delta, std::memory_order_relaxed);
 }
 
-/* Wall-clock time of monotonic instant ms. */
-static time_t
-wall_of(int64_t ms)
-{
-    return time(NULL) - (time_t)((pibl_now_ms() - ms) / 1000);
-}
-
 void
 rr_stats(int i, struct rr_stats *st)
 {
     struct backend *b = &g_backends[i];
     uint64_t hist[LAT_BUCKETS], n_ok = 0;
-    int64_t now = pibl_now_ms(), until = b->down_until.load(), changed = b->changed_ms.load();
+    int64_t until = b->down_until.load();
 
     memset(st, 0, sizeof *st);
     st->name = b->conf.name;
@@ -573,7 +598,7 @@ rr_stats(int i, struct rr_stats *st)
     st->weight = b->conf.weight;
     st->drain = b->conf.drain;
     st->admin = b->admin.load();
-    st->passive_down = until != 0 && now < until;
+    st->passive_down = until != 0;     /* until it answers again, even once retried */
     st->health_down = b->health_down.load();
     if (st->admin == RR_ADMIN_MAINT)
         st->state = RR_MAINT;
@@ -583,9 +608,7 @@ rr_stats(int i, struct rr_stats *st)
         st->state = RR_DRAIN;
     else
         st->state = RR_UP;
-    if (until != 0 && now >= until && until > changed && st->state == RR_UP)
-        changed = until;           /* a passive mark that ran out: up since then */
-    st->state_since = wall_of(changed);
+    st->state_since = b->changed_at.load();
     st->requests = b->n_requests.load();
     st->failures = b->n_failures.load();
     st->check_failures = b->n_check_failures.load();
@@ -594,8 +617,7 @@ rr_stats(int i, struct rr_stats *st)
     st->bytes_in = b->bytes_in.load();
     st->bytes_out = b->bytes_out.load();
     st->active = b->conns.load();
-    int64_t check = b->check_ms.load();
-    st->check_at = check ? wall_of(check) : 0;
+    st->check_at = b->check_at.load();
     st->check_ok = b->check_ok.load();
     st->check_detail = b->check_detail.load();
     st->last_error = b->last_error.load();

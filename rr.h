@@ -29,7 +29,8 @@ struct rr_stats {
     int admin;                     /* enum rr_admin */
     int state;                     /* enum rr_state */
     time_t state_since;            /* wall clock, when the state began */
-    int passive_down;              /* skipped after a failure, for down_time */
+    int passive_down;              /* failed, and has not answered since (it is
+                                      skipped for down_time, then retried) */
     int health_down;               /* taken out by health checks */
     uint64_t requests;             /* exchanges sent to it */
     uint64_t failures;             /* of those, failed */
@@ -47,11 +48,14 @@ struct rr_stats {
     int tunnels;                   /* WebSocket tunnels open to it now */
 };
 
+#define RR_CHANGE_NAMES      256      /* names listed per kind of change, cut past it */
+
 /* What rr_configure() changed, for the reload line. */
 struct rr_changes {
     int added, removed, changed;   /* backends, by name */
     int removed_slots[MAX_BACKENDS];   /* their idle connections must go: */
     int n_removed_slots;           /* removed, or now at another address */
+    char names[3][RR_CHANGE_NAMES];    /* added, removed, changed: "web4 web5" */
 };
 
 /*

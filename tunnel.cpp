@@ -89,6 +89,7 @@ tunnel_accept(struct conn *c, struct exchange *x, struct upstream *u, size_t len
         return -1;
     }
     x->status = 101;
+    x->from_backend = 1;
     size_t early = len - (size_t)rh_len;        /* the backend's first bytes */
     struct iovec iov[2] = { { c->out, b.len }, { c->uin + rh_len, early } };
     if (sock_writev_all(c->fd, iov, early > 0 ? 2 : 1) == -1) {
@@ -152,6 +153,7 @@ tunnel_end(struct conn *c)
     x.minor = t->minor;
     x.backend = t->backend;
     x.status = 101;
+    x.from_backend = 1;
     x.bytes = t->down_bytes;
     x.up_bytes = t->up_bytes;
     x.err = t->err;

@@ -75,7 +75,12 @@ jq_py() {
 @test "names: a bad name, a name used twice and a missing address are refused with the line" {
     start_origin o1
     local p=${ORIGIN_PORT[o1]} bad
-    for bad in "backend = we/b1 127.0.0.1:$p" "backend = web1" \
+    run "$PIBL_BIN" -t <(printf 'backend = web1 web2 127.0.0.1:1\n')
+    [[ "$output" == *'backend web1: expected host:port after the name, got "web2"' ]]
+    run "$PIBL_BIN" -t <(printf 'backend = web1 127.0.0.1:1 weight=3 weight=4\n')
+    [[ "$output" == *'backend "127.0.0.1:1": "weight" given twice' ]]
+    for bad in "backend = we/b1 127.0.0.1:$p" "backend = web1" "backend = drain 127.0.0.1:$p" \
+        "backend = -web 127.0.0.1:$p" "backend = weight=3 127.0.0.1:$p" \
         $'backend = web1 127.0.0.1:'"$p"$'\nbackend = web1 127.0.0.1:1' "backend = web1 127.0.0.1:$p drain weight=2 x"; do
         printf '%s\n' "$bad" >"$BATS_TEST_TMPDIR/bad.cfg"
         run "$PIBL_BIN" -t "$BATS_TEST_TMPDIR/bad.cfg"
@@ -99,13 +104,20 @@ jq_py() {
     BACKENDS=("web1 127.0.0.1:${ORIGIN_PORT[o1]}" "web2 127.0.0.1:${ORIGIN_PORT[o2]}"
         "web3 127.0.0.1:${ORIGIN_PORT[o3]} weight=0")
     write_pibl_config "$PIBL_CFG" "admin_port = 0"
+    local drained_since
+    drained_since=$(jq_py 'j["backends"][1]["state_since"]')
+    sleep 1.1
     signal_pibl HUP '^pibl: reloaded .*pibl\.cfg: 3 backends \(0 added, 0 removed, 1 changed\)$'
+    grep -qx 'pibl: reload: added: -; removed: -; changed: web2' "$PIBL_LOG"
     [ "$(served 4 /hello.txt)" = "o1 o2 o1 o2" ]
+    [ "$(jq_py 'j["backends"][1]["state"]')" = up ]
+    [[ "$(jq_py 'j["backends"][1]["state_since"]')" > "$drained_since" ]]
     [ ! -s "$(origin_log o3)" ]
     # Every backend drained: 503 that says why.
     BACKENDS=("web1 127.0.0.1:${ORIGIN_PORT[o1]} drain")
     write_pibl_config "$PIBL_CFG" "admin_port = 0"
     signal_pibl HUP '^pibl: reloaded .*pibl\.cfg: 1 backend \(0 added, 2 removed, 1 changed\)$'
+    grep -qx 'pibl: reload: added: -; removed: web2 web3; changed: web1' "$PIBL_LOG"
     run pcurl "$(url /hello.txt)"
     [[ "$output" == "503 Service Unavailable: no backend available: every backend is down, drained or disabled" ]]
 }
@@ -160,7 +172,10 @@ jq_py() {
     [[ "$(action web1 drain -H 'Sec-Fetch-Site: cross-site')" == "403 forbidden: a cross-site request"* ]]
     [ "$(action web9 drain)" = '404 no backend named "web9"' ]
     [[ "$(action web1 explode)" == "400 expected name=BACKEND and action=drain, enable, disable or reset" ]]
-    [ "$(pcurl -o /dev/null -w '%{http_code}' "$(admin_url '/backend?name=web1&action=drain')")" = 405 ]
+    [ "$(pcurl -o /dev/null -w '%{http_code} %header{allow}' "$(admin_url '/backend?name=web1&action=drain')")" = "405 POST" ]
+    [ "$(pcurl -o /dev/null -w '%{http_code} %header{allow}' -X PUT "$(admin_url /status.json)")" = "405 GET, HEAD" ]
+    [ "$(action web1 drain -H 'Transfer-Encoding: chunked')" = "411 send the form with a Content-Length (no chunked body)" ]
+    [ "$(action web1 drain -d name=web2)" = "400 one name and one action per request" ]
     [ "$(jq_py 'j["backends"][0]["state"]')" = up ]
     # The page's own form, as a browser sends it: same Origin, text/html wanted: 303 back to the page.
     local code
@@ -204,18 +219,35 @@ jq_py() {
     [ "$(jq_py 'j["backends"][1]["state"]')" = up ]
 }
 
-@test "state: the time a backend's state changed is shown, and how long ago" {
+@test "state: the time a backend's state changed is shown, steady between polls, and how long ago" {
     named o1 o2
-    start_pibl_admin "down_time = 30"
-    local since
+    start_pibl_admin "down_time = 1"
+    local since i
     since=$(jq_py 'j["backends"][1]["state_since"]')
     [[ "$since" =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$ ]]
-    sleep 1.1
+    for i in 1 2 3 4 5; do                  # the same instant on every poll, not one that drifts by a second
+        [ "$(jq_py 'j["backends"][1]["state_since"]')" = "$since" ]
+        sleep 0.3
+    done
     stop_origin o2
     served 2 /hello.txt >/dev/null
     [ "$(jq_py 'j["backends"][1]["state"]')" = down ]
-    [[ "$(jq_py 'j["backends"][1]["state_since"]')" > "$since" ]]
+    local down_since
+    down_since=$(jq_py 'j["backends"][1]["state_since"]')
+    [[ "$down_since" > "$since" ]]
     [ "$(jq_py 'j["backends"][1]["state_for_s"] <= 2')" = True ]
+    # Past down_time, with no answer since, it is still down (retried, not shown up); a retry that fails
+    # again keeps the time it first went down.
+    sleep 2.1
+    [ "$(jq_py 'j["backends"][1]["state"]')" = down ]
+    served 2 /hello.txt >/dev/null
+    wait_for_line "$PIBL_LOG" '^pibl: backend web2 still failing: backend unreachable; down again for 1 s$'
+    [ "$(jq_py 'j["backends"][1]["state"] + " " + j["backends"][1]["state_since"]')" = "down $down_since" ]
+    [ "$(jq_py 'j["backends"][1]["state_for_s"] >= 2')" = True ]
+    [ "$(metric pibl_backend_up 'backend="web2"')" = 0 ]
+    # PIBL's own 502s for it are failures, not answers of the backend.
+    [ "$(jq_py 'j["backends"][1]["answers"]["5xx"]')" = 0 ]
+    [ "$(jq_py 'j["backends"][1]["failures"] >= 2')" = True ]
 }
 
 @test "counters: answers by class, bytes in and out, failures and probe failures match the traffic" {
@@ -248,8 +280,8 @@ jq_py() {
     # The HTML row: the probe failure and its time.
     run html_rows backends < <(pcurl -f "$(admin_url /)")
     printf '%s\n' "${lines[@]}"
-    printf '%s\n' "${lines[@]}" | grep -q "^web9 127.0.0.1:${ORIGIN_PORT[dead]}|down|hace [0-9]* s|1|fallo, hace [0-9]* s|"
-    printf '%s\n' "${lines[@]}" | grep -q "^web1 127.0.0.1:${ORIGIN_PORT[o1]}|up|hace [0-9]* s|1|ok, hace [0-9]* s|5|2|1|1|1|"
+    printf '%s\n' "${lines[@]}" | grep -q "^web9 127.0.0.1:${ORIGIN_PORT[dead]}|down|hace [0-9]* s ([0-9:]* UTC)|1|fallo, hace [0-9]* s|"
+    printf '%s\n' "${lines[@]}" | grep -q "^web1 127.0.0.1:${ORIGIN_PORT[o1]}|up|hace [0-9]* s ([0-9:]* UTC)|1|ok, hace [0-9]* s|5|2|1|1|1|"
 }
 
 @test "csv: /status.csv has a header and one row per backend with the JSON's values (RFC 4180)" {
@@ -339,6 +371,16 @@ EOF
     [[ "$output" == *"cache_dir $BATS_TEST_TMPDIR/plainfile: not a folder (the cache would be off)"* ]]
     [[ "$output" == *"log_file $BATS_TEST_TMPDIR/no/dir/x.log: cannot open for writing: No such file or directory"* ]]
     [[ "$output" == *"the syntax is OK, but 2 problems above"* ]]
+    # error_log: a file that cannot be opened, and (with combined or json) the log_file itself.
+    printf '%s\nerror_log = %s/no/dir/e.log\n' "$b" "$BATS_TEST_TMPDIR" >"$cfg"
+    run "$PIBL_BIN" -t "$cfg"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"error_log: $BATS_TEST_TMPDIR/no/dir/e.log: cannot open for writing"* ]]
+    printf '%s\nlog_format = combined\nlog_file = %s/a.log\nerror_log = %s/a.log\n' "$b" "$BATS_TEST_TMPDIR" \
+        "$BATS_TEST_TMPDIR" >"$cfg"
+    run "$PIBL_BIN" -t "$cfg"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"error_log $BATS_TEST_TMPDIR/a.log is also log_file"* ]]
     # A good config: OK, and neither the cache folder nor the log file is left behind.
     mkdir "$BATS_TEST_TMPDIR/run"
     printf '%s\ncache_dir = cache\nlog_file = pibl.log\n' "$b" >"$cfg"

@@ -235,7 +235,7 @@ EOF
     run ! grep -q '^pibl: ' "$PIBL_ERR"
 }
 
-@test "logs: SIGUSR1 writes 'pibl: log file reopened (PATH)' to the error log, and reopens an error_log file" {
+@test "logs: SIGUSR1 writes 'pibl: log file reopened (PATH)' to the error log, and reopens (and names) an error_log file" {
     start_origin o1
     local own="$BATS_TEST_TMPDIR/pibl-error.log"
     start_pibl_own "$own" "log_format = json" "error_log = $own"
@@ -244,7 +244,7 @@ EOF
     mv "$PIBL_LOG" "$PIBL_LOG.1"
     mv "$own" "$own.1"
     kill -USR1 "$PIBL_PID"
-    wait_for_line "$own" "^pibl: log file reopened \\($PIBL_LOG\\)\$"
+    wait_for_line "$own" "^pibl: log file reopened \\($PIBL_LOG\\), error log reopened \\($own\\)\$"
     pcurl -o /dev/null "$(url '/hello.txt?after=1')"
     wait_for_line "$PIBL_LOG" 'after=1'
     run ! grep -q 'pibl: ' "$PIBL_LOG"

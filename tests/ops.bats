@@ -117,14 +117,14 @@ three_up_one_dead() {
         row=$(printf '%s\n' "${lines[@]}" | grep -F "$name|")
         echo "row $o: $row"
         [ "$(printf '%s' "$row" | cut -d'|' -f2)" = "$(sv "$name.state")" ]
-        [[ "$(printf '%s' "$row" | cut -d'|' -f3)" =~ ^hace\ [0-9]+\ s$ ]]
+        [[ "$(printf '%s' "$row" | cut -d'|' -f3)" =~ ^hace\ [0-9]+\ s\ \([0-9]{2}:[0-9]{2}:[0-9]{2}\ UTC\)$ ]]
         [ "$(printf '%s' "$row" | cut -d'|' -f4)" = 1 ]
         [ "$(printf '%s' "$row" | cut -d'|' -f6)" = "$(sv "$name.requests")" ]
         [ "$(printf '%s' "$row" | cut -d'|' -f7)" = "$(sv "$name.answers" | python3 -c 'import json,sys; print(json.load(sys.stdin)["2xx"])')" ]
         [ "$(printf '%s' "$row" | cut -d'|' -f11)" = "$(sv "$name.failures")" ]
         [ "$(printf '%s' "$row" | cut -d'|' -f20)" = "drenar activar desactivar" ]
     done
-    [[ "$(printf '%s\n' "${lines[@]}" | grep -F "$DEAD|")" =~ ^"$DEAD"\|down\|hace\ [0-9]+\ s\|1\|-\|1\|0\|0\|0\|0\|1\|0\| ]]
+    [[ "$(printf '%s\n' "${lines[@]}" | grep -F "$DEAD|")" =~ ^"$DEAD"\|down\|hace\ [0-9]+\ s\ \([0-9:]+\ UTC\)\|1\|-\|1\|0\|0\|0\|0\|1\|0\| ]]
     [ -n "$(html_rows cache <<<"$page")" ]
     # /metrics: Prometheus text with the same numbers.
     pcurl -f -D "$BATS_TEST_TMPDIR/metrics.head" -o "$BATS_TEST_TMPDIR/metrics" "$(admin_url /metrics)"
@@ -391,7 +391,7 @@ three_up_one_dead() {
     [ "${#lines[@]}" -eq 4 ]
     [[ "${lines[0]}" == "Backend|Estado|"* ]]
     for o in o1 o2 o3; do
-        printf '%s\n' "${lines[@]}" | grep -qx "$(name_of $o)|up|hace [0-9]* s|1|-|3|3|0|0|0|0|0|.*|drenar activar desactivar"
+        printf '%s\n' "${lines[@]}" | grep -qx "$(name_of $o)|up|hace [0-9]* s ([0-9:]* UTC)|1|-|3|3|0|0|0|0|0|.*|drenar activar desactivar"
     done
 }
 

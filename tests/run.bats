@@ -164,6 +164,17 @@ time.sleep(60)' "$port" "$BATS_TEST_TMPDIR/holder.ready" 3>&- &
     done
 }
 
+@test "make run: PIBL_CFG from the environment is the config the run starts from (not make's install path)" {
+    printf 'prot = 1\n' >"$BATS_TEST_TMPDIR/bad.cfg"
+    start_run env PIBL_CFG="$BATS_TEST_TMPDIR/bad.cfg" make -s -C "$PIBL_ROOT" run
+    finish_run
+    cat "$RUN_OUT"
+    [ "$RUN_RC" != 0 ]
+    grep -q "unknown key \"prot\"" "$RUN_OUT"
+    grep -q "from $BATS_TEST_TMPDIR/bad.cfg) is not valid; nothing started" "$RUN_OUT"
+    all_ports_free
+}
+
 @test "run: bad port settings are refused before anything starts" {
     P_WEB1=abc
     start_run
@@ -380,7 +391,7 @@ time.sleep(60)' "$port" "$BATS_TEST_TMPDIR/holder.ready" 3>&- &
     rows=$(html_rows backends <<<"$dom")
     echo "$rows"
     for i in 1 2 3; do
-        grep -Eq "^web$i 127\.0\.0\.1:[0-9]+\|up\|hace [0-9]+ s\|1\|" <<<"$rows"
+        grep -Eq "^web$i 127\.0\.0\.1:[0-9]+\|up\|hace [0-9]+ s \([0-9:]+ UTC\)\|1\|" <<<"$rows"
     done
     grep -q '|drenar activar desactivar$' <<<"$rows"
     [ "$(grep -c '^web' <<<"$rows")" = 3 ]

@@ -558,6 +558,8 @@ test_backend_admin(void)
         "reload text 2");
     CHECK(rr_configure(&cfg, &ch) == 0 && ch.added == 0 && ch.removed == 2 && ch.changed == 1,
         "removed b and d, c moved: %d %d %d", ch.added, ch.removed, ch.changed);
+    CHECK(strcmp(ch.names[1], "b d") == 0 && strcmp(ch.names[2], "c") == 0 && ch.names[0][0] == '\0',
+        "the reload's names: removed \"%s\", changed \"%s\"", ch.names[1], ch.names[2]);
     int flushed_c = 0;
     for (int i = 0; i < ch.n_removed_slots; i++)
         flushed_c |= ch.removed_slots[i] == c;
