@@ -341,6 +341,97 @@ client_has_current(const struct http_request *r, const struct http_response *sto
     return since != -1 && modified != -1 && modified <= since;
 }
 
+/* A whole decimal number of [p, end) into *v; 0, or -1 when empty, not
+ * digits or past 2^62. */
+static int
+range_number(const char *p, const char *end, uint64_t *v)
+{
+    if (p >= end || end - p > 18)
+        return -1;
+    *v = 0;
+    for (; p < end; p++) {
+        if (*p < '0' || *p > '9')
+            return -1;
+        *v = *v * 10 + (uint64_t)(*p - '0');
+    }
+    return 0;
+}
+
+/* If-Range (RFC 9110 13.1.5): 1 when its validator is the stored one's,
+ * compared strongly (an entity tag) or exactly (a date, to Last-Modified). */
+static int
+if_range_holds(const struct http_header *ir, const struct http_response *stored)
+{
+    const struct http_header *etag = http_find_field(stored->headers, stored->n_headers, "etag");
+    const struct http_header *lm =
+        http_find_field(stored->headers, stored->n_headers, "last-modified");
+
+    if (ir->value_len > 0 && (ir->value[0] == '"' || ir->value[0] == 'W'))
+        return ir->value[0] == '"' && etag != NULL && etag->value_len == ir->value_len &&
+            memcmp(etag->value, ir->value, ir->value_len) == 0;
+    time_t when = http_parse_date(ir->value, ir->value_len);
+    return when != -1 && lm != NULL && http_parse_date(lm->value, lm->value_len) == when;
+}
+
+enum range_answer { RANGE_WHOLE, RANGE_PART, RANGE_UNSATISFIABLE };
+
+/*
+ * The Range of a GET for a stored 200 of total bytes (RFC 9110 14.1.2,
+ * 14.2): one range "a-b", "a-" or "-n" gives RANGE_PART with [*from,
+ * *from + *len); a range that starts past the end, RANGE_UNSATISFIABLE.
+ * Several ranges, a malformed field, another unit or an If-Range that does
+ * not hold give RANGE_WHOLE: the full 200, which the RFC allows.
+ */
+static int
+range_of(const struct http_request *r, const struct http_response *stored, uint64_t total,
+    uint64_t *from, uint64_t *len)
+{
+    const struct http_header *h = NULL;
+    int n = 0;
+
+    for (int i = 0; i < r->n_headers; i++)
+        if (http_name_is(r->headers[i].name, r->headers[i].name_len, "range")) {
+            h = &r->headers[i];
+            n++;
+        }
+    if (n != 1 || h->value_len < 7 || strncasecmp(h->value, "bytes=", 6) != 0)
+        return RANGE_WHOLE;
+    const struct http_header *ir = http_find_field(r->headers, r->n_headers, "if-range");
+    if (ir != NULL && !if_range_holds(ir, stored))
+        return RANGE_WHOLE;
+    const char *p = h->value + 6, *end = h->value + h->value_len;
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    while (end > p && (end[-1] == ' ' || end[-1] == '\t'))
+        end--;
+    const char *dash = (const char *)memchr(p, '-', (size_t)(end - p));
+    if (dash == NULL || memchr(p, ',', (size_t)(end - p)) != NULL)
+        return RANGE_WHOLE;                     /* several ranges: the whole body */
+    uint64_t a, b;
+    if (dash == p) {                            /* "-n": the last n bytes */
+        if (range_number(dash + 1, end, &b) == -1)
+            return RANGE_WHOLE;
+        if (b == 0 || total == 0)
+            return RANGE_UNSATISFIABLE;
+        *len = b < total ? b : total;
+        *from = total - *len;
+        return RANGE_PART;
+    }
+    if (range_number(p, dash, &a) == -1)
+        return RANGE_WHOLE;
+    if (dash + 1 == end)
+        b = total > 0 ? total - 1 : 0;
+    else if (range_number(dash + 1, end, &b) == -1 || b < a)
+        return RANGE_WHOLE;                     /* invalid: ignored (14.1.1) */
+    if (a >= total)
+        return RANGE_UNSATISFIABLE;
+    if (b >= total)
+        b = total - 1;
+    *from = a;
+    *len = b - a + 1;
+    return RANGE_PART;
+}
+
 /* Fields a 304 carries from the stored answer (RFC 9110 15.4.5). */
 static int
 keep_in_304(const struct http_header *h)
@@ -367,7 +458,16 @@ cachepolicy_entry_head(struct conn *c, struct exchange *x, struct cache_entry *e
         return -1;
     int not_modified = client_has_current(&x->req, &resp);
     int status = not_modified ? 304 : resp.status;
-    int has_body = !x->is_head && !not_modified && status != 204 && status != 304;
+    uint64_t from = 0, len = e->body_len;
+    int range = RANGE_WHOLE;
+    if (status == 200 && !x->is_head && http_name_is(x->method, strlen(x->method), "GET"))
+        range = range_of(&x->req, &resp, e->body_len, &from, &len);
+    if (range == RANGE_PART)
+        status = 206;
+    else if (range == RANGE_UNSATISFIABLE)
+        status = 416;
+    int has_body = !x->is_head && !not_modified && status != 204 && status != 304 && status != 416;
+    int ranges_field = 0;
 
     x->age = e->age;
     x->ttl_left = e->lifetime - e->age;
@@ -375,22 +475,40 @@ cachepolicy_entry_head(struct conn *c, struct exchange *x, struct cache_entry *e
         x->keep_alive = 0;
     struct http_builder b = { c->out, c->out_cap, 0, 0 };
     http_put_status(&b, status);
-    if (not_modified)
-        http_puts(&b, "Not Modified");
+    if (status != resp.status)
+        http_puts(&b, http_reason_phrase(status));
     else
         http_put(&b, resp.reason, resp.reason_len);
     http_put(&b, "\r\n", 2);
     for (int i = 0; i < resp.n_headers; i++) {
         const struct http_header *h = &resp.headers[i];
         if (cachepolicy_own_field(h) || http_is_hop_by_hop(h, &none) ||
-            http_is_lookalike(h->name, h->name_len) || (not_modified && !keep_in_304(h)) ||
-            http_name_is(h->name, h->name_len, "content-length"))
+            http_is_lookalike(h->name, h->name_len) ||
+            ((not_modified || status == 416) && !keep_in_304(h)) ||
+            http_name_is(h->name, h->name_len, "content-length") ||
+            http_name_is(h->name, h->name_len, "content-range"))
             continue;
+        ranges_field |= http_name_is(h->name, h->name_len, "accept-ranges");
         http_put_field(&b, h->name, h->name_len, h->value, h->value_len);
+    }
+    if ((status == 200 || status == 206) && !ranges_field)
+        http_puts(&b, "Accept-Ranges: bytes\r\n");   /* the cache serves ranges of it */
+    if (status == 206 || status == 416) {
+        http_puts(&b, "Content-Range: bytes ");
+        if (status == 206) {
+            http_put_num(&b, (unsigned long long)from);
+            http_puts(&b, "-");
+            http_put_num(&b, (unsigned long long)(from + len - 1));
+        } else {
+            http_puts(&b, "*");
+        }
+        http_puts(&b, "/");
+        http_put_num(&b, (unsigned long long)e->body_len);
+        http_puts(&b, "\r\n");
     }
     if (status != 204 && status != 304) {
         http_puts(&b, "Content-Length: ");
-        http_put_num(&b, (unsigned long long)e->body_len);
+        http_put_num(&b, (unsigned long long)(status == 416 ? 0 : len));
         http_puts(&b, "\r\n");
     }
     cachepolicy_put_fields(&b, x);
@@ -402,7 +520,8 @@ cachepolicy_entry_head(struct conn *c, struct exchange *x, struct cache_entry *e
 
     x->status = status;
     x->body_done = 1;
-    *body = has_body ? e->body_len : 0;
+    x->body_from = has_body ? from : 0;
+    *body = has_body ? len : 0;
     return (long)b.len;
 }
 
@@ -423,7 +542,7 @@ serve(struct conn *c, struct exchange *x, struct cache_entry *e)
     /* A small body kept in memory goes with the head in one send; else the
      * head waits (MSG_MORE) for the first bytes sendfile() adds: one
      * segment for a small answer instead of two. */
-    struct iovec iov[2] = { { c->out, (size_t)head_len }, { (void *)e->body, 0 } };
+    struct iovec iov[2] = { { c->out, (size_t)head_len }, { (void *)(e->body + x->body_from), 0 } };
     if (e->body != NULL) {
         iov[1].iov_len = (size_t)left;
         x->bytes = left;
@@ -434,7 +553,7 @@ serve(struct conn *c, struct exchange *x, struct cache_entry *e)
         x->bytes = 0;
         return SERVE_CLIENT_GONE;
     }
-    off_t off = e->body_off;
+    off_t off = e->body_off + (off_t)x->body_from;
     while (left > 0) {
         ssize_t sent = sendfile(c->fd, e->fd, &off, left > (1u << 30) ? (1u << 30) : (size_t)left);
         if (sent == -1 && errno == EINTR)

@@ -422,9 +422,9 @@ ev_cache(struct conn *c)
         return rc;
     c->p1 = c->out;
     c->p1_len = (size_t)head_len;
-    c->p2 = x->hit.body;                        /* a small body, in memory */
+    c->p2 = x->hit.body != NULL ? x->hit.body + x->body_from : NULL;   /* a small body, in memory */
     c->p2_len = x->hit.body != NULL ? (size_t)body : 0;
-    c->file_off = x->hit.body_off;
+    c->file_off = x->hit.body_off + (off_t)x->body_from;  /* a range starts further in */
     c->file_left = x->hit.body != NULL ? 0 : body;
     return LOOP_HIT;
 }

@@ -57,6 +57,7 @@ struct exchange {
     int stored;                    /* the answer is being stored */
     int revalidated;               /* origin said 304 to our conditional */
     long age;                      /* Age of what is served from the cache */
+    uint64_t body_from;            /* first byte of the stored body sent (a Range) */
     long ttl_left;                 /* freshness left, s (negative: stale) */
     const char *cs_fwd;            /* Cache-Status fwd= reason */
     size_t cond_len;               /* bytes in cond */
