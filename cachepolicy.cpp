@@ -542,8 +542,9 @@ serve(struct conn *c, struct exchange *x, struct cache_entry *e)
     /* A small body kept in memory goes with the head in one send; else the
      * head waits (MSG_MORE) for the first bytes sendfile() adds: one
      * segment for a small answer instead of two. */
-    struct iovec iov[2] = { { c->out, (size_t)head_len }, { (void *)(e->body + x->body_from), 0 } };
+    struct iovec iov[2] = { { c->out, (size_t)head_len }, { NULL, 0 } };
     if (e->body != NULL) {
+        iov[1].iov_base = (void *)(e->body + x->body_from);
         iov[1].iov_len = (size_t)left;
         x->bytes = left;
         left = 0;
