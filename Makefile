@@ -10,6 +10,7 @@
 #   http.cpp         HTTP/1.1 messages: parsing, framing, heads, body relay
 #   sock.cpp         socket helpers: timeouts, whole writes
 #   cachepolicy.cpp  RFC 9111 rules: what is stored, served, revalidated
+#   freshness.cpp    Cache-Control (and targeted fields), Age, Expires parsers
 #   cache.cpp        the cache's files: hashed names, TTL, eviction
 #   upstream.cpp     backend sockets and the idle connection pool
 #   rr.cpp           backend table and round robin
@@ -27,8 +28,10 @@ CXXFLAGS += -std=c++17 -Wall -Wextra -pthread
 LDFLAGS  += -pthread
 
 PIBL_SRCS = pibl.cpp loop.cpp ev.cpp tunnel.cpp conn.cpp exchange.cpp http.cpp sock.cpp cachepolicy.cpp \
+            freshness.cpp \
             cache.cpp upstream.cpp rr.cpp health.cpp log.cpp admin.cpp
 HDRS      = pibl.h loop.h ev.h tunnel.h conn.h exchange.h http.h sock.h cachepolicy.h cache.h \
+            freshness.h \
             upstream.h rr.h health.h log.h admin.h
 
 all: pibl pibl-origin
@@ -114,7 +117,7 @@ run: all
 FUZZ_CXX     ?= clang++
 FUZZ_FLAGS    = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
                 -std=c++17 -Wall -Wextra -pthread -DPIBL_NO_MAIN -I.
-FUZZ_TARGETS  = request response chunked
+FUZZ_TARGETS  = request response chunked freshness
 FUZZ_BINS     = $(FUZZ_TARGETS:%=tests/fuzz-%)
 FUZZ_SECONDS ?= 60
 

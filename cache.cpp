@@ -10,6 +10,7 @@
  *   key: http://host/target
  *   lifetime: 60
  *   status: 200
+ *   age: 0                              (the origin's Age when stored)
  *   head-length: 153
  *   vary: accept-language=es            (zero or more)
  *   body-length: 00000000000000001432
@@ -17,7 +18,8 @@
  *   <head-length bytes of head><body-length bytes of body>
  *
  * The full key is stored and compared, so a hash collision is a miss, never
- * the wrong resource. An entry is fresh while now - mtime < lifetime. It is
+ * the wrong resource. An entry is fresh while its age, the stored age plus
+ * now - mtime, is below its lifetime. It is
  * written to <dir>/.tmp-* and renamed into place only when complete, so a
  * crash at any moment leaves either the old entry, the new one or a temp
  * file (removed at start-up); a file whose size does not add up is deleted
@@ -36,6 +38,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -537,6 +540,7 @@ entry_age(struct cache_entry *e, time_t mtime)
     e->age = (long)(now_s() - (int64_t)mtime);
     if (e->age < 0)
         e->age = 0;
+    e->age = e->age > LONG_MAX - e->initial_age ? LONG_MAX : e->age + e->initial_age;
     /* A restart with a shorter TTL shortens what is already stored. */
     if (e->lifetime > g_ttl)
         e->lifetime = g_ttl;
@@ -578,6 +582,12 @@ parse_entry(const char *path, const char *key, size_t key_len, struct cache_entr
         if (meta_number(&p, "status", &v) == -1)
             goto bad;
         e->status = (int)v;
+        e->initial_age = 0;                     /* absent in entries of older versions */
+        if (strncmp(p, "age: ", 5) == 0) {
+            if (meta_number(&p, "age", &v) == -1 || v > 2147483647LL)
+                goto bad;
+            e->initial_age = (long)v;
+        }
         if (meta_number(&p, "head-length", &v) == -1 || v == 0 || v > 65536)
             goto bad;
         e->head_len = (size_t)v;
@@ -763,8 +773,8 @@ cache_remove(const char *key, size_t key_len)
 /* ---------------------------------------------------------------- store */
 
 struct cache_writer *
-cache_store_begin(const char *key, size_t key_len, int status, long lifetime, const char *vary,
-    const char *head, size_t head_len)
+cache_store_begin(const char *key, size_t key_len, int status, long lifetime, long age,
+    const char *vary, const char *head, size_t head_len)
 {
     if (g_ttl == 0 || head_len > 65536)
         return NULL;
@@ -784,7 +794,7 @@ cache_store_begin(const char *key, size_t key_len, int status, long lifetime, co
 
     char meta[META_MAX];
     int n = snprintf(meta, sizeof meta, "PIBL-CACHE 1\nkey: %.*s\nlifetime: %ld\nstatus: %d\n"
-        "head-length: %zu\n", (int)key_len, key, lifetime, status, head_len);
+        "age: %ld\nhead-length: %zu\n", (int)key_len, key, lifetime, status, age, head_len);
     if (n < 0 || (size_t)n >= sizeof meta)
         goto fail;
     for (const char *p = vary; p != NULL && *p != '\0';) {
@@ -874,6 +884,62 @@ cache_store_abort(struct cache_writer *w)
         close(w->fd);
     unlink(w->tmp);
     free(w);
+}
+
+/* Copy len bytes at offset off of fd in to the end of fd out: in the kernel
+ * where the file system can, else through a buffer. Returns 0 or -1. */
+static int
+copy_body(int in, off_t off, int out, uint64_t len)
+{
+    loff_t from = (loff_t)off;
+    while (len > 0) {
+        size_t chunk = len > (1u << 30) ? (1u << 30) : (size_t)len;
+        ssize_t n = copy_file_range(in, &from, out, NULL, chunk, 0);
+        if (n == -1 && errno == EINTR)
+            continue;
+        if (n == -1 && (errno == ENOSYS || errno == EXDEV || errno == EINVAL ||
+            errno == EOPNOTSUPP))
+            break;                              /* not here: copy by hand */
+        if (n <= 0)
+            return -1;                          /* n == 0: the file shrank */
+        len -= (uint64_t)n;
+    }
+    char buf[65536];
+    while (len > 0) {
+        ssize_t n = pread(in, buf, len > sizeof buf ? sizeof buf : (size_t)len, (off_t)from);
+        if (n == -1 && errno == EINTR)
+            continue;
+        if (n <= 0 || pibl_write_all(out, buf, (size_t)n) == -1)
+            return -1;
+        from += n;
+        len -= (uint64_t)n;
+    }
+    return 0;
+}
+
+int
+cache_update(const struct cache_entry *e, const char *key, size_t key_len, long lifetime,
+    long age, const char *head, size_t head_len)
+{
+    struct cache_writer *w =
+        cache_store_begin(key, key_len, e->status, lifetime, age, e->vary, head, head_len);
+    if (w == NULL)
+        return -1;
+    if (copy_body(e->fd, e->body_off, w->fd, e->body_len) == -1) {
+        warn_store("cannot copy an entry's body");
+        cache_store_abort(w);
+        return -1;
+    }
+    w->body_bytes = e->body_len;
+    /* Another store may have replaced the entry while we copied: that one
+     * is newer than what we update, and stays. */
+    struct stat now_st, old_st;
+    if (fstat(e->fd, &old_st) == -1 || stat(w->path, &now_st) == -1 ||
+        now_st.st_ino != old_st.st_ino || now_st.st_dev != old_st.st_dev) {
+        cache_store_abort(w);
+        return -1;
+    }
+    return cache_store_commit(w);
 }
 
 /* ---------------------------------------------------------------- collapsing */

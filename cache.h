@@ -27,7 +27,8 @@ struct cache_entry {
     const char *body;              /* the body in memory (small entries), or NULL */
     uint64_t hash;
     long lifetime;                 /* s, capped by the launch TTL */
-    long age;                      /* s since stored or revalidated (mtime) */
+    long initial_age;              /* s old when stored (the origin's Age) */
+    long age;                      /* initial_age + s since stored or revalidated (mtime) */
     int fresh;                     /* age < lifetime */
     int status;
     off_t head_off;                /* stored head: file offset and length */
@@ -94,12 +95,24 @@ void cache_touch(const struct cache_entry *e);
 int cache_remove(const char *key, size_t key_len);
 
 /*
- * Start storing an answer: a temp file gets the meta block and head. vary
- * holds "name=value\n" lines (or ""). Returns NULL when it cannot store
- * (logged once); the caller then just serves without storing.
+ * Start storing an answer: a temp file gets the meta block and head. The
+ * answer was age seconds old when it came (RFC 9111 4.2.3) and is fresh for
+ * lifetime seconds of age. vary holds "name=value\n" lines (or ""). Returns
+ * NULL when it cannot store (logged once); the caller then just serves
+ * without storing.
  */
 struct cache_writer *cache_store_begin(const char *key, size_t key_len, int status, long lifetime,
-    const char *vary, const char *head, size_t head_len);
+    long age, const char *vary, const char *head, size_t head_len);
+
+/*
+ * Give entry e (from cache_lookup for key) a new head, lifetime and initial
+ * age, keeping its status, Vary values and body: a 304 or a HEAD answer
+ * updated it (RFC 9111 4.3.4, 4.3.5). Written like any store, a temp file
+ * with the body copied from e, renamed over the entry; a new entry stored
+ * meanwhile is left alone. Returns 0, or -1 with the old entry unchanged.
+ */
+int cache_update(const struct cache_entry *e, const char *key, size_t key_len, long lifetime,
+    long age, const char *head, size_t head_len);
 
 /* Append body bytes. Returns 0, or -1 after abandoning the entry (too big,
  * disk full): the writer is freed and must not be used again. */

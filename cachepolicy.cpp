@@ -20,12 +20,14 @@
 #include "cache.h"
 #include "conn.h"
 #include "exchange.h"
+#include "freshness.h"
 #include "http.h"
 #include "log.h"
 #include "pibl.h"
 #include "sock.h"
 
 #include <ctype.h>
+#include <stdlib.h>
 #include <errno.h>
 #include <string.h>
 #include <strings.h>
@@ -69,86 +71,6 @@ cachepolicy_own_field(const struct http_header *h)
     return http_name_is(h->name, h->name_len, "age") ||
         http_name_is(h->name, h->name_len, "x-cache") ||
         http_name_is(h->name, h->name_len, "cache-status");
-}
-
-/* Cache-Control directives that matter to a shared cache (RFC 9111 5.2). */
-struct cache_ctl {
-    int no_store;
-    int no_cache;
-    int is_private;
-    int is_public;
-    long max_age;                  /* -1: absent */
-    long s_maxage;                 /* -1: absent */
-};
-
-/* delta-seconds (RFC 9111 1.2.2): digits; huge values are capped. */
-static long
-parse_delta(const char *v, size_t len)
-{
-    long n = 0;
-
-    if (len >= 2 && v[0] == '"' && v[len - 1] == '"') {
-        v++;
-        len -= 2;
-    }
-    if (len == 0)
-        return -1;
-    for (size_t i = 0; i < len; i++) {
-        if (v[i] < '0' || v[i] > '9')
-            return -1;
-        if (n < 2147483647L / 10)
-            n = n * 10 + (v[i] - '0');
-        else
-            n = 2147483647L;
-    }
-    return n;
-}
-
-static void
-parse_cache_control(const struct http_header *hdrs, int n, struct cache_ctl *cc)
-{
-    memset(cc, 0, sizeof *cc);
-    cc->max_age = cc->s_maxage = -1;
-    for (int i = 0; i < n; i++) {
-        if (!http_name_is(hdrs[i].name, hdrs[i].name_len, "cache-control"))
-            continue;
-        const char *p = hdrs[i].value, *end = p + hdrs[i].value_len;
-        while (p < end) {
-            while (p < end && (*p == ',' || *p == ' ' || *p == '\t'))
-                p++;
-            const char *name = p;
-            while (p < end && *p != '=' && *p != ',' && *p != ' ' && *p != '\t')
-                p++;
-            size_t nl = (size_t)(p - name);
-            const char *val = NULL;
-            size_t vl = 0;
-            if (p < end && *p == '=') {
-                val = ++p;
-                if (p < end && *p == '"') {
-                    const char *q = (const char *)memchr(p + 1, '"', (size_t)(end - p - 1));
-                    p = q ? q + 1 : end;
-                } else {
-                    while (p < end && *p != ',' && *p != ' ' && *p != '\t')
-                        p++;
-                }
-                vl = (size_t)(p - val);
-            }
-            while (p < end && *p != ',')
-                p++;
-            if (http_name_is(name, nl, "no-store"))
-                cc->no_store = 1;
-            else if (http_name_is(name, nl, "no-cache"))
-                cc->no_cache = 1;
-            else if (http_name_is(name, nl, "private"))
-                cc->is_private = 1;
-            else if (http_name_is(name, nl, "public"))
-                cc->is_public = 1;
-            else if (http_name_is(name, nl, "max-age") && val)
-                cc->max_age = parse_delta(val, vl);
-            else if (http_name_is(name, nl, "s-maxage") && val)
-                cc->s_maxage = parse_delta(val, vl);
-        }
-    }
 }
 
 /* Append "name=values\n" for one request field name (lower-cased). */
@@ -229,64 +151,108 @@ vary_matches(const struct http_request *r, const char *stored)
     return strcmp(now, stored) == 0;
 }
 
+/* Statuses a cache may store without explicit freshness (RFC 9110 15.1). */
+static int
+heuristically_cacheable(int status)
+{
+    static const int list[] = { 200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501 };
+    for (size_t i = 0; i < sizeof list / sizeof list[0]; i++)
+        if (list[i] == status)
+            return 1;
+    return 0;
+}
+
+/* Final statuses whose meaning RFC 9110 15 defines. */
+static int
+understood(int status)
+{
+    return (status >= 200 && status <= 206) || (status >= 300 && status <= 308 && status != 306) ||
+        (status >= 400 && status <= 417) || status == 421 || status == 422 || status == 426 ||
+        (status >= 500 && status <= 505);
+}
+
 /*
  * Decide whether an answer may be stored and for how long (RFC 9111 3 and
- * 4.2.1, capped by the launch TTL). Returns the lifetime in seconds (0:
- * stored but revalidated before each reuse), or -1: not stored.
+ * 4.2, capped by the launch TTL): the freshness lifetime in seconds, with
+ * *age the age it came with (RFC 9111 4.2.3; 0 for an Age that cannot be
+ * read, which then makes it stale on arrival). A lifetime not above *age
+ * means stored but revalidated before each reuse. Returns -1: not stored.
  */
 static long
 lifetime_of(const struct pibl_config *cfg, const struct exchange *x,
-    const struct http_response *resp)
+    const struct http_response *resp, long *age)
 {
-    static const int cacheable[] = { 200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501 };
     const struct http_request *r = &x->req;
     struct cache_ctl cc;
-    size_t i;
+    const struct http_header *h;
 
-    for (i = 0; i < sizeof cacheable / sizeof cacheable[0]; i++)
-        if (cacheable[i] == resp->status)
-            break;
-    if (i == sizeof cacheable / sizeof cacheable[0])
+    *age = 0;
+    /* 206 is not stored: PIBL keeps whole answers only. */
+    if (resp->status < 200 || resp->status == 206 || resp->status == 304)
         return -1;
-    parse_cache_control(resp->headers, resp->n_headers, &cc);
+    freshness_targeted(resp->headers, resp->n_headers, &cc);
+    /* must-understand: stored only when PIBL knows what the status means,
+     * and then no-store (sent for caches that do not) is ignored. */
+    if (cc.must_understand) {
+        if (!understood(resp->status))
+            return -1;
+        cc.no_store = 0;
+    }
     if (cc.no_store || cc.is_private ||
         http_find_field(resp->headers, resp->n_headers, "set-cookie"))
         return -1;
+    /* RFC 9111 3.5: an answer to a request with credentials is shared
+     * only when the origin says so. */
     if (http_find_field(r->headers, r->n_headers, "authorization") && !cc.is_public &&
-        cc.s_maxage < 0)
+        cc.s_maxage < 0 && !cc.must_revalidate)
         return -1;
 
     long ttl = cache_ttl(), lifetime = ttl;
     int is_explicit = 1;
-    const struct http_header *h;
+    time_t exp;
+    int ex = freshness_expires(resp->headers, resp->n_headers, &exp);
     if (cc.s_maxage >= 0) {
         lifetime = cc.s_maxage;
     } else if (cc.max_age >= 0) {
         lifetime = cc.max_age;
-    } else if ((h = http_find_field(resp->headers, resp->n_headers, "expires")) != NULL) {
-        time_t exp = http_parse_date(h->value, h->value_len);
+    } else if (ex != EXPIRES_NONE) {
         const struct http_header *d = http_find_field(resp->headers, resp->n_headers, "date");
         time_t date = d ? http_parse_date(d->value, d->value_len) : -1;
         if (date == -1)
             date = time(NULL);
-        lifetime = exp == -1 || exp <= date ? 0 : (long)(exp - date);
+        lifetime = ex == EXPIRES_INVALID || exp <= date ? 0 :
+            exp - date > 2147483647 ? 2147483647L : (long)(exp - date);
     } else {
         is_explicit = 0;
+    }
+    if (!is_explicit && !heuristically_cacheable(resp->status))
+        return -1;
+    if (!is_explicit && !cfg->cache_heuristic) {
+        /* A strict shared cache: 10 % of the time since Last-Modified
+         * (RFC 9111 4.2.2), else revalidate every time. */
+        lifetime = 0;
+        if ((h = http_find_field(resp->headers, resp->n_headers, "last-modified")) != NULL) {
+            time_t lm = http_parse_date(h->value, h->value_len);
+            const struct http_header *d = http_find_field(resp->headers, resp->n_headers, "date");
+            time_t date = d ? http_parse_date(d->value, d->value_len) : -1;
+            if (date == -1)
+                date = time(NULL);
+            if (lm != -1 && lm < date)
+                lifetime = (long)((date - lm) / 10 > 2147483647 ? 2147483647 : (date - lm) / 10);
+        }
     }
     if (cc.no_cache)
         lifetime = 0;
     if (lifetime > ttl)
         lifetime = ttl;
-    if ((h = http_find_field(resp->headers, resp->n_headers, "age")) != NULL) {
-        long age = parse_delta(h->value, h->value_len);
-        if (age > 0)
-            lifetime = age >= lifetime ? 0 : lifetime - age;
-    }
+    long a = freshness_age(resp->headers, resp->n_headers);
+    if (a == AGE_INVALID)
+        lifetime = 0;                           /* unknown age: stale on arrival */
+    else
+        *age = a;
     int has_validator = http_find_field(resp->headers, resp->n_headers, "etag") != NULL ||
         http_find_field(resp->headers, resp->n_headers, "last-modified") != NULL;
-    if (!is_explicit && !cfg->cache_heuristic)
-        lifetime = 0;                           /* strict shared cache: revalidate */
-    if (lifetime == 0 && !has_validator)
+    if (lifetime <= *age && !has_validator)
         return -1;
     return lifetime;
 }
@@ -482,11 +448,11 @@ cachepolicy_entry_head(struct conn *c, struct exchange *x, struct cache_entry *e
     http_put(&b, "\r\n", 2);
     for (int i = 0; i < resp.n_headers; i++) {
         const struct http_header *h = &resp.headers[i];
-        if (cachepolicy_own_field(h) || http_is_hop_by_hop(h, &none) ||
+        if (cachepolicy_own_field(h) || freshness_is_own(h) || http_is_hop_by_hop(h, &none) ||
             http_is_lookalike(h->name, h->name_len) ||
             ((not_modified || status == 416) && !keep_in_304(h)) ||
             http_name_is(h->name, h->name_len, "content-length") ||
-            http_name_is(h->name, h->name_len, "content-range"))
+            ((status == 206 || status == 416) && http_name_is(h->name, h->name_len, "content-range")))
             continue;
         ranges_field |= http_name_is(h->name, h->name_len, "accept-ranges");
         http_put_field(&b, h->name, h->name_len, h->value, h->value_len);
@@ -617,10 +583,14 @@ cachepolicy_plan(struct exchange *x, const char *host, size_t host_len, const ch
     if (is_purge)
         return PLAN_PURGE;
     if (!is_get && !x->is_head) {
-        static const char *const unsafe[] = { "POST", "PUT", "DELETE", "PATCH" };
-        for (size_t i = 0; i < sizeof unsafe / sizeof unsafe[0]; i++)
-            if (http_name_is(r->method, r->method_len, unsafe[i]))
-                x->invalidate = 1;
+        /* Every method not defined as safe invalidates, the unknown ones
+         * too (RFC 9111 4.4; RFC 9110 9.2.1, WebDAV, QUERY). */
+        static const char *const safe[] = { "OPTIONS", "TRACE", "QUERY", "PROPFIND", "REPORT",
+            "SEARCH" };
+        x->invalidate = 1;
+        for (size_t i = 0; i < sizeof safe / sizeof safe[0]; i++)
+            if (http_name_is(r->method, r->method_len, safe[i]))
+                x->invalidate = 0;
         x->cs_fwd = "method";
         return PLAN_FORWARD;
     }
@@ -628,16 +598,19 @@ cachepolicy_plan(struct exchange *x, const char *host, size_t host_len, const ch
         return PLAN_FORWARD;
 
     struct cache_ctl cc;
-    parse_cache_control(r->headers, r->n_headers, &cc);
+    freshness_cache_control(r->headers, r->n_headers, "cache-control", &cc);
     const struct http_header *pragma = http_find_field(r->headers, r->n_headers, "pragma");
     if (!http_find_field(r->headers, r->n_headers, "cache-control") && pragma != NULL &&
         http_name_is(pragma->value, pragma->value_len, "no-cache"))
         cc.no_cache = 1;
     x->store_ok = is_get && !cc.no_store;
-    if (cc.no_store || cc.no_cache) {
-        x->cs_fwd = "request";                  /* ask the origin; no-cache refreshes */
+    if (cc.no_store) {
+        x->cs_fwd = "request";                  /* ask the origin, keep nothing */
         return PLAN_FORWARD;
     }
+    /* no-cache: what is stored is revalidated before use (RFC 9111 5.2.1.4),
+     * with our conditionals, not dropped. */
+    x->must_ask = cc.no_cache;
     return PLAN_LOOKUP;
 }
 
@@ -646,7 +619,7 @@ cachepolicy_judge(const struct exchange *x, const struct cache_entry *e)
 {
     if (!vary_matches(&x->req, e->vary))
         return ENTRY_OTHER_VARIANT;
-    return e->fresh ? ENTRY_FRESH : ENTRY_STALE;
+    return e->fresh && !x->must_ask ? ENTRY_FRESH : ENTRY_STALE;
 }
 
 /* Answer a PURGE (the key is in x, or x->key_len is 0). */
@@ -699,7 +672,7 @@ cachepolicy_front(struct conn *c, struct exchange *x, const char *host, size_t h
                 x->cache = CACHE_MISS;
             } else {
                 x->cache = CACHE_EXPIRED;
-                x->cs_fwd = "stale";
+                x->cs_fwd = x->must_ask ? "request" : "stale";
                 cache_release(&x->stale);
                 x->stale = e;
             }
@@ -744,11 +717,108 @@ cachepolicy_front_loop(struct conn *c, struct exchange *x, long *head_len, uint6
     return LOOP_HIT;
 }
 
+/* 1 for a field name listed in no-cache="..." or private="...". */
+static int
+omitted(const struct cache_ctl *cc, const struct http_header *h)
+{
+    for (int i = 0; i < cc->n_omit; i++)
+        if (h->name_len == cc->omit[i].len &&
+            strncasecmp(h->name, cc->omit[i].name, h->name_len) == 0)
+            return 1;
+    return 0;
+}
+
+/*
+ * The head an entry keeps for answer resp, into b: hop-by-hop fields,
+ * Content-Length (the entry has its own), the fields PIBL sets itself and
+ * those named by no-cache="..." or private="..." (RFC 9111 5.2.2.4,
+ * 5.2.2.7) are left out.
+ */
+static void
+stored_head(struct http_builder *b, const struct http_response *resp,
+    const struct http_tokens *ct)
+{
+    struct cache_ctl cc;
+
+    freshness_targeted(resp->headers, resp->n_headers, &cc);
+    http_put_status(b, resp->status);
+    http_put(b, resp->reason, resp->reason_len);
+    http_put(b, "\r\n", 2);
+    for (int i = 0; i < resp->n_headers; i++) {
+        const struct http_header *h = &resp->headers[i];
+        if (http_is_hop_by_hop(h, ct) || http_is_lookalike(h->name, h->name_len) ||
+            cachepolicy_own_field(h) || http_name_is(h->name, h->name_len, "content-length") ||
+            omitted(&cc, h))
+            continue;
+        http_put_forward(b, h);
+    }
+    http_put(b, "\r\n", 2);
+}
+
+/* Fields a 304 or a HEAD answer never changes in a stored entry (RFC 9111
+ * 3.2): hop-by-hop ones, what PIBL sets itself, and those that describe the
+ * stored body's bytes, which the update does not carry. */
+static int
+kept_on_update(const struct http_header *h, const struct http_tokens *ct)
+{
+    static const char *const body_fields[] = { "content-length", "transfer-encoding",
+        "content-encoding", "content-range", "content-md5", "etag" };
+    if (http_is_hop_by_hop(h, ct) || http_is_lookalike(h->name, h->name_len) ||
+        cachepolicy_own_field(h))
+        return 1;
+    for (size_t i = 0; i < sizeof body_fields / sizeof body_fields[0]; i++)
+        if (http_name_is(h->name, h->name_len, body_fields[i]))
+            return 1;
+    return 0;
+}
+
+/* 1 when answer upd carries a field called like h that it may update. */
+static int
+replaced_by(const struct http_header *h, const struct http_response *upd,
+    const struct http_tokens *ct)
+{
+    for (int i = 0; i < upd->n_headers; i++)
+        if (upd->headers[i].name_len == h->name_len &&
+            strncasecmp(upd->headers[i].name, h->name, h->name_len) == 0)
+            return !kept_on_update(&upd->headers[i], ct);
+    return 0;
+}
+
+/*
+ * The stored answer old with the fields of upd (a 304 or a HEAD answer)
+ * put in place of its own (RFC 9111 3.2): into m, whose fields point into
+ * both. Returns 0, or -1 when the result has too many fields.
+ */
+static int
+merge_update(const struct http_response *old, const struct http_response *upd,
+    const struct http_tokens *ct, struct http_response *m)
+{
+    m->minor_version = old->minor_version;
+    m->status = old->status;
+    m->reason = old->reason;
+    m->reason_len = old->reason_len;
+    m->n_headers = 0;
+    for (int i = 0; i < old->n_headers; i++) {
+        if (replaced_by(&old->headers[i], upd, ct))
+            continue;
+        m->headers[m->n_headers++] = old->headers[i];
+    }
+    for (int i = 0; i < upd->n_headers; i++) {
+        if (kept_on_update(&upd->headers[i], ct))
+            continue;
+        if (m->n_headers == MAX_HEADERS)
+            return -1;
+        m->headers[m->n_headers++] = upd->headers[i];
+    }
+    return 0;
+}
+
 int
 cachepolicy_will_store(const struct conn *c, const struct exchange *x,
     const struct http_response *resp)
 {
-    return x->store_ok && x->key_len > 0 && lifetime_of(c->cfg, x, resp) >= 0;
+    long age;
+    return x->store_ok && x->key_len > 0 && lifetime_of(c->cfg, x, resp, &age) >= 0;
 }
 
 struct cache_writer *
@@ -760,12 +830,14 @@ cachepolicy_store_begin(struct conn *c, struct exchange *x, const struct http_re
 
     if (!x->store_ok || x->key_len == 0)
         return NULL;
-    long lifetime = lifetime_of(c->cfg, x, resp);
+    long age;
+    long lifetime = lifetime_of(c->cfg, x, resp, &age);
     if (lifetime >= 0 && vary_of(&x->req, resp, vary, sizeof vary) == 0) {
-        long sl = exchange_client_head(c, x, resp, ct, 0, HEAD_FOR_STORE);
-        if (sl > 0)
-            cw = cache_store_begin(x->key, (size_t)x->key_len, resp->status, lifetime, vary,
-                c->out, (size_t)sl);
+        struct http_builder b = { c->out, c->out_cap, 0, 0 };
+        stored_head(&b, resp, ct);
+        if (!b.overflow)
+            cw = cache_store_begin(x->key, (size_t)x->key_len, resp->status, lifetime, age, vary,
+                c->out, b.len);
         x->stored = cw != NULL;
     }
     return cw;
@@ -777,25 +849,147 @@ cachepolicy_revalidating(const struct exchange *x)
     return x->stale.fd != -1 && x->cond_len > 0;
 }
 
-int
-cachepolicy_refresh(struct conn *c, struct exchange *x)
+/*
+ * Rewrite entry e (for x's key) with the fields of answer upd merged in,
+ * its lifetime and age computed again (RFC 9111 4.3.4): the entry is
+ * replaced atomically, or removed when the new fields forbid storing it.
+ * Returns 1 when a new entry was written, 0 when e stays as it was (or was
+ * removed), -1 when e could not be read.
+ */
+static int
+update_entry(struct conn *c, struct exchange *x, struct cache_entry *e,
+    const struct http_response *upd, const struct http_tokens *ct)
 {
-    cache_touch(&x->stale);
-    x->stale.age = 0;
+    struct http_response old, merged;
+    char *buf = (char *)malloc(e->head_len);
+
+    if (buf == NULL || cache_read_head(e, buf, e->head_len) == -1 ||
+        http_parse_response(buf, e->head_len, &old) == -1) {
+        free(buf);
+        return -1;
+    }
+    int rc = 0;
+    if (merge_update(&old, upd, ct, &merged) == 0) {
+        long age;
+        long lifetime = lifetime_of(c->cfg, x, &merged, &age);
+        struct http_builder b = { c->out, c->out_cap, 0, 0 };
+        stored_head(&b, &merged, ct);
+        if (lifetime < 0)
+            cache_remove(x->key, (size_t)x->key_len);
+        else if (!b.overflow && cache_update(e, x->key, (size_t)x->key_len, lifetime, age,
+            c->out, b.len) == 0)
+            rc = 1;
+    }
+    free(buf);
+    return rc;
+}
+
+int
+cachepolicy_refresh(struct conn *c, struct exchange *x, const struct http_response *resp,
+    const struct http_tokens *ct)
+{
     x->revalidated = 1;
+    if (update_entry(c, x, &x->stale, resp, ct) == 1) {
+        struct cache_entry e;
+        if (cache_lookup(x->key, (size_t)x->key_len, &e) == 1) {
+            if (cachepolicy_judge(x, &e) != ENTRY_OTHER_VARIANT) {
+                int rc = serve(c, x, &e);
+                cache_release(&e);
+                return rc;
+            }
+            cache_release(&e);
+        }
+    }
+    /* Not rewritten: the old entry is fresh again as it was. */
+    cache_touch(&x->stale);
+    x->stale.age = x->stale.initial_age;
     return serve(c, x, &x->stale);
 }
 
 int
 cachepolicy_stale_if_error(struct conn *c, struct exchange *x)
 {
-    if (x->stale.fd == -1 || x->stale.age - x->stale.lifetime > c->cfg->cache_stale_if_error)
+    struct http_response resp;
+    struct cache_ctl cc;
+
+    if (x->stale.fd == -1 || cache_read_head(&x->stale, c->uin, c->uin_cap) == -1 ||
+        http_parse_response(c->uin, x->stale.head_len, &resp) == -1)
+        return SERVE_NONE;
+    /* must-revalidate, proxy-revalidate, s-maxage and no-cache forbid a
+     * stale answer whatever the config says (RFC 9111 4.2.4, 5.2.2). */
+    freshness_targeted(resp.headers, resp.n_headers, &cc);
+    if (cc.must_revalidate || cc.s_maxage >= 0 || cc.no_cache)
+        return SERVE_REFUSED;
+    long window = cc.stale_if_error >= 0 ? cc.stale_if_error : c->cfg->cache_stale_if_error;
+    if (x->stale.age - x->stale.lifetime > window)
         return SERVE_NONE;
     x->cache = CACHE_STALE;
     int rc = serve(c, x, &x->stale);
     if (rc == SERVE_NONE)
         x->cache = CACHE_EXPIRED;
     return rc;
+}
+
+/*
+ * Remove the entry a Location or Content-Location value names, when it is
+ * on the same host as x's key "http://host/target" (RFC 9111 4.4): an
+ * absolute http URI with that host, an absolute path, or a path relative
+ * to the target's folder.
+ */
+static void
+invalidate_ref(const struct exchange *x, const char *v, size_t len)
+{
+    const char *host = x->key + 7;
+    const char *target = (const char *)memchr(host, '/', (size_t)x->key_len - 7);
+    char path[MAX_CACHE_KEY], key[MAX_CACHE_KEY];
+    size_t host_len, pl = 0;
+
+    if (target == NULL || len == 0)
+        return;
+    host_len = (size_t)(target - host);
+    const char *hash = (const char *)memchr(v, '#', len);
+    if (hash != NULL)
+        len = (size_t)(hash - v);
+    if (len > 7 && strncasecmp(v, "http://", 7) == 0) {
+        const char *slash = (const char *)memchr(v + 7, '/', len - 7);
+        size_t hl = slash ? (size_t)(slash - v - 7) : len - 7;
+        if (hl != host_len || strncasecmp(v + 7, host, hl) != 0)
+            return;                             /* another host: not ours to drop */
+        v = slash ? slash : "/";
+        len = slash ? len - 7 - hl : 1;
+    } else if (memchr(v, ':', len) != NULL && (memchr(v, '/', len) == NULL ||
+        (const char *)memchr(v, ':', len) < (const char *)memchr(v, '/', len))) {
+        return;                                 /* another scheme */
+    } else if (v[0] != '/') {
+        const char *q = (const char *)memchr(target, '?', (size_t)(x->key + x->key_len - target));
+        const char *end = q ? q : x->key + x->key_len;
+        while (end > target && end[-1] != '/')
+            end--;
+        pl = (size_t)(end - target);            /* the target's folder, with its '/' */
+        if (pl >= sizeof path)
+            return;
+        memcpy(path, target, pl);
+    }
+    if (pl + len >= sizeof path)
+        return;
+    memcpy(path + pl, v, len);
+    int kl = cache_key(key, sizeof key, host, host_len, path, pl + len);
+    if (kl > 0)
+        cache_remove(key, (size_t)kl);
+}
+
+void
+cachepolicy_answered(struct exchange *x, const struct http_response *resp)
+{
+    if (!x->invalidate || x->key_len <= 7 || resp->status < 200 || resp->status >= 400)
+        return;
+    cache_remove(x->key, (size_t)x->key_len);
+    for (int i = 0; i < resp->n_headers; i++) {
+        const struct http_header *h = &resp->headers[i];
+        if (http_name_is(h->name, h->name_len, "location") ||
+            http_name_is(h->name, h->name_len, "content-location"))
+            invalidate_ref(x, h->value, h->value_len);
+    }
 }
 
 void

@@ -91,17 +91,23 @@ enum cachepolicy_served {
     SERVE_OK = 0,                  /* served: keep-alive as x says */
     SERVE_CLIENT_GONE,             /* close */
     SERVE_NONE,                    /* nothing sent: no such entry, or unreadable */
+    SERVE_REFUSED,                 /* nothing sent: the stale entry must not be served */
 };
 
 /* 1 when the request sent to the backend carries our conditionals for x->stale. */
 int cachepolicy_revalidating(const struct exchange *x);
 
-/* The backend said 304 to our conditionals: x->stale is fresh again
- * (RFC 9111 4.3.4); serve it. Returns an enum cachepolicy_served. */
-int cachepolicy_refresh(struct conn *c, struct exchange *x);
+/* The backend said 304 (resp, its Connection names in ct) to our
+ * conditionals: x->stale is fresh again with the fields the 304 carries
+ * (RFC 9111 4.3.4), rewritten atomically; serve it. resp may point into
+ * c->uin. Returns an enum cachepolicy_served. */
+int cachepolicy_refresh(struct conn *c, struct exchange *x, const struct http_response *resp,
+    const struct http_tokens *ct);
 
-/* No backend could answer: serve x->stale if it is within
- * cache_stale_if_error of its expiry (RFC 5861). Returns an enum cachepolicy_served. */
+/* No backend could answer: serve x->stale if it is within its
+ * stale-if-error, or else cache_stale_if_error, of its expiry (RFC 5861);
+ * SERVE_REFUSED when its fields forbid a stale answer (must-revalidate,
+ * proxy-revalidate, s-maxage, no-cache). Returns an enum cachepolicy_served. */
 int cachepolicy_stale_if_error(struct conn *c, struct exchange *x);
 
 /*
@@ -119,6 +125,11 @@ void cachepolicy_put_fields(struct http_builder *b, const struct exchange *x);
 
 /* 1 for a field PIBL sets itself on answers, never copied from a stored head. */
 int cachepolicy_own_field(const struct http_header *h);
+
+/* The backend answered resp: after an unsafe method, a success or a
+ * redirect invalidates the target and the same-host URIs in its Location
+ * and Content-Location fields (RFC 9111 4.4). */
+void cachepolicy_answered(struct exchange *x, const struct http_response *resp);
 
 /* End of an exchange: the collapsing lock, the invalidation after an
  * unsafe method, the entries it held. */

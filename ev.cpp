@@ -257,7 +257,7 @@ ev_response(struct loop *l, struct conn *c)
     http_scan_connection(resp.headers, resp.n_headers, &ct);
     if (pibl_stopping())
         x->keep_alive = 0;
-    long out_len = exchange_client_head(c, x, &resp, &ct, 0, HEAD_FOR_CLIENT);
+    long out_len = exchange_client_head(c, x, &resp, &ct, 0);
     if (out_len == -1)
         return ev_slow(l, c, RESUME_AFTER_HEAD);
     rr_record(c->u.backend, 1, pibl_now_us() - c->t_sent, NULL);

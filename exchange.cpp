@@ -31,6 +31,7 @@
 #include "cache.h"
 #include "cachepolicy.h"
 #include "conn.h"
+#include "freshness.h"
 #include "http.h"
 #include "log.h"
 #include "pibl.h"
@@ -460,6 +461,8 @@ exchange_upstream_head(struct conn *c, struct exchange *x, const char *host, siz
     put_joined(&b, r, "X-Forwarded-For", c->peer_ip);
     http_puts(&b, "X-Forwarded-Proto: http\r\n");
     put_joined(&b, r, "Via", x->minor == 0 ? "1.0 " PIBL_NAME : "1.1 " PIBL_NAME);
+    /* Surrogate-Control directives may then target us (W3C Edge Architecture). */
+    put_joined(&b, r, "Surrogate-Capability", FRESHNESS_DEVICE "=\"Surrogate/1.0\"");
     if (x->body.kind == HTTP_BODY_CHUNKED)
         http_puts(&b, "Transfer-Encoding: chunked\r\n");
     http_put(&b, x->cond, x->cond_len);
@@ -577,7 +580,7 @@ exchange_put_head_end(struct http_builder *b, const struct exchange *x)
 
 long
 exchange_client_head(struct conn *c, struct exchange *x, const struct http_response *resp,
-    const struct http_tokens *ct, int out_chunked, int mode)
+    const struct http_tokens *ct, int out_chunked)
 {
     struct http_builder b = { c->out, c->out_cap, 0, 0 };
 
@@ -588,14 +591,9 @@ exchange_client_head(struct conn *c, struct exchange *x, const struct http_respo
         const struct http_header *h = &resp->headers[i];
         if (http_is_hop_by_hop(h, ct) || http_is_lookalike(h->name, h->name_len))
             continue;
-        if (mode == HEAD_FOR_STORE && (cachepolicy_own_field(h) ||
-            http_name_is(h->name, h->name_len, "content-length")))
-            continue;
+        if (freshness_is_own(h))
+            continue;                           /* PIBL-Cache-Control: for PIBL only */
         http_put_forward(&b, h);
-    }
-    if (mode == HEAD_FOR_STORE) {
-        http_put(&b, "\r\n", 2);
-        return b.overflow ? -1 : (long)b.len;
     }
     cachepolicy_put_fields(&b, x);
     if (out_chunked)
@@ -634,12 +632,13 @@ relay_response(struct conn *c, struct exchange *x, struct upstream *u, size_t le
         return x->keep_alive ? 0 : -1;
     }
     http_scan_connection(resp.headers, resp.n_headers, &ct);
+    cachepolicy_answered(x, &resp);
 
     /* Our conditional request was answered 304: the stored body is current. */
     if (resp.status == 304 && cachepolicy_revalidating(x)) {
         *reuse = resp.minor_version == 1 && !ct.close && len == (size_t)head_len;
         rr_mark_up(u->backend);
-        int rc = cachepolicy_refresh(c, x);
+        int rc = cachepolicy_refresh(c, x, &resp, &ct);
         if (rc == SERVE_NONE) {
             *reuse = 0;
             exchange_error(c, x, 502, "cache entry unreadable after revalidation", 1);
@@ -663,7 +662,7 @@ relay_response(struct conn *c, struct exchange *x, struct upstream *u, size_t le
     }
     if (pibl_stopping())
         x->keep_alive = 0;
-    long out_len = exchange_client_head(c, x, &resp, &ct, out_chunked, HEAD_FOR_CLIENT);
+    long out_len = exchange_client_head(c, x, &resp, &ct, out_chunked);
     if (out_len == -1) {
         cache_store_abort(cw);
         exchange_error(c, x, 502, "backend answer head too large", 1);
@@ -872,7 +871,10 @@ exchange_forward(struct conn *c, struct exchange *x, const char *host, size_t ho
         x->backend = -1;
     /* stale-if-error (RFC 5861): an expired entry beats an error page. */
     int served = cachepolicy_stale_if_error(c, x);
-    if (served != SERVE_NONE) {
+    if (served == SERVE_REFUSED) {
+        fail_status = 504;                      /* RFC 9111 5.2.2.2 */
+        fail_why = "no backend answered and the stored answer must be revalidated";
+    } else if (served != SERVE_NONE) {
         x->err = fail_why;
         return served == SERVE_OK ? 0 : -1;
     }

@@ -53,6 +53,7 @@ struct exchange {
     int key_len;                   /* 0 when not cacheable */
     int store_ok;                  /* the answer may be stored */
     int invalidate;                /* unsafe method: drop the entry on success */
+    int must_ask;                  /* request no-cache: revalidate even a fresh entry */
     int locked;                    /* holds the collapsing lock for key */
     int stored;                    /* the answer is being stored */
     int revalidated;               /* origin said 304 to our conditional */
@@ -95,9 +96,6 @@ enum exchange_answer {
     ANSWER_BAD_101,                /* a 101 to anything else (x->fail_why says what) */
 };
 
-/* What exchange_client_head() writes the head for. */
-enum exchange_head_for { HEAD_FOR_CLIENT, HEAD_FOR_STORE };
-
 /* Start a fresh exchange: zero the small fields, mark the rest empty. */
 void exchange_reset(struct exchange *x);
 
@@ -128,13 +126,12 @@ long exchange_upstream_head(struct conn *c, struct exchange *x, const char *host
     const char *path, size_t path_len, const struct http_tokens *ct, int backend);
 
 /*
- * Rewrite an answer head into c->out: for the client (framing and
- * Connection of this connection, cache fields) or for the cache (no
- * framing, no Connection: those belong to each later delivery).
- * Returns the head length, or -1 on overflow.
+ * Rewrite a backend's answer head into c->out for the client: framing and
+ * Connection of this connection, the cache fields, no hop-by-hop fields
+ * nor PIBL-Cache-Control. Returns the head length, or -1 on overflow.
  */
 long exchange_client_head(struct conn *c, struct exchange *x, const struct http_response *resp,
-    const struct http_tokens *ct, int out_chunked, int mode);
+    const struct http_tokens *ct, int out_chunked);
 
 /* End an answer head: the Connection field this client needs (close, or
  * keep-alive for HTTP/1.0, RFC 9112 9.3) and the blank line. */

@@ -116,7 +116,9 @@ int http_chunked_done(const struct http_chunked *ck);
  */
 long long http_parse_content_length(const char *v, size_t len);
 
-/* IMF-fixdate (RFC 9110 5.6.7) to time_t; -1 when not one. */
+/* An HTTP-date (RFC 9110 5.6.7) to time_t: IMF-fixdate, and the obsolete
+ * RFC 850 and asctime forms a recipient must accept; -1 when not one or
+ * before 1970. */
 time_t http_parse_date(const char *v, size_t len);
 
 /* 1 when a header name equals the NUL-terminated name, ignoring case. */

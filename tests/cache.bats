@@ -639,10 +639,10 @@ teardown() { helpers_teardown; }
     [ "$(fbody k)" = "$(fbody j)" ]
 }
 
-@test "cache: cache_heuristic = off and Last-Modified as the only validator: stored, revalidated with If-Modified-Since, the 304 serves the stored body" {
+@test "cache: max-age=0 and Last-Modified as the only validator: stored, revalidated with If-Modified-Since, the 304 serves the stored body" {
     start_origin o1
     start_pibl 'cache_heuristic = off'
-    local t='/_cache?lm=1' key lm
+    local t='/_cache?lm=1&max_age=0' key lm
     key=$(key_of "$t")
     fetch a "$t"
     [ "$(fstatus a)" = 200 ]
@@ -650,7 +650,7 @@ teardown() { helpers_teardown; }
     lm=$(fheader a Last-Modified)
     [ -n "$lm" ]
     run ! fhas a ETag
-    run ! fhas a Cache-Control
+    [ "$(fheader a Cache-Control)" = max-age=0 ]
     [ "$(fbody a)" = "cache-body o1 n=1" ]
     wait_entry "$key"
     [ "$(entry_lifetime "$key")" -eq 0 ]
@@ -663,7 +663,7 @@ teardown() { helpers_teardown; }
     fetch c "$t"
     [ "$(fheader c X-Cache)" = EXPIRED ]
     [ "$(fbody c)" = "cache-body o1 n=1" ]
-    [ "$(origin_count o1 '^o1 GET /_cache\?lm=1$')" -eq 3 ]
+    [ "$(origin_count o1 '^o1 GET /_cache\?lm=1&max_age=0$')" -eq 3 ]
     # the two reuses asked with the stored Last-Modified, and only with it
     tr -d '\r' <"$(origin_heads o1)" >"$BATS_TEST_TMPDIR/heads.txt"
     cat "$BATS_TEST_TMPDIR/heads.txt"
@@ -671,6 +671,35 @@ teardown() { helpers_teardown; }
     run ! grep -qi '^If-None-Match:' "$BATS_TEST_TMPDIR/heads.txt"
     wait_logged GET "$t" 3
     [ "$(cache_seq GET "$t")" = "MISS EXPIRED EXPIRED" ]
+}
+
+@test "cache: cache_heuristic = off gives an answer with only Last-Modified 10 % of its age (RFC 9111 4.2.2), at most the TTL" {
+    start_origin o1
+    PIBL_TTL=100000
+    start_pibl 'cache_heuristic = off'
+    local t='/_cache?lm=1' key life
+    key=$(key_of "$t")
+    fetch a "$t"
+    [ "$(fheader a X-Cache)" = MISS ]
+    run ! fhas a Cache-Control
+    wait_entry "$key"
+    life=$(entry_lifetime "$key")
+    # the origin's Last-Modified is a day before it started: a tenth of that
+    [ "$life" -ge 8640 ] && [ "$life" -le 8700 ]
+    fetch b "$t"
+    [ "$(fheader b X-Cache)" = HIT ]
+    stop_pid "$PIBL_PID" >/dev/null
+    rm -rf "${CACHE_DIR:?}"/*
+    PIBL_TTL=60
+    restart_pibl 'cache_heuristic = off'
+    key=$(key_of "$t")
+    fetch c "$t"
+    wait_entry "$key"
+    [ "$(entry_lifetime "$key")" -eq 60 ]
+    # without Last-Modified nor explicit freshness: revalidated each time, so not kept without a validator
+    fetch d '/_cache?x=1'
+    fetch e '/_cache?x=1'
+    [ "$(fheader e X-Cache)" = MISS ]
 }
 
 # ---------------------------------------------------------------- invalidation

@@ -1,14 +1,16 @@
 /*
- * tests/fuzz.cpp - libFuzzer harnesses for PIBL's three parsers of peer
- * bytes: the request head (http_find_head_end + http_parse_request), the
- * response head (http_find_head_end + http_parse_response) and the chunked
- * body decoder (http_chunked_step). One file, three targets, chosen at build
- * time with -DFUZZ_TARGET=request|response|chunked:
+ * tests/fuzz.cpp - libFuzzer harnesses for PIBL's parsers of peer bytes:
+ * the request head (http_find_head_end + http_parse_request), the response
+ * head (http_find_head_end + http_parse_response), the chunked body decoder
+ * (http_chunked_step) and the freshness fields of a response (freshness.h:
+ * Cache-Control and the targeted fields, Age, Expires, HTTP-dates). One
+ * file, four targets, chosen at build time with
+ * -DFUZZ_TARGET=request|response|chunked|freshness:
  *
  *   clang++ -g -O1 -fsanitize=fuzzer,address,undefined -std=c++17 -pthread -I. \
  *       -DPIBL_NO_MAIN -DFUZZ_TARGET=request -o tests/fuzz-request tests/fuzz.cpp $(PIBL_SRCS)
  *
- * (`make fuzz` builds all three; `make fuzz-run` runs each for FUZZ_SECONDS
+ * (`make fuzz` builds all four; `make fuzz-run` runs each for FUZZ_SECONDS
  * from the seed corpus in tests/fuzz-corpus/TARGET with tests/fuzz-corpus/http.dict.)
  *
  * Besides the sanitizers' memory checks, each target asserts invariants and
@@ -35,6 +37,7 @@
  * positions instead of all of them (keeps an execution in the millisecond
  * range).
  */
+#include "freshness.h"
 #include "http.h"
 #include "pibl.h"
 
@@ -48,13 +51,17 @@
 #define FUZZ_request    1
 #define FUZZ_response   2
 #define FUZZ_chunked    3
+#define FUZZ_freshness  4
 #define FUZZ_CAT(a, b)  a##b
 #define FUZZ_PICK(t)    FUZZ_CAT(FUZZ_, t)
 
 #ifndef FUZZ_TARGET
-#error "build with -DFUZZ_TARGET=request, response or chunked"
+#error "build with -DFUZZ_TARGET=request, response, chunked or freshness"
 #endif
 #define FUZZ_WHICH      FUZZ_PICK(FUZZ_TARGET)
+#if FUZZ_WHICH == FUZZ_freshness
+#pragma GCC diagnostic ignored "-Wunused-function"   /* it uses a part of the head checks */
+#endif
 
 #define FUZZ_MAX_SPLIT_ALL  64     /* inputs up to this size: split at every position */
 #define FUZZ_N_SPLITS       16     /* longer inputs: this many split positions */
@@ -292,6 +299,61 @@ fuzz_one(const char *buf, size_t n)
 #endif
 
 /* ---------------------------------------------------------------- chunked */
+
+#if FUZZ_WHICH == FUZZ_freshness
+
+/* The freshness parsers (freshness.h) over the fields of any response
+ * head: values in range, views inside the head, and every date read
+ * back the same once written as an IMF-fixdate. */
+static void
+check_cc(const char *buf, size_t n, const struct cache_ctl *cc)
+{
+    const long *deltas[] = { &cc->max_age, &cc->s_maxage, &cc->stale_while_revalidate,
+        &cc->stale_if_error, &cc->min_fresh };
+    for (size_t i = 0; i < sizeof deltas / sizeof deltas[0]; i++)
+        CHECK(*deltas[i] >= -1 && *deltas[i] <= 2147483647L);
+    CHECK(cc->max_stale >= -1);
+    CHECK(cc->n_omit >= 0 && cc->n_omit <= MAX_NO_CACHE_FIELDS);
+    for (int i = 0; i < cc->n_omit; i++)
+        CHECK(cc->omit[i].len > 0 && inside(buf, n, cc->omit[i].name, cc->omit[i].len));
+}
+
+static void
+fuzz_one(const char *buf, size_t n)
+{
+    struct http_response resp;
+    struct cache_ctl cc;
+    static const char *const names[] = { "cache-control", "cdn-cache-control",
+        "pibl-cache-control", "surrogate-control" };
+
+    memset(&resp, 0, sizeof resp);
+    if (http_parse_response(buf, n, &resp) != 0)
+        return;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        CHECK(freshness_cache_control(resp.headers, resp.n_headers, names[i], &cc) >= 0);
+        check_cc(buf, n, &cc);
+    }
+    const char *used = freshness_targeted(resp.headers, resp.n_headers, &cc);
+    check_cc(buf, n, &cc);
+    CHECK(used == NULL || http_find_field(resp.headers, resp.n_headers, used) != NULL);
+    long age = freshness_age(resp.headers, resp.n_headers);
+    CHECK(age == AGE_INVALID || (age >= 0 && age <= 2147483647L));
+    time_t when = 0;
+    int ex = freshness_expires(resp.headers, resp.n_headers, &when);
+    CHECK(ex == EXPIRES_NONE || ex == EXPIRES_AT || ex == EXPIRES_INVALID);
+    for (int i = 0; i < resp.n_headers; i++) {
+        time_t t = http_parse_date(resp.headers[i].value, resp.headers[i].value_len);
+        if (t == -1)
+            continue;
+        struct tm tm;
+        char again[64];
+        CHECK(gmtime_r(&t, &tm) != NULL);
+        size_t l = strftime(again, sizeof again, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        CHECK(l > 0 && http_parse_date(again, l) == t);
+    }
+}
+
+#endif
 
 #if FUZZ_WHICH == FUZZ_chunked
 

@@ -1,12 +1,15 @@
 /*
  * tests/unit.cpp - table-driven unit tests for the parsers (request head,
  * response head, chunked bodies, Content-Length), the config file, round
- * robin and the access line formats (escaping, dates, cutting). Prints one line per failure and ends with "N passed, N failed".
+ * robin, the access line formats (escaping, dates, cutting) and the
+ * freshness fields (Age, Expires and HTTP-dates, Cache-Control, targeted
+ * fields). Prints one line per failure and ends with "N passed, N failed".
  * Built by `make unit`, also under -fsanitize=address,undefined.
  */
 #include "cache.h"
 #include "cachepolicy.h"
 #include "exchange.h"
+#include "freshness.h"
 #include "http.h"
 #include "log.h"
 #include "pibl.h"
@@ -653,10 +656,16 @@ test_cache_decisions(void)
     CHECK(plan_for("PURGE /a HTTP/1.1\r\nHost: h\r\n\r\n", &x) == PLAN_PURGE, "PURGE");
     CHECK(plan_for("GET /a HTTP/1.1\r\nHost: h\r\nCache-Control: no-store\r\n\r\n", &x) ==
         PLAN_FORWARD && !x.store_ok && strcmp(x.cs_fwd, "request") == 0, "no-store request");
-    CHECK(plan_for("GET /a HTTP/1.1\r\nHost: h\r\nPragma: no-cache\r\n\r\n", &x) == PLAN_FORWARD,
-        "Pragma: no-cache without Cache-Control");
+    CHECK(plan_for("GET /a HTTP/1.1\r\nHost: h\r\nPragma: no-cache\r\n\r\n", &x) == PLAN_LOOKUP &&
+        x.must_ask && x.store_ok, "Pragma: no-cache without Cache-Control: revalidate what is stored");
+    CHECK(plan_for("GET /a HTTP/1.1\r\nHost: h\r\nCache-Control: no-cache\r\n\r\n", &x) ==
+        PLAN_LOOKUP && x.must_ask, "no-cache request: revalidate what is stored");
     CHECK(plan_for("GET /a HTTP/1.1\r\nHost: h\r\nPragma: no-cache\r\nCache-Control: max-age=5\r\n\r\n",
-        &x) == PLAN_LOOKUP, "Pragma is ignored beside Cache-Control (RFC 9111 5.4)");
+        &x) == PLAN_LOOKUP && !x.must_ask, "Pragma is ignored beside Cache-Control (RFC 9111 5.4)");
+    CHECK(plan_for("M-SEARCH /a HTTP/1.1\r\nHost: h\r\n\r\n", &x) == PLAN_FORWARD && x.invalidate,
+        "an unknown method invalidates");
+    CHECK(plan_for("QUERY /a HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\n", &x) == PLAN_FORWARD &&
+        !x.invalidate, "QUERY is safe");
     CHECK(plan_for("GET /a HTTP/1.0\r\n\r\n", &x) == PLAN_FORWARD && x.key_len == 0,
         "no Host: no key");
 
@@ -809,6 +818,160 @@ test_access_lines(void)
         log_format_parse("JSON") == -1 && log_format_parse("") == -1, "format names");
 }
 
+/* ------------------------------------------------------------ freshness fields */
+
+/* Parse "HTTP/1.1 200 OK\r\n" + fields + "\r\n" into r (buf keeps the bytes). */
+static int
+fields_of(const char *fields, char *buf, size_t cap, struct http_response *r)
+{
+    int n = snprintf(buf, cap, "HTTP/1.1 200 OK\r\n%s\r\n", fields);
+    return n < 0 || (size_t)n >= cap ? -1 : http_parse_response(buf, (size_t)n, r);
+}
+
+struct age_case {
+    const char *fields;
+    long want;
+};
+
+static const struct age_case g_age_cases[] = {
+    { "X: y\r\n", AGE_NONE },
+    { "Age: 0\r\n", 0 },
+    { "Age: 30\r\n", 30 },
+    { "Age: 007\r\n", 7 },
+    { "Age: 99999999999\r\n", 2147483647L },        /* capped, RFC 9111 1.2.2 */
+    { "Age: abc\r\n", AGE_INVALID },
+    { "Age: -10\r\n", AGE_INVALID },
+    { "Age: 10.0\r\n", AGE_INVALID },
+    { "Age: 10;a=b\r\n", AGE_INVALID },
+    { "Age: 0, 0\r\n", AGE_INVALID },
+    { "Age: 0,7200\r\n", AGE_INVALID },
+    { "Age: \"10\"\r\n", AGE_INVALID },
+    { "Age: 0\r\nAge: 0\r\n", AGE_INVALID },
+    { "Age:\r\n", AGE_INVALID },
+};
+
+struct date_case {
+    const char *v;
+    time_t want;                   /* -1: not a date */
+};
+
+static const struct date_case g_date_cases[] = {
+    { "Sun, 06 Nov 1994 08:49:37 GMT", 784111777 },        /* RFC 9110 5.6.7's three forms */
+    { "Sunday, 06-Nov-94 08:49:37 GMT", 784111777 },
+    { "Sun Nov  6 08:49:37 1994", 784111777 },
+    { "Sun Nov 06 08:49:37 1994", 784111777 },
+    { "Thu, 01 Jan 1970 00:00:00 GMT", 0 },
+    { "Fri, 31 Dec 9999 23:59:59 GMT", 253402300799 },
+    { "Sun, 06 Nov 1994 08:49:37 UTC", -1 },                /* only GMT */
+    { "sun, 06 nov 1994 08:49:37 gmt", -1 },                /* case-sensitive */
+    { "Sun, 6 Nov 1994 08:49:37 GMT", -1 },                 /* two-digit day */
+    { "Sun, 06 Nov 94 08:49:37 GMT", -1 },
+    { "Sun, 06-Nov-1994 08:49:37 GMT", -1 },
+    { "Sun, 06 Nov 1994 08.49.37 GMT", -1 },
+    { "Sun, 06 Nov 1994 25:00:00 GMT", -1 },
+    { "Sun, 06 Nov 1960 08:49:37 GMT", -1 },                /* before 1970 */
+    { "Sund, 06 Nov 1994 08:49:37 GMT", -1 },
+    { "Sun 06 Nov 1994 08:49:37 GMT", -1 },
+    { "0", -1 },
+    { "", -1 },
+};
+
+static void
+test_freshness(void)
+{
+    char buf[1024];
+    struct http_response r;
+
+    for (size_t i = 0; i < sizeof g_age_cases / sizeof g_age_cases[0]; i++) {
+        const struct age_case *t = &g_age_cases[i];
+        if (fields_of(t->fields, buf, sizeof buf, &r) != 0) {
+            CHECK(0, "age case %zu does not parse", i);
+            continue;
+        }
+        long got = freshness_age(r.headers, r.n_headers);
+        CHECK(got == t->want, "Age case %zu: got %ld, want %ld", i, got, t->want);
+    }
+    for (size_t i = 0; i < sizeof g_date_cases / sizeof g_date_cases[0]; i++) {
+        const struct date_case *t = &g_date_cases[i];
+        time_t got = http_parse_date(t->v, strlen(t->v));
+        CHECK(got == t->want, "date \"%s\": got %lld, want %lld", t->v, (long long)got,
+            (long long)t->want);
+    }
+
+    /* Expires: one valid date; several fields or an invalid value mean already expired. */
+    time_t when;
+    fields_of("Expires: Sun, 06 Nov 1994 08:49:37 GMT\r\n", buf, sizeof buf, &r);
+    CHECK(freshness_expires(r.headers, r.n_headers, &when) == EXPIRES_AT && when == 784111777,
+        "Expires valid");
+    fields_of("Expires: 0\r\n", buf, sizeof buf, &r);
+    CHECK(freshness_expires(r.headers, r.n_headers, &when) == EXPIRES_INVALID, "Expires 0");
+    fields_of("Expires: Sun, 06 Nov 1994 08:49:37 GMT\r\nExpires: Sun, 06 Nov 1994 08:49:37 GMT\r\n",
+        buf, sizeof buf, &r);
+    CHECK(freshness_expires(r.headers, r.n_headers, &when) == EXPIRES_INVALID, "two Expires");
+    fields_of("X: y\r\n", buf, sizeof buf, &r);
+    CHECK(freshness_expires(r.headers, r.n_headers, &when) == EXPIRES_NONE, "no Expires");
+
+    /* Cache-Control directives. */
+    struct cache_ctl cc;
+    struct { const char *fields; long max_age, s_maxage, swr, sie; int no_cache, must_reval, n_omit; }
+    cc_cases[] = {
+        { "Cache-Control: max-age=60\r\n", 60, -1, -1, -1, 0, 0, 0 },
+        { "Cache-Control: MAX-AGE=60, s-maxage=\"30\"\r\n", 60, 30, -1, -1, 0, 0, 0 },
+        { "Cache-Control: max-age = 60\r\n", 60, -1, -1, -1, 0, 0, 0 },
+        { "Cache-Control: max-age=a100\r\n", 0, -1, -1, -1, 0, 0, 0 },       /* invalid: stale */
+        { "Cache-Control: max-age=100a\r\n", 0, -1, -1, -1, 0, 0, 0 },
+        { "Cache-Control: max-age=1 2\r\n", 0, -1, -1, -1, 0, 0, 0 },
+        { "Cache-Control: max-age=5, max-age=100\r\n", 5, -1, -1, -1, 0, 0, 0 }, /* the first */
+        { "Cache-Control: max-age=1\r\nCache-Control: max-age=9\r\n", 1, -1, -1, -1, 0, 0, 0 },
+        { "Cache-Control: max-age=99999999999\r\n", 2147483647L, -1, -1, -1, 0, 0, 0 },
+        { "Cache-Control: max-age=1, stale-while-revalidate=30, stale-if-error=60\r\n", 1, -1, 30,
+          60, 0, 0, 0 },
+        { "Cache-Control: no-cache, proxy-revalidate\r\n", -1, -1, -1, -1, 1, 1, 0 },
+        { "Cache-Control: must-revalidate\r\n", -1, -1, -1, -1, 0, 1, 0 },
+        { "Cache-Control: no-cache=\"Set-Cookie, X-A\"\r\n", -1, -1, -1, -1, 0, 0, 2 },
+        { "Cache-Control: private=\"X-B\", max-age=3\r\n", 3, -1, -1, -1, 0, 0, 1 },
+        { "Cache-Control: foo=\"max-age=9\", max-age=4\r\n", 4, -1, -1, -1, 0, 0, 0 },
+    };
+    for (size_t i = 0; i < sizeof cc_cases / sizeof cc_cases[0]; i++) {
+        fields_of(cc_cases[i].fields, buf, sizeof buf, &r);
+        freshness_cache_control(r.headers, r.n_headers, "cache-control", &cc);
+        CHECK(cc.max_age == cc_cases[i].max_age && cc.s_maxage == cc_cases[i].s_maxage &&
+            cc.stale_while_revalidate == cc_cases[i].swr && cc.stale_if_error == cc_cases[i].sie &&
+            cc.no_cache == cc_cases[i].no_cache && cc.must_revalidate == cc_cases[i].must_reval &&
+            cc.n_omit == cc_cases[i].n_omit,
+            "Cache-Control case %zu (%s): max-age %ld s-maxage %ld swr %ld sie %ld no-cache %d "
+            "must-revalidate %d omit %d", i, cc_cases[i].fields, cc.max_age, cc.s_maxage,
+            cc.stale_while_revalidate, cc.stale_if_error, cc.no_cache, cc.must_revalidate, cc.n_omit);
+    }
+    fields_of("Cache-Control: no-cache=\"Set-Cookie, X-A\"\r\n", buf, sizeof buf, &r);
+    freshness_cache_control(r.headers, r.n_headers, "cache-control", &cc);
+    CHECK(cc.n_omit == 2 && cc.omit[0].len == 10 && memcmp(cc.omit[0].name, "Set-Cookie", 10) == 0 &&
+        cc.omit[1].len == 3 && memcmp(cc.omit[1].name, "X-A", 3) == 0, "no-cache field names");
+
+    /* Targeted fields (RFC 9213): the most specific one with a directive for PIBL wins whole. */
+    struct { const char *fields; const char *used; long max_age; int no_store; } t_cases[] = {
+        { "Cache-Control: max-age=5\r\n", "cache-control", 5, 0 },
+        { "Cache-Control: no-store\r\nCDN-Cache-Control: max-age=6\r\n", "cdn-cache-control", 6, 0 },
+        { "CDN-Cache-Control: max-age=6\r\nPIBL-Cache-Control: no-store\r\n", "pibl-cache-control",
+          -1, 1 },
+        { "Cache-Control: no-store\r\nSurrogate-Control: max-age=7;pibl\r\n", "surrogate-control", 7,
+          0 },
+        { "Cache-Control: max-age=5\r\nSurrogate-Control: max-age=7;other\r\n", "cache-control", 5,
+          0 },
+        { "Surrogate-Control: max-age=7, no-store;other\r\n", "surrogate-control", 7, 0 },
+        { "X: y\r\n", NULL, -1, 0 },
+    };
+    for (size_t i = 0; i < sizeof t_cases / sizeof t_cases[0]; i++) {
+        fields_of(t_cases[i].fields, buf, sizeof buf, &r);
+        const char *used = freshness_targeted(r.headers, r.n_headers, &cc);
+        CHECK(((used == NULL && t_cases[i].used == NULL) ||
+            (used != NULL && t_cases[i].used != NULL && strcmp(used, t_cases[i].used) == 0)) &&
+            cc.max_age == t_cases[i].max_age && cc.no_store == t_cases[i].no_store,
+            "targeted case %zu: used %s, max-age %ld, no-store %d", i, used ? used : "none",
+            cc.max_age, cc.no_store);
+    }
+}
+
 int
 main(void)
 {
@@ -823,6 +986,7 @@ main(void)
     test_backend_admin();
     test_field_lists();
     test_cache_decisions();
+    test_freshness();
     test_access_lines();
     printf("unit: %d passed, %d failed\n", n_passed, n_failed);
     return n_failed == 0 ? 0 : 1;

@@ -1,0 +1,350 @@
+#!/usr/bin/env bats
+# freshness.bats - the RFC 9111 rules of how long a stored answer may be reused and what changes it, each checked
+# with a fake backend (tests/hostile_peer.py) that answers request N with exactly the bytes a test writes for it:
+# Age (5.1) and the Age PIBL sends, Expires in its three date forms (5.3), statuses stored on explicit freshness,
+# must-revalidate, proxy-revalidate, s-maxage and no-cache against stale-if-error (4.2.4), 304 updates (4.3.4),
+# invalidation by unsafe methods and their Location and Content-Location (4.4), the targeted fields
+# PIBL-Cache-Control, CDN-Cache-Control and Surrogate-Control (RFC 9213), no-cache="field" and a request's no-cache.
+# Entries are made stale with touch -d on their file (never sleep).
+# shellcheck disable=SC2034  # PIBL_TTL is read by the helpers
+
+bats_require_minimum_version 1.5.0
+load helpers
+load hostile_helpers
+load cache_helpers
+
+setup() {
+    hostile_setup
+    PIBL_TTL=3600
+    CACHE_DIR="$BATS_TEST_TMPDIR/cache"
+}
+teardown() { hostile_teardown; }
+
+# answer N HEAD-FIELDS BODY: the fake backend's request N gets a 200 with these fields (\r\n-separated, printf %b)
+# and BODY, with its Content-Length.
+answer() {
+    fake_answer "$1" "HTTP/1.1 200 OK\r\n$2\r\nContent-Length: ${#3}\r\n\r\n$3"
+}
+
+# http_date OFFSET FORMAT: now + OFFSET (date -d words) in FORMAT, in English and UTC.
+http_date() {
+    LC_ALL=C date -u -d "$1" "+$2"
+}
+
+@test "freshness: the Age an answer comes with counts: stored with it, sent as origin age plus time stored, stale on arrival when past max-age" {
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    answer 1 'Cache-Control: max-age=600\r\nAge: 30' one
+    answer 2 'Cache-Control: max-age=60\r\nAge: 100\r\nETag: "x"' two
+    fake_answer 3 'HTTP/1.1 304 Not Modified\r\nETag: "x"\r\n\r\n'
+    start_pibl
+    fetch a /aged
+    [ "$(fheader a X-Cache)" = MISS ]
+    wait_entry "$(key_of /aged)"
+    entry_meta "$(entry_file "$(key_of /aged)")" | grep -qx 'age: 30'
+    fetch b /aged
+    [ "$(fheader b X-Cache)" = HIT ]
+    [ "$(fheader b Age)" -ge 30 ] && [ "$(fheader b Age)" -le 35 ]
+    # 10 s later the entry is 40 s old
+    age_entry "$(key_of /aged)" '10 seconds ago'
+    fetch c /aged
+    [ "$(fheader c Age)" -ge 40 ] && [ "$(fheader c Age)" -le 45 ]
+    # older than its max-age on arrival: stored (it has a validator), never served without asking
+    fetch d /old
+    wait_entry "$(key_of /old)"
+    fetch e /old
+    [ "$(fheader e X-Cache)" = EXPIRED ]
+    [ "$(fbody e)" = two ]
+    [ "$(fake_requests)" -eq 3 ]
+    grep -q 'req=3 .*GET /old' "$FAKE_DIR/log"
+}
+
+@test "freshness: an Age that is not one non-negative integer (sign, fraction, parameter, list, two lines) makes the answer stale" {
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    local -a ages=('Age: abc' 'Age: -10' 'Age: 10.0' 'Age: 10;a=b' 'Age: 0, 0' 'Age: 0\r\nAge: 0' 'Age: "10"')
+    local i n=0
+    for i in "${!ages[@]}"; do
+        answer $((2 * i + 1)) "Cache-Control: max-age=600\r\n${ages[$i]}" "a$i"
+        answer $((2 * i + 2)) "Cache-Control: max-age=600\r\n${ages[$i]}" "b$i"
+    done
+    answer default 'Cache-Control: max-age=600\r\nAge: 10' valid
+    start_pibl
+    for i in "${!ages[@]}"; do
+        fetch a$i /age$i
+        fetch b$i /age$i
+        # no validator and stale on arrival: not reused
+        [ "$(fbody b$i)" = "b$i" ] || { echo "Age variant $i (${ages[$i]}) was reused"; n=$((n + 1)); }
+    done
+    [ "$n" -eq 0 ]
+    fetch v1 /valid
+    fetch v2 /valid
+    [ "$(fheader v2 X-Cache)" = HIT ]
+    [ "$(fheader v2 Age)" -ge 10 ]
+}
+
+@test "freshness: Expires in IMF-fixdate, RFC 850 and asctime form gives a lifetime; an invalid date or two Expires mean already expired" {
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    local imf rfc850 asc
+    imf=$(http_date '+1 hour' '%a, %d %b %Y %H:%M:%S GMT')
+    rfc850=$(http_date '+1 hour' '%A, %d-%b-%y %H:%M:%S GMT')
+    asc=$(http_date '+1 hour' '%a %b %e %H:%M:%S %Y')
+    answer 1 "Expires: $imf" imf
+    answer 2 "Expires: $rfc850" rfc850
+    answer 3 "Expires: $asc" asc
+    answer 4 'Expires: tomorrow' bad1
+    answer 5 'Expires: tomorrow' bad2
+    answer 6 "Expires: $imf\r\nExpires: $imf" two1
+    answer 7 "Expires: $imf\r\nExpires: $imf" two2
+    answer 8 "Expires: $(http_date '+1 hour' '%a, %d %b %Y %H:%M:%S UTC')" utc1
+    answer 9 "Expires: $(http_date '+1 hour' '%a, %d %b %Y %H:%M:%S UTC')" utc2
+    start_pibl 'cache_heuristic = off'
+    local p
+    for p in imf rfc850 asc; do
+        fetch "$p" "/$p"
+        wait_entry "$(key_of "/$p")"
+        fetch "$p-2" "/$p"
+        [ "$(fheader "$p-2" X-Cache)" = HIT ] || { echo "$p not reused"; return 1; }
+        [ "$(fbody "$p-2")" = "$p" ]
+        local life
+        life=$(entry_lifetime "$(key_of "/$p")")
+        [ "$life" -ge 3590 ] && [ "$life" -le 3600 ]
+    done
+    for p in bad two utc; do
+        fetch "$p-1" "/$p"
+        fetch "$p-2" "/$p"
+        [ "$(fbody "$p-2")" = "${p}2" ] || { echo "$p was reused"; return 1; }
+    done
+}
+
+@test "freshness: 302, 307, 400, 500 and 503 are stored when they say max-age, and not without explicit freshness" {
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    local codes=(302 307 400 500 503) i=1 s
+    for s in "${codes[@]}"; do
+        fake_answer $i "HTTP/1.1 $s X\r\nCache-Control: max-age=60\r\nLocation: /else\r\nContent-Length: 4\r\n\r\nm$s"
+        fake_answer $((i + 1)) "HTTP/1.1 $s X\r\nLocation: /else\r\nContent-Length: 4\r\n\r\nn$s"
+        fake_answer $((i + 2)) "HTTP/1.1 $s X\r\nLocation: /else\r\nContent-Length: 4\r\n\r\no$s"
+        i=$((i + 3))
+    done
+    start_pibl
+    for s in "${codes[@]}"; do
+        fetch "a$s" "/m$s"
+        fetch "b$s" "/m$s"
+        [ "$(fstatus "b$s")" = "$s" ]
+        [ "$(fheader "b$s" X-Cache)" = HIT ] || { echo "$s with max-age not reused"; return 1; }
+        fetch "c$s" "/n$s"
+        fetch "d$s" "/n$s"
+        [ "$(fheader "d$s" X-Cache)" = MISS ] || { echo "$s without freshness reused"; return 1; }
+        [ "$(fbody "d$s")" = "o$s" ]
+    done
+}
+
+@test "freshness: must-revalidate, proxy-revalidate, s-maxage and no-cache forbid a stale answer when the backend fails (504), whatever cache_stale_if_error says" {
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    local ccs=('max-age=1, must-revalidate' 'max-age=1, proxy-revalidate' 's-maxage=1' 'max-age=1, no-cache' 'max-age=1')
+    local i
+    for i in "${!ccs[@]}"; do
+        answer $((i + 1)) "Cache-Control: ${ccs[$i]}\r\nETag: \"e$i\"" "body$i"
+    done
+    fake_answer default '' close                # from now on: closes without answering
+    start_pibl 'cache_stale_if_error = 86400'
+    for i in "${!ccs[@]}"; do
+        fetch "s$i" "/p$i"
+        wait_entry "$(key_of "/p$i")"
+        age_entry "$(key_of "/p$i")" '1 minute ago'
+    done
+    for i in 0 1 2 3; do
+        fetch "f$i" "/p$i" || true
+        [ "$(fstatus "f$i")" = 504 ] || { echo "${ccs[$i]}: got $(fstatus "f$i")"; return 1; }
+    done
+    # without those, stale-if-error serves the stored answer
+    fetch f4 /p4
+    [ "$(fstatus f4)" = 200 ]
+    [ "$(fheader f4 X-Cache)" = STALE ]
+    [ "$(fbody f4)" = body4 ]
+}
+
+@test "freshness: an answer's own stale-if-error=N bounds how stale it may be served, over cache_stale_if_error" {
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    answer 1 'Cache-Control: max-age=1, stale-if-error=30\r\nETag: "w"' sie
+    answer 2 'Cache-Control: max-age=1, stale-if-error=30\r\nETag: "w"' sie
+    fake_answer default '' close
+    start_pibl 'cache_stale_if_error = 86400' 'down_time = 1'
+    fetch a /sie
+    fetch b /sie2
+    wait_entry "$(key_of /sie)"
+    wait_entry "$(key_of /sie2)"
+    age_entry "$(key_of /sie)" '20 seconds ago'          # 19 s past max-age: inside 30
+    age_entry "$(key_of /sie2)" '2 minutes ago'          # far past it
+    fetch c /sie
+    [ "$(fstatus c)" = 200 ]
+    [ "$(fheader c X-Cache)" = STALE ]
+    sleep 1.2                                            # down_time: the backend is tried again
+    fetch d /sie2 || true
+    [ "$(fstatus d)" != 200 ]
+}
+
+@test "freshness: a 304 updates the stored fields (not the framing ones) and the entry is rewritten by rename; the body stays" {
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    answer 1 'Cache-Control: max-age=1\r\nETag: "v1"\r\nX-Test: a\r\nContent-Type: text/plain\r\nContent-Encoding: identity' 'the stored body'
+    fake_answer 2 'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nCache-Control: max-age=100\r\nX-Test: b\r\nX-New: c\r\nContent-Type: text/html\r\nContent-Encoding: gzip\r\nContent-Length: 999\r\n\r\n'
+    start_pibl
+    local key f ino
+    key=$(key_of /u)
+    fetch a /u
+    wait_entry "$key"
+    f=$(entry_file "$key")
+    ino=$(stat -c %i "$f")
+    age_entry "$key" '1 minute ago'
+    fetch b /u
+    [ "$(fstatus b)" = 200 ]
+    [ "$(fbody b)" = 'the stored body' ]
+    [ "$(fheader b X-Test)" = b ]
+    [ "$(fheader b X-New)" = c ]
+    [ "$(fheader b Content-Type)" = text/html ]
+    [ "$(fheader b Content-Encoding)" = identity ]
+    [ "$(fheader b Content-Length)" = 15 ]
+    [ "$(fheader b Cache-Control)" = max-age=100 ]
+    grep -q 'If-None-Match: "v1"' "$FAKE_DIR/req-2"
+    # a new file took the old one's place, with the new fields and lifetime, the same body
+    wait_entry_line "$key" 'lifetime: 100'
+    f=$(entry_file "$key")
+    [ "$(stat -c %i "$f")" != "$ino" ]
+    grep -qa '^X-Test: b' "$f"
+    run ! grep -qa '^X-Test: a' "$f"
+    [ "$(tail -c 15 "$f")" = 'the stored body' ]
+    [ -z "$(tmp_files "$CACHE_DIR")" ]
+    fetch c /u
+    [ "$(fheader c X-Cache)" = HIT ]
+    [ "$(fheader c X-Test)" = b ]
+    [ "$(fake_requests)" -eq 2 ]
+}
+
+@test "freshness: unsafe methods, unknown ones too, invalidate the target and same-host Location and Content-Location; safe ones and errors do not" {
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    answer default 'Cache-Control: max-age=600' stored
+    start_pibl
+    local p i=0
+    for p in /t /loc /cl /dir/rel /other; do
+        i=$((i + 1))
+        fetch "w$i" "$p"
+        wait_entry "$(key_of "$p")"
+    done
+    fetch wo /x -H 'Host: other.test'
+    wait_entry "$(key_of /x other.test)"
+    local n
+    # M-SEARCH, a method PIBL does not know, answered 200: the target goes
+    n=$(fake_requests)
+    fake_answer $((n + 1)) 'HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n'
+    pcurl -o /dev/null -X M-SEARCH "$(url /t)"
+    wait_no_entry "$(key_of /t)"
+    # POST with Location (absolute path) and Content-Location (absolute URI, same host): both go
+    n=$(fake_requests)
+    fake_answer $((n + 1)) "HTTP/1.1 201 Created\r\nLocation: /loc\r\nContent-Location: http://127.0.0.1:$PIBL_PORT/cl\r\nContent-Length: 0\r\n\r\n"
+    pcurl -o /dev/null -X POST -d x "$(url /dir/form)"
+    wait_no_entry "$(key_of /loc)"
+    wait_no_entry "$(key_of /cl)"
+    # a relative Location resolves against the target's folder; another host's URI is left alone
+    n=$(fake_requests)
+    fake_answer $((n + 1)) 'HTTP/1.1 204 No Content\r\nLocation: rel\r\nContent-Location: http://other.test/x\r\n\r\n'
+    pcurl -o /dev/null -X PUT -d x "$(url /dir/item)"
+    wait_no_entry "$(key_of /dir/rel)"
+    [ -n "$(entry_file "$(key_of /x other.test)")" ]
+    # a safe method (QUERY, OPTIONS) and an unsafe one that failed leave the entry
+    n=$(fake_requests)
+    fake_answer $((n + 1)) 'HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n'
+    fake_answer $((n + 2)) 'HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n'
+    fake_answer $((n + 3)) 'HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n'
+    pcurl -o /dev/null -X QUERY "$(url /other)"
+    pcurl -o /dev/null -X OPTIONS "$(url /other)"
+    pcurl -o /dev/null -X DELETE "$(url /other)"
+    [ -n "$(entry_file "$(key_of /other)")" ]
+    fetch still /other
+    [ "$(fheader still X-Cache)" = HIT ]
+}
+
+@test "freshness: PIBL-Cache-Control, then CDN-Cache-Control, then Surrogate-Control win over Cache-Control; PIBL's own field is not passed on" {
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    answer 1 'Cache-Control: no-store\r\nCDN-Cache-Control: max-age=60' cdn1
+    answer 2 'Cache-Control: max-age=600\r\nCDN-Cache-Control: no-store' nostore1
+    answer 3 'Cache-Control: max-age=600\r\nCDN-Cache-Control: no-store' nostore2
+    answer 4 'Cache-Control: no-store\r\nCDN-Cache-Control: no-store\r\nPIBL-Cache-Control: max-age=60' own1
+    answer 5 'Cache-Control: no-store\r\nSurrogate-Control: max-age=60;pibl' sur1
+    answer 6 'Cache-Control: max-age=600\r\nSurrogate-Control: max-age=60;other' sc1
+    answer 7 'Cache-Control: no-store\r\nSurrogate-Control: max-age=60;other' sc2
+    answer 8 'Cache-Control: no-store\r\nSurrogate-Control: max-age=60;other' sc3
+    start_pibl
+    fetch a /cdn
+    [ "$(fheader a CDN-Cache-Control)" = max-age=60 ]     # passed on, for caches after PIBL
+    wait_entry "$(key_of /cdn)"
+    fetch a2 /cdn
+    [ "$(fheader a2 X-Cache)" = HIT ]
+    [ "$(entry_lifetime "$(key_of /cdn)")" -eq 60 ]
+    fetch b /nostore
+    fetch b2 /nostore
+    [ "$(fbody b2)" = nostore2 ]
+    fetch c /own
+    run ! fhas c PIBL-Cache-Control                       # for PIBL only
+    wait_entry "$(key_of /own)"
+    fetch c2 /own
+    [ "$(fheader c2 X-Cache)" = HIT ]
+    run ! fhas c2 PIBL-Cache-Control
+    [ "$(entry_lifetime "$(key_of /own)")" -eq 60 ]
+    # Surrogate-Control directives for "pibl" count, another device's do not
+    fetch d /sur
+    wait_entry "$(key_of /sur)"
+    fetch d2 /sur
+    [ "$(fheader d2 X-Cache)" = HIT ]
+    grep -q '^Surrogate-Capability: pibl="Surrogate/1.0"' <(tr -d '\r' <"$FAKE_DIR/req-1")
+    # a Surrogate-Control with nothing for PIBL leaves Cache-Control in charge
+    fetch e /sc
+    wait_entry "$(key_of /sc)"
+    fetch e2 /sc
+    [ "$(fheader e2 X-Cache)" = HIT ]
+    [ "$(fbody e2)" = sc1 ]
+    fetch f /nsc
+    fetch f2 /nsc
+    [ "$(fbody f2)" = sc3 ]
+}
+
+@test "freshness: no-cache=\"Field\" stores the answer without that field; a request's no-cache revalidates what is stored instead of dropping it" {
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    answer 1 'Cache-Control: max-age=600, no-cache="X-Secret, X-Other"\r\nX-Secret: s\r\nX-Other: o\r\nX-Kept: k\r\nETag: "n1"' named
+    fake_answer 2 'HTTP/1.1 304 Not Modified\r\nETag: "n1"\r\nCache-Control: max-age=600\r\n\r\n'
+    start_pibl
+    fetch a /named
+    [ "$(fheader a X-Secret)" = s ]                        # the first client gets it
+    wait_entry "$(key_of /named)"
+    run ! grep -qa '^X-Secret:' "$(entry_file "$(key_of /named)")"
+    run ! grep -qa '^X-Other:' "$(entry_file "$(key_of /named)")"
+    fetch b /named
+    [ "$(fheader b X-Cache)" = HIT ]
+    run ! fhas b X-Secret
+    [ "$(fheader b X-Kept)" = k ]
+    # Cache-Control: no-cache in the request: asked with the stored ETag, the 304 serves the stored body
+    fetch c /named -H 'Cache-Control: no-cache'
+    [ "$(fstatus c)" = 200 ]
+    [ "$(fbody c)" = named ]
+    grep -q 'If-None-Match: "n1"' "$FAKE_DIR/req-2"
+    [ -n "$(entry_file "$(key_of /named)")" ]
+    fetch d /named
+    [ "$(fheader d X-Cache)" = HIT ]
+    [ "$(fake_requests)" -eq 2 ]
+}
+
+@test "freshness: a ranged miss on a large object forwards the Range: the backend's 206 is relayed at once and not stored" {
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    # request 1: the range of a 50 MB object; the connection then stays open and idle
+    fake_answer 1 'HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 1000-1009/50000000\r\nCache-Control: max-age=600\r\nETag: "big"\r\nContent-Length: 10\r\n\r\n0123456789'
+    answer default 'Cache-Control: max-age=600' whole
+    start_pibl
+    fetch r /big -r 1000-1009
+    [ "$(fstatus r)" = 206 ]
+    [ "$(fheader r Content-Range)" = 'bytes 1000-1009/50000000' ]
+    [ "$(fbody r)" = 0123456789 ]
+    tr -d '\r' <"$FAKE_DIR/req-1" | grep -qx 'Range: bytes=1000-1009'
+    # a 206 is never an entry: the next request for the whole object asks the backend
+    [ "$(n_entries)" -eq 0 ]
+    fetch w /big
+    [ "$(fstatus w)" = 200 ]
+    [ "$(fbody w)" = whole ]
+    [ "$(fake_requests)" -eq 2 ]
+}
