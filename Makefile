@@ -11,6 +11,7 @@
 #   sock.cpp         socket helpers: timeouts, whole writes
 #   cachepolicy.cpp  RFC 9111 rules: what is stored, served, revalidated
 #   freshness.cpp    Cache-Control (and targeted fields), Age, Expires parsers
+#   refresh.cpp      stale-while-revalidate: the background refresh of an entry
 #   cache.cpp        the cache's files: hashed names, TTL, eviction
 #   upstream.cpp     backend sockets and the idle connection pool
 #   rr.cpp           backend table and round robin
@@ -28,10 +29,10 @@ CXXFLAGS += -std=c++17 -Wall -Wextra -pthread
 LDFLAGS  += -pthread
 
 PIBL_SRCS = pibl.cpp loop.cpp ev.cpp tunnel.cpp conn.cpp exchange.cpp http.cpp sock.cpp cachepolicy.cpp \
-            freshness.cpp \
+            freshness.cpp refresh.cpp \
             cache.cpp upstream.cpp rr.cpp health.cpp log.cpp admin.cpp
 HDRS      = pibl.h loop.h ev.h tunnel.h conn.h exchange.h http.h sock.h cachepolicy.h cache.h \
-            freshness.h \
+            freshness.h refresh.h \
             upstream.h rr.h health.h log.h admin.h
 
 all: pibl pibl-origin

@@ -23,6 +23,7 @@
 #include "freshness.h"
 #include "http.h"
 #include "log.h"
+#include "refresh.h"
 #include "pibl.h"
 #include "sock.h"
 
@@ -53,7 +54,11 @@ cachepolicy_put_fields(struct http_builder *b, const struct exchange *x)
     if (x->cache == CACHE_HIT || x->cache == CACHE_STALE) {
         http_puts(b, "; hit; ttl=");
         http_put_long(b, x->ttl_left);
-        http_puts(b, x->cache == CACHE_STALE ? "; detail=stale-if-error\r\n" : "\r\n");
+        if (x->cache == CACHE_STALE) {
+            http_puts(b, "; detail=");
+            http_puts(b, x->cs_detail != NULL ? x->cs_detail : "stale-if-error");
+        }
+        http_puts(b, "\r\n");
         return;
     }
     http_puts(b, "; fwd=");
@@ -179,10 +184,9 @@ understood(int status)
  * means stored but revalidated before each reuse. Returns -1: not stored.
  */
 static long
-lifetime_of(const struct pibl_config *cfg, const struct exchange *x,
+lifetime_of(const struct pibl_config *cfg, const struct http_request *r,
     const struct http_response *resp, long *age)
 {
-    const struct http_request *r = &x->req;
     struct cache_ctl cc;
     const struct http_header *h;
 
@@ -640,6 +644,51 @@ purge(struct conn *c, struct exchange *x)
     return FRONT_DONE_KEEP;
 }
 
+/*
+ * stale-while-revalidate (RFC 5861 3): serve the stale entry x->stale at
+ * once when it is inside its window, and have it refreshed in the
+ * background by one request per key (the one that gets the key's lock;
+ * the others just serve it). Returns an enum cachepolicy_served;
+ * SERVE_NONE when the window does not apply (the caller revalidates).
+ */
+static int
+serve_while_revalidating(struct conn *c, struct exchange *x, const char *host, size_t host_len,
+    const char *path, size_t path_len)
+{
+    const struct http_request *r = &x->req;
+    struct http_response resp;
+    struct cache_ctl cc;
+
+    /* A client's own conditionals are its business: a normal revalidation. */
+    if (http_find_field(r->headers, r->n_headers, "if-none-match") ||
+        http_find_field(r->headers, r->n_headers, "if-modified-since") ||
+        cache_read_head(&x->stale, c->uin, c->uin_cap) == -1 ||
+        http_parse_response(c->uin, x->stale.head_len, &resp) == -1)
+        return SERVE_NONE;
+    freshness_targeted(resp.headers, resp.n_headers, &cc);
+    /* must-revalidate and its kin forbid any stale answer (RFC 9111 4.2.4). */
+    if (cc.stale_while_revalidate < 0 || cc.must_revalidate || cc.no_cache || cc.s_maxage >= 0 ||
+        x->stale.age - x->stale.lifetime > cc.stale_while_revalidate)
+        return SERVE_NONE;
+    if (cache_lock(x->key, (size_t)x->key_len, 0) == CACHE_LOCK_OWNED) {
+        struct http_tokens ct;
+        http_scan_connection(r->headers, r->n_headers, &ct);
+        prepare_revalidation(c, x);
+        long hl = exchange_upstream_head(c, x, host, host_len, path, path_len, &ct, 0);
+        if (hl > 0)
+            refresh_start(c->cfg, x->key, (size_t)x->key_len, r, c->out, (size_t)hl);
+        else
+            cache_unlock(x->key, (size_t)x->key_len);
+        x->cond_len = 0;
+    }
+    x->cache = CACHE_STALE;
+    x->cs_detail = "stale-while-revalidate";
+    int rc = serve(c, x, &x->stale);
+    if (rc == SERVE_NONE)
+        x->cache = CACHE_EXPIRED;
+    return rc;
+}
+
 int
 cachepolicy_front(struct conn *c, struct exchange *x, const char *host, size_t host_len,
     const char *path, size_t path_len)
@@ -675,6 +724,10 @@ cachepolicy_front(struct conn *c, struct exchange *x, const char *host, size_t h
                 x->cs_fwd = x->must_ask ? "request" : "stale";
                 cache_release(&x->stale);
                 x->stale = e;
+                int rc = x->must_ask || !is_get ? SERVE_NONE :
+                    serve_while_revalidating(c, x, host, host_len, path, path_len);
+                if (rc != SERVE_NONE)
+                    return rc == SERVE_OK ? FRONT_DONE_KEEP : FRONT_DONE_CLOSE;
             }
         }
         /* One fetch per key at a time; the others wait for its entry. */
@@ -818,28 +871,36 @@ cachepolicy_will_store(const struct conn *c, const struct exchange *x,
     const struct http_response *resp)
 {
     long age;
-    return x->store_ok && x->key_len > 0 && lifetime_of(c->cfg, x, resp, &age) >= 0;
+    return x->store_ok && x->key_len > 0 && lifetime_of(c->cfg, &x->req, resp, &age) >= 0;
+}
+
+struct cache_writer *
+cachepolicy_store_answer(const struct pibl_config *cfg, const struct http_request *req,
+    const char *key, size_t key_len, const struct http_response *resp,
+    const struct http_tokens *ct, char *buf, size_t cap)
+{
+    char vary[MAX_VARY_BYTES];
+    long age;
+    long lifetime = lifetime_of(cfg, req, resp, &age);
+
+    if (lifetime < 0 || vary_of(req, resp, vary, sizeof vary) == -1)
+        return NULL;
+    struct http_builder b = { buf, cap, 0, 0 };
+    stored_head(&b, resp, ct);
+    if (b.overflow)
+        return NULL;
+    return cache_store_begin(key, key_len, resp->status, lifetime, age, vary, buf, b.len);
 }
 
 struct cache_writer *
 cachepolicy_store_begin(struct conn *c, struct exchange *x, const struct http_response *resp,
     const struct http_tokens *ct)
 {
-    struct cache_writer *cw = NULL;
-    char vary[MAX_VARY_BYTES];
-
     if (!x->store_ok || x->key_len == 0)
         return NULL;
-    long age;
-    long lifetime = lifetime_of(c->cfg, x, resp, &age);
-    if (lifetime >= 0 && vary_of(&x->req, resp, vary, sizeof vary) == 0) {
-        struct http_builder b = { c->out, c->out_cap, 0, 0 };
-        stored_head(&b, resp, ct);
-        if (!b.overflow)
-            cw = cache_store_begin(x->key, (size_t)x->key_len, resp->status, lifetime, age, vary,
-                c->out, b.len);
-        x->stored = cw != NULL;
-    }
+    struct cache_writer *cw = cachepolicy_store_answer(c->cfg, &x->req, x->key,
+        (size_t)x->key_len, resp, ct, c->out, c->out_cap);
+    x->stored = cw != NULL;
     return cw;
 }
 
@@ -849,38 +910,31 @@ cachepolicy_revalidating(const struct exchange *x)
     return x->stale.fd != -1 && x->cond_len > 0;
 }
 
-/*
- * Rewrite entry e (for x's key) with the fields of answer upd merged in,
- * its lifetime and age computed again (RFC 9111 4.3.4): the entry is
- * replaced atomically, or removed when the new fields forbid storing it.
- * Returns 1 when a new entry was written, 0 when e stays as it was (or was
- * removed), -1 when e could not be read.
- */
-static int
-update_entry(struct conn *c, struct exchange *x, struct cache_entry *e,
-    const struct http_response *upd, const struct http_tokens *ct)
+int
+cachepolicy_update(const struct pibl_config *cfg, const struct http_request *req,
+    const char *key, size_t key_len, struct cache_entry *e, const struct http_response *upd,
+    const struct http_tokens *ct, char *buf, size_t cap)
 {
     struct http_response old, merged;
-    char *buf = (char *)malloc(e->head_len);
+    char *head = (char *)malloc(e->head_len);
 
-    if (buf == NULL || cache_read_head(e, buf, e->head_len) == -1 ||
-        http_parse_response(buf, e->head_len, &old) == -1) {
-        free(buf);
+    if (head == NULL || cache_read_head(e, head, e->head_len) == -1 ||
+        http_parse_response(head, e->head_len, &old) == -1) {
+        free(head);
         return -1;
     }
     int rc = 0;
     if (merge_update(&old, upd, ct, &merged) == 0) {
         long age;
-        long lifetime = lifetime_of(c->cfg, x, &merged, &age);
-        struct http_builder b = { c->out, c->out_cap, 0, 0 };
+        long lifetime = lifetime_of(cfg, req, &merged, &age);
+        struct http_builder b = { buf, cap, 0, 0 };
         stored_head(&b, &merged, ct);
         if (lifetime < 0)
-            cache_remove(x->key, (size_t)x->key_len);
-        else if (!b.overflow && cache_update(e, x->key, (size_t)x->key_len, lifetime, age,
-            c->out, b.len) == 0)
+            cache_remove(key, key_len);
+        else if (!b.overflow && cache_update(e, key, key_len, lifetime, age, buf, b.len) == 0)
             rc = 1;
     }
-    free(buf);
+    free(head);
     return rc;
 }
 
@@ -889,7 +943,8 @@ cachepolicy_refresh(struct conn *c, struct exchange *x, const struct http_respon
     const struct http_tokens *ct)
 {
     x->revalidated = 1;
-    if (update_entry(c, x, &x->stale, resp, ct) == 1) {
+    if (cachepolicy_update(c->cfg, &x->req, x->key, (size_t)x->key_len, &x->stale, resp, ct,
+        c->out, c->out_cap) == 1) {
         struct cache_entry e;
         if (cache_lookup(x->key, (size_t)x->key_len, &e) == 1) {
             if (cachepolicy_judge(x, &e) != ENTRY_OTHER_VARIANT) {
@@ -924,6 +979,7 @@ cachepolicy_stale_if_error(struct conn *c, struct exchange *x)
     if (x->stale.age - x->stale.lifetime > window)
         return SERVE_NONE;
     x->cache = CACHE_STALE;
+    x->cs_detail = "stale-if-error";
     int rc = serve(c, x, &x->stale);
     if (rc == SERVE_NONE)
         x->cache = CACHE_EXPIRED;

@@ -86,6 +86,27 @@ int cachepolicy_will_store(const struct conn *c, const struct exchange *x,
 struct cache_writer *cachepolicy_store_begin(struct conn *c, struct exchange *x,
     const struct http_response *resp, const struct http_tokens *ct);
 
+/*
+ * Start storing answer resp to request req under key (any thread): its
+ * head for the entry is built in buf (cap bytes). Returns the writer, or
+ * NULL when the answer may not be stored or the cache cannot take it.
+ */
+struct cache_writer *cachepolicy_store_answer(const struct pibl_config *cfg,
+    const struct http_request *req, const char *key, size_t key_len,
+    const struct http_response *resp, const struct http_tokens *ct, char *buf, size_t cap);
+
+/*
+ * Rewrite entry e (found for key, stored for request req) with the fields
+ * of answer upd, a 304 or a HEAD answer, merged in (RFC 9111 3.2, 4.3.4),
+ * its lifetime and age computed again: replaced atomically, or removed when
+ * the new fields forbid storing it. buf (cap bytes) is scratch. Returns 1
+ * when a new entry was written, 0 when e stayed (or was removed), -1 when e
+ * could not be read.
+ */
+int cachepolicy_update(const struct pibl_config *cfg, const struct http_request *req,
+    const char *key, size_t key_len, struct cache_entry *e, const struct http_response *upd,
+    const struct http_tokens *ct, char *buf, size_t cap);
+
 /* How serving from an entry went. */
 enum cachepolicy_served {
     SERVE_OK = 0,                  /* served: keep-alive as x says */

@@ -61,6 +61,7 @@ struct exchange {
     uint64_t body_from;            /* first byte of the stored body sent (a Range) */
     long ttl_left;                 /* freshness left, s (negative: stale) */
     const char *cs_fwd;            /* Cache-Status fwd= reason */
+    const char *cs_detail;         /* Cache-Status detail= of a STALE answer */
     size_t cond_len;               /* bytes in cond */
 
     struct http_request req;       /* views into the connection's head buffer */

@@ -348,3 +348,81 @@ http_date() {
     [ "$(fbody w)" = whole ]
     [ "$(fake_requests)" -eq 2 ]
 }
+
+@test "freshness: stale-while-revalidate answers at once from the stale entry and one background request refreshes it, for all clients" {
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    answer 1 'Cache-Control: max-age=1, stale-while-revalidate=60\r\nETag: "s1"' old
+    answer 2 'Cache-Control: max-age=600\r\nETag: "s2"' new
+    echo 1 >"$FAKE_DIR/2.delay"                  # the refresh takes a second
+    answer default 'Cache-Control: max-age=600' extra
+    start_pibl
+    local key i
+    key=$(key_of /swr)
+    fetch a /swr
+    wait_entry "$key"
+    age_entry "$key" '10 seconds ago'            # 9 s stale: inside the 60 s window
+    local pids=()
+    for i in 1 2 3 4 5 6 7 8; do
+        fetch "s$i" /swr >/dev/null &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    for i in 1 2 3 4 5 6 7 8; do
+        [ "$(fbody "s$i")" = old ] || { echo "client $i: $(fbody "s$i")"; return 1; }
+        [ "$(fheader "s$i" X-Cache)" = STALE ]
+        [[ "$(fheader "s$i" Cache-Status)" == *'detail=stale-while-revalidate'* ]]
+    done
+    # one conditional request, whatever the number of clients; the new answer replaces the entry
+    wait_entry_line "$key" 'lifetime: 600'
+    [ "$(fake_requests)" -eq 2 ]
+    grep -q 'If-None-Match: "s1"' "$FAKE_DIR/req-2"
+    fetch b /swr
+    [ "$(fheader b X-Cache)" = HIT ]
+    [ "$(fbody b)" = new ]
+    # past the window, or with must-revalidate, the client waits for the backend
+    answer 3 'Cache-Control: max-age=1, stale-while-revalidate=5\r\nETag: "p1"' past1
+    answer 4 'Cache-Control: max-age=600' past2
+    fetch c /past
+    wait_entry "$(key_of /past)"
+    age_entry "$(key_of /past)" '1 minute ago'
+    fetch d /past
+    [ "$(fbody d)" = past2 ]
+    [ "$(fheader d X-Cache)" = EXPIRED ]
+    answer 5 'Cache-Control: max-age=1, stale-while-revalidate=60, must-revalidate\r\nETag: "m1"' mr1
+    answer 6 'Cache-Control: max-age=600' mr2
+    fetch e /mr
+    wait_entry "$(key_of /mr)"
+    age_entry "$(key_of /mr)" '10 seconds ago'
+    fetch f /mr
+    [ "$(fbody f)" = mr2 ]
+}
+
+@test "freshness: a background refresh answered 304 updates the entry's fields; one that fails leaves the stale entry and says why" {
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    answer 1 'Cache-Control: max-age=1, stale-while-revalidate=60\r\nETag: "r1"\r\nX-Gen: 1' body1
+    fake_answer 2 'HTTP/1.1 304 Not Modified\r\nETag: "r1"\r\nCache-Control: max-age=300, stale-while-revalidate=60\r\nX-Gen: 2\r\n\r\n'
+    answer 3 'Cache-Control: max-age=1, stale-while-revalidate=60\r\nETag: "q1"' q1
+    fake_answer 4 '' close
+    start_pibl
+    local key
+    key=$(key_of /r)
+    fetch a /r
+    wait_entry "$key"
+    age_entry "$key" '5 seconds ago'
+    fetch b /r
+    [ "$(fheader b X-Cache)" = STALE ]
+    [ "$(fheader b X-Gen)" = 1 ]
+    wait_entry_line "$key" 'lifetime: 300'
+    fetch c /r
+    [ "$(fheader c X-Cache)" = HIT ]
+    [ "$(fheader c X-Gen)" = 2 ]
+    [ "$(fbody c)" = body1 ]
+    # the backend closes on the refresh: the entry stays as it was, and the error log says so
+    fetch d /q
+    wait_entry "$(key_of /q)"
+    age_entry "$(key_of /q)" '5 seconds ago'
+    fetch e /q
+    [ "$(fbody e)" = q1 ]
+    wait_for_line "$PIBL_OUT" "^pibl: warning: cache: background refresh of $(key_of /q) failed: no answer\$"
+    [ -n "$(entry_file "$(key_of /q)")" ]
+}

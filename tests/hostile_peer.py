@@ -6,7 +6,8 @@ What it does, one sub-command each:
                  on 127.0.0.1, any free port, and prints "fake listening on 127.0.0.1:PORT". Request number R (1, 2, ...
                  counted over all connections) gets the bytes of file DIR/R, or DIR/default when there is none; when
                  DIR/R.close (or DIR/default.close) exists the connection is closed after the answer, otherwise it
-                 stays open for the next request. Each request head is logged to DIR/log as "conn=C req=R LINE",
+                 stays open for the next request; DIR/R.delay holds seconds (at most 10) to wait before
+                 answering request R. Each request head is logged to DIR/log as "conn=C req=R LINE",
                  and the raw bytes of request R (head, then the body as framed by Content-Length or chunked, read
                  whole before answering) are kept in DIR/req-R.
   slow PORT N SECS MODE REPORT
@@ -127,6 +128,10 @@ def backend(folder):
                     with open(os.path.join(folder, "req-%d" % req), "wb") as f:
                         f.write(head + b"\r\n\r\n" + body)
                 data, close = answer_for(req)
+                delay = os.path.join(folder, "%d.delay" % req)
+                if os.path.exists(delay):            # seconds to wait before answering, at most 10
+                    with open(delay) as f:
+                        time.sleep(min(float(f.read().strip() or 0), 10.0))
                 conn.sendall(data)
                 if close:
                     return
