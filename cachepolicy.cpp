@@ -336,8 +336,9 @@ if_range_holds(const struct http_header *ir, const struct http_response *stored)
     const struct http_header *lm =
         http_find_field(stored->headers, stored->n_headers, "last-modified");
 
-    if (ir->value_len > 0 && (ir->value[0] == '"' || ir->value[0] == 'W'))
-        return ir->value[0] == '"' && etag != NULL && etag->value_len == ir->value_len &&
+    int weak = ir->value_len >= 2 && ir->value[0] == 'W' && ir->value[1] == '/';
+    if (weak || (ir->value_len > 0 && ir->value[0] == '"'))   /* "Wed, ..." is a date */
+        return !weak && etag != NULL && etag->value_len == ir->value_len &&
             memcmp(etag->value, ir->value, ir->value_len) == 0;
     time_t when = http_parse_date(ir->value, ir->value_len);
     return when != -1 && lm != NULL && http_parse_date(lm->value, lm->value_len) == when;

@@ -268,7 +268,7 @@ int serve_bytes(struct conn *c)
 struct cache_reply {
     char etag[MAX_PARAM_BYTES + 8];  /* ETag value sent (quoted), "" when none */
     char vary[MAX_PARAM_BYTES];      /* Vary field value sent ("*" or a name), "" when none */
-    int last_modified;               /* lm=1: Last-Modified (g_last_modified) sent */
+    time_t last_modified;            /* the Last-Modified sent (lm=1 or lm=wed), 0 when none */
 };
 
 /*
@@ -276,7 +276,9 @@ struct cache_reply {
  * Vary: NAME for vary=NAME (a field name, or "*"); Expires: now + N as an
  * IMF-fixdate for expires=N (N >= 1), the invalid literal "Expires: 0"
  * (RFC 9111 5.3: a time in the past) for expires=0 or any other value;
- * Last-Modified: g_last_modified for lm=1. Records vary and lm in *cr.
+ * Last-Modified: g_last_modified for lm=1, or the Wednesday at or before it
+ * for lm=wed (a date whose text starts with "W", like a weak entity tag).
+ * Records vary and lm in *cr.
  * Returns 0, or -1 on a bad parameter (answer 400).
  */
 static int cache_validity_headers(const struct request *rq, char *extra, size_t cap, size_t *used,
@@ -309,9 +311,16 @@ static int cache_validity_headers(const struct request *rq, char *extra, size_t 
             n += (size_t)snprintf(extra + n, cap - n, "Expires: 0\r\n");
         }
     }
-    cr->last_modified = lm_len == 1 && lm[0] == '1';
-    if (cr->last_modified) {
-        if (http_date(g_last_modified, date, sizeof date) == -1)
+    cr->last_modified = 0;
+    if (lm_len == 1 && lm[0] == '1') {
+        cr->last_modified = g_last_modified;
+    } else if (lm_len == 3 && memcmp(lm, "wed", 3) == 0) {
+        struct tm tm;
+        gmtime_r(&g_last_modified, &tm);
+        cr->last_modified = g_last_modified - (time_t)(((tm.tm_wday + 7 - 3) % 7) * 86400);
+    }
+    if (cr->last_modified != 0) {
+        if (http_date(cr->last_modified, date, sizeof date) == -1)
             return -1;
         n += (size_t)snprintf(extra + n, cap - n, "Last-Modified: %s\r\n", date);
     }
@@ -372,7 +381,7 @@ int serve_cache(struct conn *c)
     if (cache_headers(&c->rq, n, extra, sizeof extra, &cr) == -1)
         return send_error(c, 400);
     if (inm.ptr != NULL ? cr.etag[0] != '\0' && etag_matches(inm, cr.etag)
-                        : cr.last_modified && not_modified(&c->rq, cr.etag, g_last_modified))
+                        : cr.last_modified != 0 && not_modified(&c->rq, cr.etag, cr.last_modified))
         return send_simple(c, 304, extra, "", 0);
     if (cr.vary[0] == '\0') {
         len = snprintf(body, sizeof body, "cache-body %s n=%lu\n", g_cfg.name, n);

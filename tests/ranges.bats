@@ -128,6 +128,15 @@ part() {
     [ "$(fstatus d)" = 206 ]
     fetch e "$t" -r 0-3 -H 'If-Range: Tue, 01 Jan 2019 00:00:00 GMT'
     [ "$(fstatus e)" = 200 ]
+    # A date whose text starts with W (Wednesday) is a date, not a weak tag.
+    t='/_cache?max_age=600&lm=wed'
+    stored "$t"
+    lm=$(fheader warm Last-Modified)
+    [[ "$lm" == Wed,* ]]
+    fetch w "$t" -r 0-3 -H "If-Range: $lm"
+    [ "$(fstatus w)" = 206 ]
+    [ "$(fbody w)" = cach ]
+    t='/_cache?max_age=600&etag=v1&lm=1'
     # A conditional that says the client's copy is current still wins: 304.
     fetch f "$t" -r 0-3 -H 'If-None-Match: "v1"'
     [ "$(fstatus f)" = 304 ]
