@@ -30,6 +30,7 @@
 #include <ctype.h>
 #include <stdlib.h>
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/sendfile.h>
@@ -78,13 +79,40 @@ cachepolicy_own_field(const struct http_header *h)
         http_name_is(h->name, h->name_len, "cache-status");
 }
 
-/* Append "name=values\n" for one request field name (lower-cased). */
+#define MAX_VARY_MEMBERS 32          /* list members of one varied field compared */
+#define MAX_VARIANTS     8           /* variant slots of a URL beside its own key */
+
+/* One member of a varied field's list, normalised. */
+struct vary_member {
+    char text[MAX_VARY_BYTES];
+    size_t len;
+};
+
+static int
+member_cmp(const void *a, const void *b)
+{
+    const struct vary_member *x = (const struct vary_member *)a, *y = (const struct vary_member *)b;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->text, y->text, n);
+    return c != 0 ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+/*
+ * Append "name=values\n" for one request field name (lower-cased), the
+ * values normalised where RFC 9110 lets two spellings mean the same: all
+ * its lines as one list (5.3), members without the blanks around them; for
+ * the Accept fields (case-insensitive tokens whose weights are their
+ * q-values, 12.4.2, not their places) also lower-cased, without inner
+ * blanks, and sorted.
+ * Returns 0, or -1 when it does not fit in cap.
+ */
 static int
 append_vary(const struct http_request *r, const char *name, size_t name_len, char *out,
     size_t *len, size_t cap)
 {
     struct http_builder b = { out, cap, *len, 0 };
-    int first = 1;
+    static thread_local struct vary_member m[MAX_VARY_MEMBERS];
+    int n = 0, accept = name_len >= 6 && strncasecmp(name, "accept", 6) == 0;
 
     for (size_t i = 0; i < name_len; i++) {
         char ch = (char)tolower((unsigned char)name[i]);
@@ -95,10 +123,33 @@ append_vary(const struct http_request *r, const char *name, size_t name_len, cha
         const struct http_header *h = &r->headers[i];
         if (h->name_len != name_len || strncasecmp(h->name, name, name_len) != 0)
             continue;
-        if (!first)
-            http_put(&b, ", ", 2);
-        http_put(&b, h->value, h->value_len);
-        first = 0;
+        const char *p = h->value, *end = p + h->value_len, *t;
+        size_t tl;
+        while ((tl = http_list_next(&p, end, ",", &t)) > 0 || p < end) {
+            if (tl == 0) {
+                p++;
+                continue;
+            }
+            while (tl > 0 && (t[tl - 1] == ' ' || t[tl - 1] == '\t'))
+                tl--;
+            if (n == MAX_VARY_MEMBERS || tl >= sizeof m[0].text)
+                return -1;
+            m[n].len = 0;
+            for (size_t k = 0; k < tl; k++) {
+                char ch = t[k];
+                if (accept && (ch == ' ' || ch == '\t'))
+                    continue;
+                m[n].text[m[n].len++] = accept ? (char)tolower((unsigned char)ch) : ch;
+            }
+            n++;
+        }
+    }
+    if (accept)
+        qsort(m, (size_t)n, sizeof m[0], member_cmp);
+    for (int i = 0; i < n; i++) {
+        if (i > 0)
+            http_put(&b, ",", 1);
+        http_put(&b, m[i].text, m[i].len);
     }
     http_put(&b, "\n", 1);
     if (b.overflow)
@@ -137,23 +188,104 @@ vary_of(const struct http_request *r, const struct http_response *resp, char *ou
     return 0;
 }
 
-/* 1 when the request carries the same values an entry was stored for. */
-static int
-vary_matches(const struct http_request *r, const char *stored)
+/*
+ * The request's values, as "name=value\n" lines, for the names in stored
+ * (an entry's lines). Returns their length, or -1 when they do not fit.
+ */
+static long
+vary_now(const struct http_request *r, const char *stored, char *now, size_t cap)
 {
-    char now[MAX_VARY_BYTES];
     size_t len = 0;
 
     for (const char *p = stored; *p != '\0';) {
         const char *eq = strchr(p, '='), *nl = strchr(p, '\n');
         if (eq == NULL || nl == NULL || eq > nl)
-            return 0;
-        if (append_vary(r, p, (size_t)(eq - p), now, &len, sizeof now - 1) == -1)
-            return 0;
+            return -1;
+        if (append_vary(r, p, (size_t)(eq - p), now, &len, cap - 1) == -1)
+            return -1;
         p = nl + 1;
     }
     now[len] = '\0';
-    return strcmp(now, stored) == 0;
+    return (long)len;
+}
+
+/* 1 when the request carries the same values an entry was stored for. */
+static int
+vary_matches(const struct http_request *r, const char *stored)
+{
+    char now[MAX_VARY_BYTES];
+    return vary_now(r, stored, now, sizeof now) >= 0 && strcmp(now, stored) == 0;
+}
+
+/*
+ * Variants (RFC 9111 4.1): the first answer stored for a URL has its key;
+ * the others live beside it under "KEY variant=N", N in [0, MAX_VARIANTS)
+ * chosen by a hash of the request's values for the names the first one
+ * varies on. A variant whose slot is taken replaces what is there, so a
+ * URL never has more than 1 + MAX_VARIANTS entries. A key holds no blank,
+ * so the URL's own key is what comes before the first one.
+ */
+#define VARIANT_SUFFIX " variant="
+
+static size_t
+url_key_len(const char *key, size_t len)
+{
+    const char *sp = (const char *)memchr(key, ' ', len);
+    return sp != NULL ? (size_t)(sp - key) : len;
+}
+
+/*
+ * The URL's entry e is another variant: make x->key this request's variant
+ * slot. Returns 1 when it did, 0 when x->key is a slot already or the
+ * values or the key do not fit (the variant then takes the URL's key).
+ */
+static int
+to_variant_slot(struct exchange *x, const struct cache_entry *e)
+{
+    char now[MAX_VARY_BYTES];
+    long n = vary_now(&x->req, e->vary, now, sizeof now);
+    size_t base = (size_t)x->key_len;
+
+    if (n < 0 || url_key_len(x->key, base) != base ||
+        base + sizeof VARIANT_SUFFIX + 4 > MAX_CACHE_KEY)
+        return 0;
+    uint64_t h = 0xcbf29ce484222325ULL;    /* FNV-1a */
+    for (long i = 0; i < n; i++)
+        h = (h ^ (unsigned char)now[i]) * 0x100000001b3ULL;
+    x->key_len += snprintf(x->key + base, sizeof x->key - base, VARIANT_SUFFIX "%u",
+        (unsigned)(h % MAX_VARIANTS));
+    return 1;
+}
+
+/* Look up x->key; an entry for other Vary values sends the lookup on to
+ * this request's variant slot. Returns 1 with e filled (judge it: a slot
+ * may hold yet another variant), 0 when there is none. */
+static int
+lookup(struct exchange *x, struct cache_entry *e)
+{
+    if (cache_lookup(x->key, (size_t)x->key_len, e) != 1)
+        return 0;
+    if (vary_matches(&x->req, e->vary) || !to_variant_slot(x, e))
+        return 1;
+    cache_release(e);
+    return cache_lookup(x->key, (size_t)x->key_len, e) == 1;
+}
+
+/* Delete a URL's entry and its variants. Returns 1 when one was there. */
+static int
+remove_url(const char *key, size_t len)
+{
+    char slot[MAX_CACHE_KEY + 16];
+    len = url_key_len(key, len);
+    int removed = cache_remove(key, len);
+
+    if (len + sizeof VARIANT_SUFFIX + 4 > MAX_CACHE_KEY)
+        return removed;
+    for (int i = 0; i < MAX_VARIANTS; i++) {
+        int n = snprintf(slot, sizeof slot, "%.*s" VARIANT_SUFFIX "%d", (int)len, key, i);
+        removed |= cache_remove(slot, (size_t)n);
+    }
+    return removed;
 }
 
 /* Statuses a cache may store without explicit freshness (RFC 9110 15.1). */
@@ -639,7 +771,7 @@ purge(struct conn *c, struct exchange *x)
         exchange_error(c, x, 403, "PURGE not allowed from this address", 1);
         return FRONT_DONE_KEEP;
     }
-    int removed = cache_remove(x->key, (size_t)x->key_len);
+    int removed = remove_url(x->key, (size_t)x->key_len);
     exchange_error(c, x, removed ? 200 : 404, removed ? "purged" : "not in cache", 1);
     x->err = NULL;
     return FRONT_DONE_KEEP;
@@ -708,7 +840,7 @@ cachepolicy_front(struct conn *c, struct exchange *x, const char *host, size_t h
         struct cache_entry e;
         x->cache = CACHE_MISS;
         x->cs_fwd = "uri-miss";
-        if (cache_lookup(x->key, (size_t)x->key_len, &e) == 1) {
+        if (lookup(x, &e) == 1) {
             int verdict = cachepolicy_judge(x, &e);
             if (verdict == ENTRY_OTHER_VARIANT) {
                 x->cs_fwd = "vary-miss";
@@ -751,7 +883,7 @@ cachepolicy_front_loop(struct conn *c, struct exchange *x, long *head_len, uint6
 {
     if (cachepolicy_plan(x, c->host, c->host_len, c->path, c->path_len) != PLAN_LOOKUP)
         return LOOP_HAND_OVER;
-    if (cache_lookup(x->key, (size_t)x->key_len, &x->hit) != 1) {
+    if (lookup(x, &x->hit) != 1) {
         if (!x->is_head) {
             if (cache_lock(x->key, (size_t)x->key_len, 0) != CACHE_LOCK_OWNED)
                 return LOOP_HAND_OVER;          /* taken: wait for it in a thread */
@@ -939,6 +1071,63 @@ cachepolicy_update(const struct pibl_config *cfg, const struct http_request *req
     return rc;
 }
 
+/* 1 when field name is in both heads with other values. */
+static int
+differs(const struct http_response *a, const struct http_response *b, const char *name)
+{
+    const struct http_header *x = http_find_field(a->headers, a->n_headers, name);
+    const struct http_header *y = http_find_field(b->headers, b->n_headers, name);
+    return x != NULL && y != NULL &&
+        (x->value_len != y->value_len || memcmp(x->value, y->value, x->value_len) != 0);
+}
+
+int
+cachepolicy_head_answered(struct conn *c, struct exchange *x, const struct http_response *resp,
+    const struct http_tokens *ct)
+{
+    struct cache_entry own, *e = &x->stale;
+    struct http_response stored;
+    int updated = 0;
+
+    if (!x->is_head || resp->status != 200 || x->key_len == 0)
+        return SERVE_NONE;
+    own.fd = -1;
+    own.slot = -1;
+    if (e->fd == -1) {
+        if (cache_lookup(x->key, (size_t)x->key_len, &own) != 1)
+            return SERVE_NONE;
+        e = &own;
+    }
+    char *head = (char *)malloc(e->head_len);
+    if (head != NULL && vary_matches(&x->req, e->vary) &&
+        cache_read_head(e, head, e->head_len) == 0 &&
+        http_parse_response(head, e->head_len, &stored) == 0) {
+        /* Another validator or length: the stored answer is not the one the
+         * origin has now. */
+        const struct http_header *cl = http_find_field(resp->headers, resp->n_headers,
+            "content-length");
+        long long len = cl != NULL ? http_parse_content_length(cl->value, cl->value_len) : -1;
+        if (differs(&stored, resp, "etag") || differs(&stored, resp, "last-modified") ||
+            (len >= 0 && (uint64_t)len != e->body_len))
+            cache_remove(x->key, (size_t)x->key_len);
+        else
+            updated = cachepolicy_update(c->cfg, &x->req, x->key, (size_t)x->key_len, e, resp,
+                ct, c->out, c->out_cap) == 1;
+    }
+    free(head);
+    cache_release(&own);
+    if (!updated)
+        return SERVE_NONE;
+    /* The answer is the updated entry's head: the stored fields the HEAD
+     * answer did not repeat are part of it. */
+    struct cache_entry now;
+    if (cache_lookup(x->key, (size_t)x->key_len, &now) != 1)
+        return SERVE_NONE;
+    int rc = serve(c, x, &now);
+    cache_release(&now);
+    return rc;
+}
+
 int
 cachepolicy_refresh(struct conn *c, struct exchange *x, const struct http_response *resp,
     const struct http_tokens *ct)
@@ -1032,7 +1221,7 @@ invalidate_ref(const struct exchange *x, const char *v, size_t len)
     memcpy(path + pl, v, len);
     int kl = cache_key(key, sizeof key, host, host_len, path, pl + len);
     if (kl > 0)
-        cache_remove(key, (size_t)kl);
+        remove_url(key, (size_t)kl);
 }
 
 void
@@ -1040,7 +1229,7 @@ cachepolicy_answered(struct exchange *x, const struct http_response *resp)
 {
     if (!x->invalidate || x->key_len <= 7 || resp->status < 200 || resp->status >= 400)
         return;
-    cache_remove(x->key, (size_t)x->key_len);
+    remove_url(x->key, (size_t)x->key_len);
     for (int i = 0; i < resp->n_headers; i++) {
         const struct http_header *h = &resp->headers[i];
         if (http_name_is(h->name, h->name_len, "location") ||
@@ -1062,7 +1251,7 @@ cachepolicy_end(struct exchange *x)
 {
     cachepolicy_unlock(x);
     if (x->invalidate && x->key_len > 0 && x->status >= 200 && x->status < 400)
-        cache_remove(x->key, (size_t)x->key_len);
+        remove_url(x->key, (size_t)x->key_len);
     x->invalidate = 0;
     cache_release(&x->stale);
     cache_release(&x->hit);

@@ -125,6 +125,16 @@ int cachepolicy_revalidating(const struct exchange *x);
 int cachepolicy_refresh(struct conn *c, struct exchange *x, const struct http_response *resp,
     const struct http_tokens *ct);
 
+/*
+ * A HEAD was answered 200 (resp): the stored GET answer for its key is
+ * invalidated when its ETag, Last-Modified or length differ, else its
+ * fields are updated as by a 304 (RFC 9111 4.3.5) and the client gets the
+ * updated entry's head. Returns an enum cachepolicy_served: SERVE_NONE
+ * when nothing was sent (relay resp as it is).
+ */
+int cachepolicy_head_answered(struct conn *c, struct exchange *x, const struct http_response *resp,
+    const struct http_tokens *ct);
+
 /* No backend could answer: serve x->stale if it is within its
  * stale-if-error, or else cache_stale_if_error, of its expiry (RFC 5861);
  * SERVE_REFUSED when its fields forbid a stale answer (must-revalidate,

@@ -646,6 +646,14 @@ relay_response(struct conn *c, struct exchange *x, struct upstream *u, size_t le
         return rc == SERVE_CLIENT_GONE ? -1 : 0;
     }
 
+    /* A HEAD's 200 updated what is stored: answered from the new entry. */
+    int hs = cachepolicy_head_answered(c, x, &resp, &ct);
+    if (hs != SERVE_NONE) {
+        *reuse = resp.minor_version == 1 && !ct.close && len == (size_t)head_len;
+        rr_mark_up(u->backend);
+        return hs == SERVE_CLIENT_GONE ? -1 : 0;
+    }
+
     struct cache_writer *cw = cachepolicy_store_begin(c, x, &resp, &ct);
     /* Requests collapsed behind this one do not wait for an answer that is
      * not stored, nor for a stream (no known length: server-sent events,

@@ -509,7 +509,7 @@ teardown() { helpers_teardown; }
 
 # ---------------------------------------------------------------- Vary, Expires, Last-Modified
 
-@test "cache: Vary: Accept-Language: same value HIT, another value (or none) is a MISS that replaces the entry; Vary: * is never stored" {
+@test "cache: Vary: Accept-Language: same value HIT; another value (or none) is a MISS stored beside it, each served after; Vary: * is never stored" {
     start_origin o1
     start_pibl
     local t='/_cache?max_age=600&vary=Accept-Language' key
@@ -526,46 +526,103 @@ teardown() { helpers_teardown; }
     [ "$(fbody b)" = "cache-body o1 n=1 vary=es" ]
     [ "$(origin_count o1 '^o1 GET /_cache')" -eq 1 ]
 
-    # another value: asked again, and the answer for en takes the key's only entry
+    # another value: asked again, and stored beside es (a variant slot of the same URL)
     fetch c "$t" -H 'Accept-Language: en'
     [ "$(fstatus c)" = 200 ]
     [ "$(fheader c X-Cache)" = MISS ]
     [ "$(fbody c)" = "cache-body o1 n=2 vary=en" ]
     [ "$(origin_count o1 '^o1 GET /_cache')" -eq 2 ]
-    wait_entry_line "$key" 'vary: accept-language=en'
-    [ "$(entry_meta "$(entry_file "$key")" | grep -c 'accept-language=es')" -eq 0 ]
-    [ "$(n_entries)" -eq 1 ]
+    wait_entries 2
+    grep -rlaqx 'vary: accept-language=en' "$CACHE_DIR"
     fetch d "$t" -H 'Accept-Language: en'
     [ "$(fheader d X-Cache)" = HIT ]
     [ "$(fbody d)" = "cache-body o1 n=2 vary=en" ]
-    [ "$(origin_count o1 '^o1 GET /_cache')" -eq 2 ]
-    # es was replaced: a MISS again; a request without the field only matches an entry stored without it
-    # (RFC 9111 4.1)
     fetch e "$t" -H 'Accept-Language: es'
-    [ "$(fheader e X-Cache)" = MISS ]
-    [ "$(fbody e)" = "cache-body o1 n=3 vary=es" ]
-    wait_entry_line "$key" 'vary: accept-language=es'
+    [ "$(fheader e X-Cache)" = HIT ]
+    [ "$(fbody e)" = "cache-body o1 n=1 vary=es" ]
+    [ "$(origin_count o1 '^o1 GET /_cache')" -eq 2 ]
+    # a request without the field only matches an entry stored without it (RFC 9111 4.1)
     fetch f "$t"
     [ "$(fheader f X-Cache)" = MISS ]
-    [ "$(fbody f)" = "cache-body o1 n=4 vary=" ]
-    [ "$(origin_count o1 '^o1 GET /_cache')" -eq 4 ]
-    wait_logged GET "$t" 6
-    [ "$(cache_seq GET "$t")" = "MISS HIT MISS HIT MISS MISS" ]
+    [ "$(fbody f)" = "cache-body o1 n=3 vary=" ]
+    wait_entries 3
+    fetch g "$t"
+    [ "$(fheader g X-Cache)" = HIT ]
+    [ "$(fbody g)" = "cache-body o1 n=3 vary=" ]
+    [ "$(origin_count o1 '^o1 GET /_cache')" -eq 3 ]
+    wait_logged GET "$t" 7
+    [ "$(cache_seq GET "$t")" = "MISS HIT MISS HIT HIT MISS HIT" ]
+
+    # a bound per URL: twenty languages leave at most 1 + 8 entries, each still answered right
+    local l
+    for l in a b c d e f g h i j k l m n o p q r s t; do
+        fetch "l$l" "$t" -H "Accept-Language: x-$l"
+        [ "$(fbody "l$l")" = "cache-body o1 n=$(origin_count o1 '^o1 GET /_cache') vary=x-$l" ]
+    done
+    [ "$(n_entries)" -le 9 ]
+    # PURGE drops the URL and every variant
+    fetch p "$t" -X PURGE
+    [ "$(fstatus p)" = 200 ]
+    [ "$(n_entries)" -eq 0 ]
+    fetch h "$t" -H 'Accept-Language: en'
+    [ "$(fheader h X-Cache)" = MISS ]
 
     # Vary: * can never be matched by a later request (RFC 9111 4.1): not stored
     local star='/_cache?max_age=600&vary=*'
     fetch g "$star"
     [ "$(fstatus g)" = 200 ]
     [ "$(fheader g Vary)" = '*' ]
-    [ "$(fbody g)" = "cache-body o1 n=5 vary=*" ]
+    [ "$(fbody g)" = "cache-body o1 n=25 vary=*" ]
     fetch h "$star"
     [ "$(fstatus h)" = 200 ]
     [ "$(fheader h X-Cache)" = MISS ]
-    [ "$(fbody h)" = "cache-body o1 n=6 vary=*" ]
+    [ "$(fbody h)" = "cache-body o1 n=26 vary=*" ]
     wait_logged GET "$star" 2
     [ "$(cache_seq GET "$star")" = "MISS MISS" ]
     [ -z "$(entry_file "$(key_of "$star")")" ]
     [ "$(origin_count o1 '^o1 GET /_cache\?max_age=600&vary=\*$')" -eq 2 ]
+}
+
+@test "cache: Vary keys are normalised: one list over several lines, blanks around members; Accept fields by case, inner blanks and order" {
+    start_origin o1
+    start_pibl
+    local al='/_cache?max_age=600&vary=Accept-Language' ae='/_cache?max_age=600&vary=Accept-Encoding'
+    local xf='/_cache?max_age=600&vary=X-Foo'
+    fetch a "$al" -H 'Accept-Language: en-US, fr;q=0.5'
+    [ "$(fheader a X-Cache)" = MISS ]
+    wait_entries 1
+    # the same preferences spelt otherwise: q-values rank, case and blanks mean nothing
+    fetch b "$al" -H 'Accept-Language: fr ; q=0.5,EN-us'
+    [ "$(fheader b X-Cache)" = HIT ]
+    fetch c "$al" -H 'Accept-Language: en-us' -H 'Accept-Language: FR;Q=0.5'
+    [ "$(fheader c X-Cache)" = HIT ]
+    # the order of the members does not count either (their q-values rank them); other values do
+    fetch d "$al" -H 'Accept-Language: fr;q=0.5, en-US'
+    [ "$(fheader d X-Cache)" = HIT ]
+    fetch e "$al" -H 'Accept-Language: en-US, fr;q=0.6'
+    [ "$(fheader e X-Cache)" = MISS ]
+    wait_entries 2
+    # Accept-Encoding alike
+    fetch f "$ae" -H 'Accept-Encoding: gzip, br'
+    [ "$(fheader f X-Cache)" = MISS ]
+    wait_entries 3
+    fetch g "$ae" -H 'Accept-Encoding: BR,gzip'
+    [ "$(fheader g X-Cache)" = HIT ]
+    fetch h "$ae" -H 'Accept-Encoding: gzip, deflate'
+    [ "$(fheader h X-Cache)" = MISS ]
+    # another field: its lines are one list, blanks around members do not count; case and order do
+    fetch i "$xf" -H 'X-Foo: a, b'
+    [ "$(fheader i X-Cache)" = MISS ]
+    wait_entries 5
+    fetch j "$xf" -H 'X-Foo: a' -H 'X-Foo:  b '
+    [ "$(fheader j X-Cache)" = HIT ]
+    fetch k "$xf" -H 'X-Foo: a,b'
+    [ "$(fheader k X-Cache)" = HIT ]
+    fetch l "$xf" -H 'X-Foo: b, a'
+    [ "$(fheader l X-Cache)" = MISS ]
+    fetch m "$xf" -H 'X-Foo: A, b'
+    [ "$(fheader m X-Cache)" = MISS ]
+    [ "$(origin_count o1 '^o1 GET /_cache')" -eq 7 ]
 }
 
 @test "cache: Expires sets the lifetime (capped by the launch TTL, max-age wins); an invalid Expires (0) is stored only with a validator and revalidated each time" {

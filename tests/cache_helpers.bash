@@ -121,6 +121,17 @@ n_entries() {
     find "$dir" -mindepth 2 -maxdepth 2 -type f ! -name '.tmp-*' 2>/dev/null | wc -l
 }
 
+# wait_entries N [DIR]: wait until the cache folder holds N entries (fails after HELPER_WAIT_SECS).
+wait_entries() {
+    local i
+    for ((i = 0; i < HELPER_WAIT_SECS * 20; i++)); do
+        [ "$(n_entries "${2:-}")" -eq "$1" ] && return 0
+        sleep 0.05
+    done
+    echo "the cache holds $(n_entries "${2:-}") entries, not $1" >&2
+    return 1
+}
+
 # age_entry KEY WHEN: touch -d WHEN on KEY's entry file (fails when there is none).
 age_entry() {
     local f

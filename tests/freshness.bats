@@ -218,6 +218,70 @@ http_date() {
     [ "$(fake_requests)" -eq 2 ]
 }
 
+# head_answer N FIELDS LEN: request N (a HEAD) gets a 200 with these fields and Content-Length LEN, no body.
+head_answer() {
+    fake_answer "$1" "HTTP/1.1 200 OK\r\n$2\r\nContent-Length: $3\r\n\r\n"
+}
+
+@test "freshness: a HEAD answer with the stored validators and length updates the entry's fields (RFC 9111 4.3.5); another ETag, Last-Modified or length invalidates it" {
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    local lm
+    lm=$(http_date '2 days ago' '%a, %d %b %Y %H:%M:%S GMT')
+    answer 1 "Cache-Control: max-age=1\r\nETag: \"v1\"\r\nLast-Modified: $lm\r\nX-Test: a" 'the stored body'
+    head_answer 2 "Cache-Control: max-age=100\r\nETag: \"v1\"\r\nLast-Modified: $lm\r\nX-Test: b" 15
+    answer 3 'Cache-Control: max-age=1\r\nETag: "e1"\r\nX-Test: a' 'body one'
+    head_answer 4 'Cache-Control: max-age=100\r\nETag: "e2"\r\nX-Test: b' 8
+    answer 5 'Cache-Control: max-age=100\r\nETag: "e2"' 'body two'
+    answer 6 "Cache-Control: max-age=1\r\nLast-Modified: $lm" 'body lm'
+    head_answer 7 "Cache-Control: max-age=100\r\nLast-Modified: $(http_date '1 hour ago' '%a, %d %b %Y %H:%M:%S GMT')" 7
+    answer 8 'Cache-Control: max-age=1\r\nETag: "n1"' 'body n'
+    head_answer 9 'Cache-Control: max-age=100\r\nETag: "n1"' 99
+    start_pibl
+    local u s v w
+    u=$(key_of /u) s=$(key_of /s) v=$(key_of /v) w=$(key_of /w)
+
+    # the same validators and length: the stored fields take the HEAD's, the body stays
+    fetch a /u
+    wait_entry "$u"
+    age_entry "$u" '1 minute ago'
+    fetch h /u -I
+    [ "$(fstatus h)" = 200 ]
+    [ "$(fheader h X-Test)" = b ]
+    [ "$(fheader h Content-Length)" = 15 ]
+    wait_entry_line "$u" 'lifetime: 100'
+    fetch b /u
+    [ "$(fheader b X-Cache)" = HIT ]
+    [ "$(fheader b X-Test)" = b ]
+    [ "$(fbody b)" = 'the stored body' ]
+    [ "$(fake_requests)" -eq 2 ]
+
+    # another ETag: the entry goes, the next GET asks the origin
+    fetch c /s
+    wait_entry "$s"
+    age_entry "$s" '1 minute ago'
+    fetch h2 /s -I
+    [ "$(fheader h2 ETag)" = '"e2"' ]
+    wait_no_entry "$s"
+    fetch d /s
+    [ "$(fheader d X-Cache)" = MISS ]
+    [ "$(fbody d)" = 'body two' ]
+    [ "$(fake_requests)" -eq 5 ]
+
+    # another Last-Modified, and another length: the same
+    fetch e /v
+    wait_entry "$v"
+    age_entry "$v" '1 minute ago'
+    fetch h3 /v -I
+    wait_no_entry "$v"
+    fetch f /w
+    wait_entry "$w"
+    age_entry "$w" '1 minute ago'
+    fetch h4 /w -I
+    [ "$(fheader h4 Content-Length)" = 99 ]
+    wait_no_entry "$w"
+    [ "$(fake_requests)" -eq 9 ]
+}
+
 @test "freshness: unsafe methods, unknown ones too, invalidate the target and same-host Location and Content-Location; safe ones and errors do not" {
     start_fake_backend "$BATS_TEST_TMPDIR/fake"
     answer default 'Cache-Control: max-age=600' stored
