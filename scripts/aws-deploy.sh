@@ -12,6 +12,18 @@
 #     byte-identical on the three);
 #   - one PIBL instance that builds PIBL, writes pibl.cfg with the three
 #     private IPs and runs it under systemd.
+# The larger topology (--proxies N, --web M, --web-asg; aws-cluster.sh): the
+# web servers come from a launch template and an Auto Scaling group of M
+# instances; N PIBL instances, spread over the default subnets of two or three
+# availability zones, each with a read-only instance profile and a systemd
+# timer running pibl-follow (scripts/pibl-follow.sh) every 30 s, which keeps its
+# backends equal to the group's in-service instances (checked by pibl -t,
+# applied by a reload); with N > 1 a Network Load Balancer (TCP listener on
+# PIBL's port, target group of the PIBL instances with a TCP health check)
+# fronts them and its name is the URL. PIBL's group then also accepts its port
+# from the load balancer's subnets (health checks). A re-run with other
+# counts scales: the group to M, the PIBL instances to N (the extra ones
+# deregistered and terminated).
 # How the web app and PIBL's source reach the instances (--source, chosen per
 # part before any AWS call):
 #   userdata  inside the user-data, when it fits in EC2's 16384 bytes
@@ -48,9 +60,13 @@ script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo_dir=$(cd "$script_dir/.." && pwd)
 # shellcheck source-path=SCRIPTDIR source=aws-lib.sh
 . "$script_dir/aws-lib.sh"
+# shellcheck source-path=SCRIPTDIR source=aws-cluster.sh
+. "$script_dir/aws-cluster.sh"
 
 readonly USERDATA_MAX=16384           # bytes, EC2's cap on raw user-data
-readonly N_WEB=3                      # web servers, as the assignment asks
+readonly MAX_PROXIES=10                # --proxies at most
+readonly MAX_WEB=20                   # --web at most
+readonly FOLLOW_BIN=/opt/pibl/bin/pibl-follow  # on a PIBL instance, with --web-asg
 readonly WEB_PORT=80                  # the web servers' HTTP port
 readonly PIBL_HOME=/var/lib/pibl      # on the instance: cwd, pibl.cfg, cache/, pibl.log
 readonly PIBL_BIN=/opt/pibl/bin/pibl  # on the instance: the built binary
@@ -78,6 +94,9 @@ key_dir=${PIBL_KEY_DIR:-$HOME/.ssh}
 wait_timeout=${PIBL_WAIT_TIMEOUT:-900}
 poll_seconds=${PIBL_POLL_SECONDS:-10}
 ssh_prog=${PIBL_SSH:-ssh}             # the SSH client; tests put a recorder here
+proxies=${PIBL_PROXIES:-1}
+web_count=${PIBL_WEB:-3}
+web_asg=${PIBL_WEB_ASG:-0}
 wait_http=1
 dry_run=0
 endpoint=${AWS_ENDPOINT_URL:-}
@@ -92,12 +111,15 @@ clone_ref=""                          # git mode: --branch for the clone ("" = r
 archive_commit=""                     # copy mode: the commit git archive packs
 vpc="" ami="" sg_pibl="" sg_web=""    # found or made by main
 pem="" known_hosts=""                 # the managed key and its host keys
+subnets=() subnet_cidrs=()            # --web-asg: the default subnets used (aws-cluster.sh)
+follow_profile=""                     # --web-asg: the PIBL instances' instance profile
 
 usage() {
     cat <<EOF
 Usage: ${0##*/} [options]
 
-Deploys PIBL and $N_WEB web servers to EC2 (default VPC) and prints the URL.
+Deploys PIBL and its web servers to EC2 (default VPC) and prints the URL:
+by default one PIBL and three web servers (the assignment's topology).
 Safe to re-run: existing resources are found by name and tags and reused.
 Remove everything with scripts/aws-destroy.sh (same --region and --project).
 
@@ -108,6 +130,11 @@ Options: [environment variable] (default: value)
                             imported from KEY_DIR/NAME.pem (made if missing)
   -c, --client-cidr CIDR    who may reach PIBL's port and SSH [PIBL_CLIENT_CIDR] (default: 0.0.0.0/0)
                             (narrow it, e.g. --client-cidr 203.0.113.7/32)
+      --proxies N           PIBL instances, 1..$MAX_PROXIES [PIBL_PROXIES] (default: 1); above 1 they
+                            stand behind a Network Load Balancer (implies --web-asg)
+      --web M               web servers, 1..$MAX_WEB [PIBL_WEB] (default: 3)
+      --web-asg             the web servers come from an Auto Scaling group, which
+                            replaces a dead one; every PIBL follows it [PIBL_WEB_ASG=1]
       --ttl SECONDS         PIBL cache TTL, 0..31536000, 0 = no cache [PIBL_TTL] (default: 60)
   -p, --project NAME        name and Project tag of everything [PIBL_PROJECT] (default: pibl)
       --port PORT           PIBL's listening port [PIBL_PORT] (default: 8080)
@@ -173,6 +200,9 @@ parse_args() {
         --www-dir) need_value "$1" $#; www_dir=$2; shift ;;
         --key-dir) need_value "$1" $#; key_dir=$2; shift ;;
         --wait-timeout) need_value "$1" $#; wait_timeout=$2; shift ;;
+        --proxies) need_value "$1" $#; proxies=$2; shift ;;
+        --web) need_value "$1" $#; web_count=$2; shift ;;
+        --web-asg) web_asg=1 ;;
         --no-wait) wait_http=0 ;;
         -n | --dry-run) dry_run=1 ;;
         *) die "unknown argument \"$1\" (see -h)" ;;
@@ -205,6 +235,15 @@ validate_args() {
     is_uint "$port" 1 65535 || die "port \"$port\" must be 1..65535"
     port=$((10#$port))
     [ "$port" -ne 22 ] || die "port 22 is SSH's; choose another PIBL port"
+    is_uint "$proxies" 1 "$MAX_PROXIES" || die "--proxies \"$proxies\" must be 1..$MAX_PROXIES"
+    proxies=$((10#$proxies))
+    is_uint "$web_count" 1 "$MAX_WEB" || die "--web \"$web_count\" must be 1..$MAX_WEB"
+    web_count=$((10#$web_count))
+    case $web_asg in
+    0 | 1) ;;
+    *) die "PIBL_WEB_ASG=\"$web_asg\" must be 0 or 1" ;;
+    esac
+    [ "$proxies" -eq 1 ] || web_asg=1   # several proxies follow a group, never a fixed list
     is_uint "$wait_timeout" 0 86400 || die "wait timeout \"$wait_timeout\" must be 0..86400 seconds"
     case $os_name in
     al2023) : "${ami_param:=/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64}" "${ssh_user:=ec2-user}" ;;
@@ -577,11 +616,20 @@ EOF
 render_pibl_cfg() {
     local b n=0
     printf '# pibl.cfg - generated by scripts/aws-deploy.sh for project %s.\n' "$project"
-    printf '# The backends are the private IPs of the %s web servers, named web1...\n' "$N_WEB"
+    if [ "$web_asg" = 1 ]; then
+        printf '# The backends are the private IPs of the Auto Scaling group %s, kept current\n' "$project-web"
+        printf '# by pibl-follow (pibl-follow.timer).\n'
+    else
+        printf '# The backends are the private IPs of the %s web servers, named web1...\n' "$web_count"
+    fi
     printf 'listen = 0.0.0.0\nport = %s\n' "$port"
     for b in "$@"; do
         n=$((n + 1))
-        printf 'backend = web%d %s\n' "$n" "$b"
+        if [ "$web_asg" = 1 ]; then
+            printf 'backend = %s\n' "$b"       # as pibl-follow writes them
+        else
+            printf 'backend = web%d %s\n' "$n" "$b"
+        fi
     done
     printf 'log_file = pibl.log\ncache_dir = cache\n'
 }
@@ -621,6 +669,9 @@ EOF
     render_unit
     cat <<'EOF'
 PIBL_UNIT_EOF
+EOF
+    [ "$web_asg" != 1 ] || render_follow
+    cat <<'EOF'
 if [ "$dry_run" != 1 ]; then
     if ! id pibl >/dev/null 2>&1; then
         useradd --system --home-dir /var/lib/pibl --shell /usr/sbin/nologin pibl
@@ -629,8 +680,53 @@ if [ "$dry_run" != 1 ]; then
     systemctl daemon-reload
     systemctl enable pibl.service
     systemctl restart pibl.service
+    if [ -f "$root/etc/systemd/system/pibl-follow.timer" ]; then
+        systemctl enable --now pibl-follow.timer
+    fi
 fi
 echo "pibl-setup: PIBL ready $(date -u +%FT%TZ)"
+EOF
+}
+
+# render_follow - print the lines that install pibl-follow (this checkout's
+# scripts/pibl-follow.sh) with its service and 30 s timer, and the AWS CLI it
+# calls (Amazon Linux has it; apt systems get the awscli package).
+render_follow() {
+    local follow=$script_dir/pibl-follow.sh
+    [ -f "$follow" ] || die "$follow is missing"
+    is_heredoc_safe "$follow" PIBL_FOLLOW_EOF || die "$follow holds the line PIBL_FOLLOW_EOF"
+    # shellcheck disable=SC2016  # for the generated script
+    printf 'mkdir -p "$root%s"\ncat > "$root%s" <<'"'"'PIBL_FOLLOW_EOF'"'"'\n' "$(dirname "$FOLLOW_BIN")" "$FOLLOW_BIN"
+    cat "$follow"
+    # shellcheck disable=SC2016
+    printf 'PIBL_FOLLOW_EOF\nchmod 0755 "$root%s"\n' "$FOLLOW_BIN"
+    cat <<'EOF'
+command -v aws >/dev/null 2>&1 || [ "$dry_run" = 1 ] || install_packages awscli
+cat > "$root/etc/systemd/system/pibl-follow.service" <<'PIBL_UNIT_EOF'
+[Unit]
+Description=PIBL: backends follow the web servers' Auto Scaling group
+After=network-online.target pibl.service
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+EOF
+    printf 'ExecStart=%s --group %s --region %s --config %s/pibl.cfg --port %s --pibl %s --reload "systemctl reload pibl"\n' \
+        "$FOLLOW_BIN" "$project-web" "$region" "$PIBL_HOME" "$WEB_PORT" "$PIBL_BIN"
+    cat <<'EOF'
+PIBL_UNIT_EOF
+cat > "$root/etc/systemd/system/pibl-follow.timer" <<'PIBL_UNIT_EOF'
+[Unit]
+Description=PIBL: look up the web servers' Auto Scaling group every 30 s
+
+[Timer]
+OnBootSec=30s
+OnUnitActiveSec=30s
+AccuracySec=5s
+
+[Install]
+WantedBy=timers.target
+PIBL_UNIT_EOF
 EOF
 }
 
@@ -803,6 +899,10 @@ choose_delivery() {
     if [ "$web_mode" != userdata ]; then
         render_web_userdata "$work_dir/web.sh" "$web_mode"
     fi
+    if [ "$web_mode" = copy ] && [ "$web_asg" = 1 ]; then
+        die "the web app cannot be copied over SSH to an Auto Scaling group (--web-asg, --proxies > 1): the
+  group launches instances on its own. Make it fit in the user-data or give a --git-url to clone"
+    fi
     web_ud_size=$(compress_userdata "$work_dir/web.sh" "$work_dir/web.sh.gz")
     [ "$web_ud_size" -le "$USERDATA_MAX" ] || die "the web servers' user-data is $web_ud_size bytes gzipped, over $USERDATA_MAX"
 
@@ -951,7 +1051,7 @@ allow_ingress() {
 
 # running_instances ROLE - print the project's running instances with that
 # Role (list_instances layout); in a dry run, plan the call and print
-# placeholders: N_WEB web servers or one PIBL instance.
+# placeholders: web_count web servers or proxies PIBL instances.
 running_instances() {
     local role=$1 instance_args=() n=1 i
     if [ "$dry_run" != 1 ]; then
@@ -960,7 +1060,8 @@ running_instances() {
     fi
     list_instances_args "$role" running
     plan_aws always "${instance_args[@]}"
-    [ "$role" = pibl ] || n=$N_WEB
+    n=$proxies
+    [ "$role" = pibl ] || n=$web_count
     for ((i = 1; i <= n; i++)); do
         printf '<%s-%s>\trunning\t<%s-%s-private-ip>\t<%s-%s-public-ip>\t%s\tNone\tNone\t%s-%s\n' \
             "$role" "$i" "$role" "$i" "$role" "$i" "$role" "$project" "$role"
@@ -969,10 +1070,14 @@ running_instances() {
 
 # ensure_instances ROLE COUNT GROUP USERDATA_GZ [TAG=VALUE...] - make sure
 # COUNT pending-or-running instances with this Role exist; launch the missing
-# ones with IMDSv2 required, tags and a client token. Sets the global array
-# instance_ids to their ids (sorted). Exits on error.
+# ones with IMDSv2 required, tags and a client token, terminate the ones over
+# COUNT (the last in id order). With subnets set (--web-asg) the PIBL
+# instances are launched one by one, spread over them, with the instance
+# profile. Sets the global array instance_ids to their ids (sorted). Exits on
+# error.
 ensure_instances() {
     local role=$1 count=$2 group=$3 userdata=$4 have="" n_have=0 token ids state instance_args=() i
+    local place=()
     shift 4
     if [ "$dry_run" = 1 ]; then
         list_instances_args "$role" "pending,running,stopping,stopped"
@@ -991,13 +1096,28 @@ ensure_instances() {
     # Same PIBL group + same number of survivors = same token: a retried
     # call returns the instances it already made instead of making more.
     token="$project-$role-$sg_pibl-$n_have"
+    [ -z "$follow_profile" ] || [ "$role" != pibl ] || place=(--iam-instance-profile "Name=$follow_profile")
     # shellcheck disable=SC2054  # the commas belong to the options
-    local launch=(ec2 run-instances --image-id "$ami" --instance-type "$instance_type"
-        --count "$((count - n_have))" --key-name "$key_name" --security-group-ids "$group"
+    local common=(--key-name "$key_name" --security-group-ids "$group" "${place[@]}"
         --user-data "fileb://$userdata"
         --metadata-options HttpTokens=required,HttpEndpoint=enabled,HttpPutResponseHopLimit=1
-        --tag-specifications "$(tag_spec instance "$role" "$@")" "$(tag_spec volume "$role")"
+        --tag-specifications "$(tag_spec instance "$role" "$@")" "$(tag_spec volume "$role")")
+    local launch=(ec2 run-instances --image-id "$ami" --instance-type "$instance_type"
+        --count "$((count - n_have))" "${common[@]}"
         --client-token "$token" --query 'Instances[].InstanceId' --output text)
+    if [ "$role" = pibl ] && [ ${#subnets[@]} -gt 0 ]; then
+        launch_spread "$count" "$n_have" "$have" "${common[@]}"
+        if [ "$dry_run" = 1 ]; then
+            instance_ids=()
+            for ((i = 1; i <= count; i++)); do
+                instance_ids+=("<$role-$i>")
+            done
+            return 0
+        fi
+        have=$(list_instances "$role" "pending,running") || die "could not list instances"
+        mapfile -t instance_ids < <(cut -f 1 <<<"$have")
+        return 0
+    fi
     if [ "$dry_run" = 1 ]; then
         plan_aws "if missing" "${launch[@]}"
         list_instances_args "$role" "pending,running"
@@ -1013,12 +1133,62 @@ ensure_instances() {
         info "$role: launched ${ids//$'\t'/ } (client token $token)"
     else
         info "$role: $n_have instance(s) exist, none launched"
-        [ "$n_have" -eq "$count" ] || warn "project $project has $n_have $role instances, expected $count; using them all"
+        [ "$n_have" -eq "$count" ] || terminate_extra "$role" "$count" "$have"
     fi
     have=$(list_instances "$role" "pending,running") || die "could not list instances"
     [ -n "$have" ] || die "no $role instance is pending or running after the launch: a client token of this
   deployment was used by instances that are now terminated. Run scripts/aws-destroy.sh, then deploy again."
     mapfile -t instance_ids < <(cut -f 1 <<<"$have")
+}
+
+# launch_spread COUNT N_HAVE LINES LAUNCH-ARGS... - launch the PIBL
+# instances N_HAVE+1..COUNT one by one, instance k in subnet k mod the number
+# of subnets (so two or more zones hold them), each with its own client token;
+# terminate the ones of LINES (the existing ones) over COUNT. A new instance
+# profile may take a few seconds to be usable by EC2: the launch is retried.
+launch_spread() {
+    local count=$1 n_have=$2 lines=$3 k ids tries token subnet
+    shift 3
+    for ((k = n_have; k < count; k++)); do
+        token="$project-pibl-$sg_pibl-$n_have-$k" subnet=${subnets[k % ${#subnets[@]}]}
+        local one=(ec2 run-instances --image-id "$ami" --instance-type "$instance_type" --count 1 "$@"
+            --subnet-id "$subnet" --client-token "$token" --query 'Instances[].InstanceId' --output text)
+        if [ "$dry_run" = 1 ]; then
+            plan_aws "if missing" "${one[@]}"
+            continue
+        fi
+        for ((tries = 1; ; tries++)); do
+            ids=$(aws_run "${one[@]}" 2>"$work_dir/launch.err") && break
+            if [ "$tries" -ge 6 ] || ! grep -qi 'instance profile' "$work_dir/launch.err"; then
+                die "could not launch PIBL instance $((k + 1)): $(cat "$work_dir/launch.err")"
+            fi
+            sleep "$poll_seconds"
+        done
+        info "pibl: launched ${ids//$'\t'/ } in $subnet (client token $token)"
+    done
+    if [ "$n_have" -gt "$count" ]; then
+        terminate_extra pibl "$count" "$lines"
+    elif [ "$n_have" -eq "$count" ]; then
+        info "pibl: $n_have instance(s) exist, none launched"
+    fi
+}
+
+# terminate_extra ROLE COUNT LINES - terminate the instances of LINES
+# (list_instances layout, sorted) past the first COUNT.
+terminate_extra() {
+    local role=$1 count=$2 extra
+    extra=$(tail -n "+$((count + 1))" <<<"$3" | cut -f 1 | tr '\n' ' ')
+    [ -n "${extra// /}" ] || return 0
+    if [ "$dry_run" = 1 ]; then
+        plan_aws "if over" ec2 terminate-instances --instance-ids '<extra>'
+        return 0
+    fi
+    # shellcheck disable=SC2086  # one word per id
+    aws_run ec2 terminate-instances --instance-ids $extra --query 'TerminatingInstances[].InstanceId' \
+        --output text >/dev/null || die "could not terminate the extra $role instances $extra"
+    info "$role: scaled down to $count, terminated $extra"
+    # shellcheck disable=SC2086
+    aws_run ec2 wait instance-terminated --instance-ids $extra || warn "the $role instances $extra are still terminating"
 }
 
 # wait_running ROLE IDS... - block until the instances run (the CLI's waiter
@@ -1150,6 +1320,7 @@ deliver_by_ssh() {
     if [ "$web_mode" = copy ]; then
         render_web_install "$work_dir/web-install.sh"
         while IFS=$'\t' read -r id _ priv _; do
+            [ -n "$id" ] || continue
             wait_for_ssh "$id" "$priv" "$pibl_id $pibl_addr"
             send_and_install "$id" "$priv" "$pibl_id $pibl_addr" "$work_dir/$WEB_ARCHIVE" \
                 "$work_dir/web-install.sh" "$WEB_ARCHIVE"
@@ -1160,6 +1331,16 @@ deliver_by_ssh() {
         send_and_install "$pibl_id" "$pibl_addr" "" "$work_dir/$PIBL_ARCHIVE" \
             "$work_dir/pibl-install.sh" "$PIBL_ARCHIVE"
     fi
+}
+
+# topology_lines PIBL_LINES - the summary's lines on the larger topology.
+topology_lines() {
+    [ "$web_asg" = 1 ] || return 0
+    printf '\n  Web group:  Auto Scaling group %s, %s instances; pibl-follow updates every PIBL within 30 s' \
+        "$(asg_name)" "$web_count"
+    printf '\n  Proxies:    %s' "$(cut -f 1,4 <<<"$1" | tr '\t\n' '@ ')"
+    [ "$proxies" -eq 1 ] || printf '\n  Balancer:   Network Load Balancer %s (TCP %s, targets: the %s proxies)' \
+        "$(nlb_name)" "$port" "$proxies"
 }
 
 # print_plan - dry run: the source modes, the user-data sizes and the calls.
@@ -1177,13 +1358,15 @@ EOF
     done
     cat <<EOF
 User-data (gzipped; EC2's limit is $USERDATA_MAX bytes per instance):
-  web  x$N_WEB (the same bytes): $web_ud_size bytes each
-  pibl x1: $pibl_ud_size bytes (with placeholder backend addresses; the real ones change it by a few bytes)
+  web  x$web_count (the same bytes): $web_ud_size bytes each
+  pibl x$proxies: $pibl_ud_size bytes (with placeholder backend addresses; the real ones change it by a few bytes)
 AWS calls, in order ([if missing]: skipped for what a re-run finds):
 EOF
     cat "$plan_file"
     if [ "$wait_http" = 1 ]; then
-        printf '\nThen: wait up to %s s for http://<pibl-1-public-ip>:%s/ to answer.\n' "$wait_timeout" "$port"
+        local at='<pibl-1-public-ip>'
+        [ "$proxies" -eq 1 ] || at='<nlb-dns-name>'
+        printf '\nThen: wait up to %s s for http://%s:%s/ to answer.\n' "$wait_timeout" "$at" "$port"
     fi
 }
 
@@ -1231,13 +1414,39 @@ main() {
     fi
 
     local pibl_lines web_lines backends=() id state priv pub role tport tbackends
-    ensure_instances web "$N_WEB" "$sg_web" "$work_dir/web.sh.gz"
+    if [ "$web_asg" = 1 ]; then
+        local sn cidr
+        if [ "$dry_run" = 1 ]; then
+            # shellcheck disable=SC2054
+            plan_aws always ec2 describe-subnets --filters "Name=vpc-id,Values=$vpc" Name=default-for-az,Values=true \
+                --query 'Subnets[].[SubnetId,AvailabilityZone,CidrBlock]' --output text
+            subnets=('<subnet-a>' '<subnet-b>') subnet_cidrs=('<cidr-a>' '<cidr-b>')
+        else
+            while IFS=$'\t' read -r sn _ cidr; do
+                subnets+=("$sn") subnet_cidrs+=("$cidr")
+            done < <(default_subnets || die "could not list the subnets of $vpc")
+            [ ${#subnets[@]} -ge 2 ] || die "the default VPC $vpc has ${#subnets[@]} default subnet(s); the larger
+  topology needs two availability zones (aws ec2 create-default-subnet --availability-zone ZONE)"
+            info "subnets: ${subnets[*]} (${subnet_cidrs[*]})"
+        fi
+        follow_profile=$(ensure_follow_profile)
+        ensure_launch_template "$work_dir/web.sh.gz"
+        ensure_web_group "$web_count" "${subnets[@]}"
+        mapfile -t instance_ids < <(wait_web_group "$web_count")
+    else
+        ensure_instances web "$web_count" "$sg_web" "$work_dir/web.sh.gz"
+    fi
     wait_running web "${instance_ids[@]}"
     web_lines=$(running_instances web) || die "could not list the web servers"
     while IFS=$'\t' read -r id state priv pub role tport tbackends _; do
         [ "$priv" != None ] || die "web server $id has no private IP"
+        [[ " ${instance_ids[*]} " == *" $id "* ]] || continue   # one the group is replacing
         backends+=("$priv:$WEB_PORT")
     done <<<"$web_lines"
+    if [ "$web_asg" = 1 ] && [ "$dry_run" != 1 ]; then
+        # numeric order, as pibl-follow writes them: its first run changes nothing
+        mapfile -t backends < <(printf '%s\n' "${backends[@]}" | sort -t . -k 1,1n -k 2,2n -k 3,3n -k 4,4n)
+    fi
     [ "$dry_run" = 1 ] || info "web servers: ${backends[*]}"
 
     if [ "$dry_run" != 1 ]; then
@@ -1246,28 +1455,44 @@ main() {
         [ "$pibl_ud_size" -le "$USERDATA_MAX" ] || die "PIBL's user-data is $pibl_ud_size bytes gzipped, over $USERDATA_MAX"
         info "PIBL user-data: $pibl_ud_size bytes gzipped (limit $USERDATA_MAX)"
     fi
-    ensure_instances pibl 1 "$sg_pibl" "$work_dir/pibl.sh.gz" \
+    ensure_instances pibl "$proxies" "$sg_pibl" "$work_dir/pibl.sh.gz" \
         "Port=$port" "Ttl=$ttl" "Backends=${backends[*]}"
     wait_running pibl "${instance_ids[@]}"
-    pibl_lines=$(running_instances pibl) || die "could not list the PIBL instance"
+    local pibl_ids=("${instance_ids[@]}") url_host
+    pibl_lines=$(running_instances pibl) || die "could not list the PIBL instances"
     IFS=$'\t' read -r id state priv pub role tport tbackends _ <<<"$(head -n 1 <<<"$pibl_lines")"
     [ "$pub" != None ] || die "PIBL instance $id has no public IP (does the default subnet assign them?)"
-    if [ "$dry_run" != 1 ] && [ "$tbackends" != "${backends[*]}" ]; then
+    if [ "$dry_run" != 1 ] && [ "$web_asg" != 1 ] && [ "$tbackends" != "${backends[*]}" ]; then
         warn "PIBL ($id) was configured for \"$tbackends\" but the web servers are now \"${backends[*]}\";
-  run scripts/aws-destroy.sh and deploy again to rebuild it"
+  run scripts/aws-destroy.sh and deploy again to rebuild it (or deploy with --web-asg, whose proxies follow the group)"
     fi
     if [ "$tport" != None ] && [ "$tport" != "$port" ]; then
         warn "PIBL ($id) was deployed on port $tport, not $port; keeping it"
         port=$tport
     fi
+    url_host=$pub
+    if [ "$proxies" -gt 1 ]; then
+        local c
+        for c in "${subnet_cidrs[@]}"; do
+            allow_ingress "$sg_pibl" "PIBL port $port from the load balancer's subnet $c (health checks)" \
+                --protocol tcp --port "$port" --cidr "$c"
+        done
+        url_host=$(ensure_load_balancer "${subnets[@]}")
+        sync_targets "${pibl_ids[@]}"
+    fi
 
-    deliver_by_ssh "$id" "$pub" "$web_lines" "${backends[@]}"
+    local p_id p_pub first_web=$web_lines
+    while IFS=$'\t' read -r p_id _ _ p_pub _; do
+        [ "$p_pub" != None ] || die "PIBL instance $p_id has no public IP"
+        deliver_by_ssh "$p_id" "$p_pub" "$first_web" "${backends[@]}"
+        first_web=""                      # the web servers get the app once
+    done <<<"$pibl_lines"
     if [ "$dry_run" = 1 ]; then
         print_plan
         return 0
     fi
 
-    local url="http://$pub:$port/" rc=0
+    local url="http://$url_host:$port/" rc=0
     if [ "$wait_http" = 1 ]; then
         wait_for_http "$url" || rc=1
     fi
@@ -1281,7 +1506,7 @@ PIBL deployment "$project" in $region
   Log:        $ssh_cmd tail -f $PIBL_HOME/pibl.log
               $ssh_cmd sudo journalctl -u pibl -f
   Setup log:  $ssh_cmd sudo cat /var/log/pibl-setup.log
-  Web:        ${backends[*]} (private; HTTP from PIBL only)
+  Web:        ${backends[*]} (private; HTTP from PIBL only)$(topology_lines "$pibl_lines")
   Status:     scripts/aws-status.sh --region $region --project $project
   Remove:     scripts/aws-destroy.sh --region $region --project $project
 EOF

@@ -5,11 +5,16 @@
 # (instances with id, name, role, state and public IP; security groups with id
 # and name; key pairs), asks "Delete these? [y/N]" and, on yes, deletes them in
 # dependency order:
-#   1. every instance of the project (PIBL and web servers), then waits until
+#   1. the larger topology's front (aws-cluster.sh), when there is one: the
+#      load balancer's listener, the load balancer (waited for), its target
+#      group, and the web servers' Auto Scaling group (deleted with its
+#      instances, waited for);
+#   2. every instance of the project (PIBL and web servers), then waits until
 #      they are terminated (their network interfaces hold the groups);
-#   2. the web servers' security group (its rule names PIBL's group);
-#   3. PIBL's security group;
-#   4. the key pair the deploy imported.
+#   3. the launch template, the PIBL instances' instance profile and role;
+#   4. the web servers' security group (its rule names PIBL's group);
+#   5. PIBL's security group;
+#   6. the key pair the deploy imported.
 # The answer is read from stdin, which must be a terminal: when stdin is not a
 # terminal (a pipe, a file, cron) it refuses unless --yes is given, so that no
 # stray input answers for the user. --dry-run lists and deletes nothing (it
@@ -30,6 +35,8 @@ set -euo pipefail
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source-path=SCRIPTDIR source=aws-lib.sh
 . "$script_dir/aws-lib.sh"
+# shellcheck source-path=SCRIPTDIR source=aws-cluster.sh
+. "$script_dir/aws-cluster.sh"
 
 region=${AWS_REGION:-${AWS_DEFAULT_REGION:-us-east-1}}
 project=${PIBL_PROJECT:-pibl}
@@ -39,7 +46,7 @@ poll_seconds=${PIBL_POLL_SECONDS:-10}
 delete_tries=${PIBL_DELETE_TRIES:-30}
 assume_yes=0
 dry_run=0
-instance_lines="" web_groups="" pibl_groups="" key_names=""   # set by collect
+instance_lines="" web_groups="" pibl_groups="" key_names="" cluster=""   # set by collect
 
 usage() {
     cat <<EOF
@@ -93,12 +100,17 @@ collect() {
     key_names=$(aws_run ec2 describe-key-pairs --filters "Name=tag:Project,Values=$project" \
         --query 'KeyPairs[].KeyName' --output text) || die "could not list key pairs"
     key_names=$(tr '\t' '\n' <<<"$key_names" | sed '/^$/d')
+    cluster=$(cluster_lines) || die "could not list the load balancer, Auto Scaling group and IAM role"
 }
 
 # show - print what collect found; return 1 when there is nothing.
 show() {
     local id state pub role name n=0
     echo "Project $project in $region:"
+    if [ -n "$cluster" ]; then
+        printf '%s\n' "$cluster"
+        n=$((n + 1))
+    fi
     while IFS=$'\t' read -r id state _ pub role _ _ name; do
         [ -n "$id" ] || continue
         printf '  instance        %-21s %-12s %-6s %-14s public IP %s\n' "$id" "$name" "$role" "$state" "$pub"
@@ -198,7 +210,7 @@ main() {
     check_cli_and_credentials
     collect
     if ! show; then
-        info "no instances, security groups or key pairs of project $project: nothing to delete"
+        info "no instances, security groups, key pairs, load balancer or Auto Scaling group of project $project: nothing to delete"
         return 0
     fi
     if [ "$dry_run" = 1 ]; then
@@ -206,7 +218,12 @@ main() {
         return 0
     fi
     confirm
+    if [ -n "$cluster" ]; then
+        delete_cluster_front
+        instance_lines=$(list_instances "" "$LIVE_STATES") || die "could not list instances"
+    fi
     terminate_instances
+    [ -z "$cluster" ] || delete_cluster_back
     delete_groups web "$web_groups"
     delete_groups pibl "$pibl_groups"
     delete_key_pairs

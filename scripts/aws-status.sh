@@ -5,6 +5,10 @@
 # states EC2 still reports, terminated ones included for the hour or so EC2
 # keeps them), its security groups and key pairs, then asks PIBL's URL
 # (http://PUBLIC-IP:PORT/, the port from the instance's Port tag) for an answer.
+# On the larger topology (aws-deploy.sh --proxies, --web-asg) it also shows
+# the Network Load Balancer with the health of each target (the PIBL
+# instances) and the web servers' Auto Scaling group with its instances, and
+# the URL asked is the load balancer's.
 # Exit status: 0 when PIBL answers; 1 when it does not, when nothing is
 # deployed, or on an error.
 #
@@ -14,6 +18,8 @@ set -euo pipefail
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source-path=SCRIPTDIR source=aws-lib.sh
 . "$script_dir/aws-lib.sh"
+# shellcheck source-path=SCRIPTDIR source=aws-cluster.sh
+. "$script_dir/aws-cluster.sh"
 
 region=${AWS_REGION:-${AWS_DEFAULT_REGION:-us-east-1}}
 project=${PIBL_PROJECT:-pibl}
@@ -78,6 +84,13 @@ main() {
         --query 'KeyPairs[].KeyName' --output text) || die "could not list key pairs"
     echo "Security groups: ${groups:-(none)}" | tr '\t' ' '
     echo "Key pairs: ${keys:-(none)}" | tr '\t' ' '
+    local cluster nlb
+    cluster=$(show_cluster) || die "could not read the load balancer or the Auto Scaling group"
+    [ -z "$cluster" ] || printf '%s\n' "$cluster"
+    nlb=$(sed -n 's/^Load balancer: [^ ]* \([^ ]*\) .*/\1/p' <<<"$cluster")
+    if [ -n "$nlb" ] && [ -n "$url" ]; then
+        url="http://$nlb:${url##*:}"           # the proxies' port, on the load balancer
+    fi
     if [ -z "$url" ]; then
         echo "PIBL: not running"
         exit 1

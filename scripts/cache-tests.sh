@@ -15,7 +15,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 suite_dir=${CACHE_TESTS_DIR:-$HOME/.cache/pibl-cache-tests}
 suite_version=0.4.5
-out= id= heuristic=off keep=0
+out='' id='' heuristic=off keep=0
 while getopts "o:i:H:kh" opt; do
     case $opt in
     o) out=$OPTARG ;;
@@ -37,7 +37,7 @@ fi
 [ -x "$here/pibl" ] || make -C "$here" -s pibl
 
 work=$(mktemp -d /tmp/pibl-cache-tests.XXXXXX)
-origin_pid= pibl_pid=
+origin_pid='' pibl_pid=''
 cleanup() {
     [ -n "$pibl_pid" ] && kill "$pibl_pid" 2> /dev/null && wait "$pibl_pid" 2> /dev/null
     [ -n "$origin_pid" ] && kill "$origin_pid" 2> /dev/null && wait "$origin_pid" 2> /dev/null
@@ -90,6 +90,7 @@ fi
 # true; a test whose dependency did not pass is not scored; a failed test is
 # required unless its kind is optimal or check; "Setup" results are the
 # suite's own set-up failing (counted apart).
+# shellcheck disable=SC2016  # JavaScript, not shell
 (cd "$pkg" && node --no-warnings --input-type=module -e '
 import tests from "./tests/index.mjs"
 import surrogate from "./tests/surrogate-control.mjs"

@@ -956,22 +956,32 @@ help_defaults() {
     [ "$status" -eq 0 ]
 }
 
-@test "the real AWS CLI against a local EC2 emulator (moto_server on 127.0.0.1), when installed" {
+# start_moto - start moto_server on a free loopback port (skips the test when it, python3 or the real AWS CLI is
+# missing) and point the scripts at it with the real CLI; the stubs of ssh and curl stay on PATH, so the
+# emulator's public addresses are never contacted. Sets MOTO_PID (teardown stops it) and REAL_AWS.
+start_moto() {
     command -v moto_server >/dev/null 2>&1 || skip "moto_server not installed: emulator run skipped"
     command -v python3 >/dev/null 2>&1 || skip "python3 not installed"
-    local real_aws
-    real_aws=$(PATH=${PATH#"$BATS_TEST_DIRNAME/aws-stub:"} command -v aws) || skip "the AWS CLI is not installed"
-    local port
+    REAL_AWS=$(PATH=${PATH#"$BATS_TEST_DIRNAME/aws-stub:"} command -v aws) || skip "the AWS CLI is not installed"
+    local port _
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     setsid moto_server -H 127.0.0.1 -p "$port" >"$BATS_TEST_TMPDIR/moto.log" 2>&1 3>&- &
     MOTO_PID=$!
     export AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
-    export PIBL_AWS_CLI=$real_aws AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
-    local _
+    export PIBL_AWS_CLI=$REAL_AWS AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
     for _ in $(seq 1 40); do
-        "$real_aws" --endpoint-url "$AWS_ENDPOINT_URL" --region us-east-1 sts get-caller-identity >/dev/null 2>&1 && break
+        "$REAL_AWS" --endpoint-url "$AWS_ENDPOINT_URL" --region us-east-1 sts get-caller-identity >/dev/null 2>&1 && break
         sleep 0.5
     done
+}
+
+# moto ARGS... - the real CLI against the emulator, text output.
+moto() {
+    AWS_PAGER='' "$REAL_AWS" --endpoint-url "$AWS_ENDPOINT_URL" --region us-east-1 --output text "$@"
+}
+
+@test "the real AWS CLI against a local EC2 emulator (moto_server on 127.0.0.1), when installed" {
+    start_moto
     # The curl stub stays on PATH: the emulator's public IPs are never contacted.
     run "$DEPLOY" --no-wait
     echo "$output"
@@ -1010,4 +1020,150 @@ help_defaults() {
     [ "$(grep -c ' running ' <<<"$output")" -eq 0 ]
     [[ "$output" == *"Security groups: (none)"* ]] && [[ "$output" == *"Key pairs: (none)"* ]]
     [ ! -s "$AWS_STUB_DIR/curl-calls" ]
+}
+
+@test "larger topology on moto_server: NLB over two zones with the proxies as targets, web servers in an Auto Scaling group, rules, re-run, scaling, teardown" {
+    start_moto
+    export PIBL_CLIENT_CIDR=203.0.113.0/24
+    run "$DEPLOY" --proxies 2 --web 3 --no-wait
+    echo "$output"
+    [ "$status" -eq 0 ]
+    local nlb_arn dns tg_arn sg_pibl sg_web pibl_ids
+    read -r nlb_arn dns <<<"$(moto elbv2 describe-load-balancers --names pibl-nlb \
+        --query 'LoadBalancers[0].[LoadBalancerArn,DNSName]')"
+    [ -n "$dns" ]
+    [[ "$output" == *"URL:        http://$dns:8080/"* ]]
+    [ "$(moto elbv2 describe-load-balancers --names pibl-nlb --query 'LoadBalancers[0].[Type,Scheme]')" = \
+        $'network\tinternet-facing' ]
+    [ "$(moto elbv2 describe-load-balancers --names pibl-nlb --query 'LoadBalancers[0].AvailabilityZones[].ZoneName' |
+        wc -w)" -ge 2 ]
+    tg_arn=$(moto elbv2 describe-target-groups --names pibl-pibl --query 'TargetGroups[0].TargetGroupArn')
+    [ "$(moto elbv2 describe-target-groups --names pibl-pibl \
+        --query 'TargetGroups[0].[Protocol,Port,TargetType,HealthCheckProtocol]')" = $'TCP\t8080\tinstance\tTCP' ]
+    [ "$(moto elbv2 describe-listeners --load-balancer-arn "$nlb_arn" \
+        --query 'Listeners[].[Protocol,Port,DefaultActions[0].Type,DefaultActions[0].TargetGroupArn]')" = \
+        $'TCP\t8080\tforward\t'"$tg_arn" ]
+    # the targets are exactly the running PIBL instances, spread over two zones, with the follow profile
+    pibl_ids=$(moto ec2 describe-instances --filters Name=tag:Project,Values=pibl Name=tag:Role,Values=pibl \
+        Name=instance-state-name,Values=running --query 'Reservations[].Instances[].InstanceId' | tr '\t' '\n' | sort)
+    [ "$(wc -l <<<"$pibl_ids")" -eq 2 ]
+    [ "$(moto elbv2 describe-target-health --target-group-arn "$tg_arn" \
+        --query 'TargetHealthDescriptions[].Target.Id' | tr '\t' '\n' | sort)" = "$pibl_ids" ]
+    # shellcheck disable=SC2086
+    [ "$(moto ec2 describe-instances --instance-ids $pibl_ids \
+        --query 'Reservations[].Instances[].Placement.AvailabilityZone' | tr '\t' '\n' | sort -u | wc -l)" -eq 2 ]
+    # shellcheck disable=SC2086
+    [ "$(moto ec2 describe-instances --instance-ids $pibl_ids \
+        --query 'Reservations[].Instances[].IamInstanceProfile.Arn' | tr '\t' '\n' | grep -c 'instance-profile/pibl-follow$')" -eq 2 ]
+    # the follow role may only read
+    [ "$(moto iam get-role-policy --role-name pibl-follow --policy-name pibl-follow-read-only \
+        --query 'PolicyDocument.Statement[].Action[]' | tr '\t' '\n' | sort | paste -sd' ')" = \
+        'autoscaling:DescribeAutoScalingGroups ec2:DescribeInstances' ]
+    # each PIBL's user-data installs pibl-follow and its timer, for this group
+    local id
+    id=$(head -n 1 <<<"$pibl_ids")
+    moto ec2 describe-instance-attribute --instance-id "$id" --attribute userData --query UserData.Value |
+        base64 -d >"$BATS_TEST_TMPDIR/pibl-ud.gz"
+    local root=$BATS_TEST_TMPDIR/pibl-root
+    run dry_run_userdata "$BATS_TEST_TMPDIR/pibl-ud.gz" "$root"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    cmp "$root/opt/pibl/bin/pibl-follow" "$REPO/scripts/pibl-follow.sh"
+    [ -x "$root/opt/pibl/bin/pibl-follow" ]
+    grep -qx 'ExecStart=/opt/pibl/bin/pibl-follow --group pibl-web --region us-east-1 --config /var/lib/pibl/pibl.cfg --port 80 --pibl /opt/pibl/bin/pibl --reload "systemctl reload pibl"' \
+        "$root/etc/systemd/system/pibl-follow.service"
+    grep -qx 'OnUnitActiveSec=30s' "$root/etc/systemd/system/pibl-follow.timer"
+    # the first config already holds the group's instances, sorted as pibl-follow writes them
+    local web_ids web_ips
+    web_ids=$(moto autoscaling describe-auto-scaling-groups --auto-scaling-group-names pibl-web \
+        --query 'AutoScalingGroups[0].Instances[].InstanceId')
+    # shellcheck disable=SC2086
+    web_ips=$(moto ec2 describe-instances --instance-ids $web_ids --query 'Reservations[].Instances[].PrivateIpAddress' |
+        tr '\t' '\n' | sort -t . -k 1,1n -k 2,2n -k 3,3n -k 4,4n)
+    [ "$(sed -n 's/^backend = \(.*\):80$/\1/p' "$root/var/lib/pibl/pibl.cfg")" = "$web_ips" ]
+    # web servers: a launch template and a group of 3, tagged like the plain ones
+    [ "$(moto ec2 describe-launch-templates --launch-template-names pibl-web \
+        --query 'LaunchTemplates[0].LaunchTemplateName')" = pibl-web ]
+    [ "$(moto autoscaling describe-auto-scaling-groups --auto-scaling-group-names pibl-web \
+        --query 'AutoScalingGroups[0].[MinSize,MaxSize,DesiredCapacity]')" = $'3\t3\t3' ]
+    [ "$(moto autoscaling describe-auto-scaling-groups --auto-scaling-group-names pibl-web \
+        --query 'AutoScalingGroups[0].Instances[].InstanceId' | wc -w)" -eq 3 ]
+    [ "$(moto ec2 describe-instances --filters Name=tag:Project,Values=pibl Name=tag:Role,Values=web \
+        Name=instance-state-name,Values=running --query 'Reservations[].Instances[].InstanceId' | wc -w)" -eq 3 ]
+    # rules: web accepts 80 from the proxies' group only; the proxies their port from the client CIDR and the
+    # load balancer's subnets, SSH from the client CIDR; nothing else
+    sg_pibl=$(moto ec2 describe-security-groups --filters Name=group-name,Values=pibl-pibl --query 'SecurityGroups[0].GroupId')
+    sg_web=$(moto ec2 describe-security-groups --filters Name=group-name,Values=pibl-web --query 'SecurityGroups[0].GroupId')
+    [ "$(moto ec2 describe-security-groups --group-ids "$sg_web" \
+        --query 'SecurityGroups[0].IpPermissions[].[IpProtocol,FromPort,ToPort,UserIdGroupPairs[0].GroupId,length(IpRanges)]')" = \
+        $'tcp\t80\t80\t'"$sg_pibl"$'\t0' ]
+    local rules subnet_cidrs
+    rules=$(moto ec2 describe-security-groups --group-ids "$sg_pibl" \
+        --query 'SecurityGroups[0].IpPermissions[].[FromPort,IpRanges[].CidrIp]' | paste -sd' ' | tr '\t' ' ')
+    echo "rules: $rules"
+    subnet_cidrs=$(moto ec2 describe-subnets --filters Name=default-for-az,Values=true \
+        --query 'Subnets[].[AvailabilityZone,CidrBlock]' | sort | head -n 3 | cut -f 2 | sort | paste -sd' ')
+    [ "$(moto ec2 describe-security-groups --group-ids "$sg_pibl" \
+        --query 'SecurityGroups[0].IpPermissions[?FromPort==`8080`].IpRanges[].CidrIp' | tr '\t' '\n' | sort | paste -sd' ')" = \
+        "$(printf '%s\n' 203.0.113.0/24 $subnet_cidrs | sort | paste -sd' ')" ]
+    [ "$(moto ec2 describe-security-groups --group-ids "$sg_pibl" \
+        --query 'SecurityGroups[0].IpPermissions[?FromPort==`22`].IpRanges[].CidrIp')" = 203.0.113.0/24 ]
+    [ "$(moto ec2 describe-security-groups --group-ids "$sg_pibl" \
+        --query 'SecurityGroups[0].IpPermissions[].FromPort' | tr '\t' '\n' | sort -n | paste -sd' ')" = '22 8080' ]
+
+    # a second run changes nothing
+    run "$DEPLOY" --proxies 2 --web 3 --no-wait
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" != *"launched"* ]] && [[ "$output" != *"created"* ]] && [[ "$output" != *"scaled"* ]]
+    [[ "$output" == *"Auto Scaling group pibl-web has 3 instances, unchanged"* ]]
+
+    # other counts scale: up to 3 proxies and 4 web servers, then down to 2 proxies
+    run "$DEPLOY" --proxies 3 --web 4 --no-wait
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [ "$(moto elbv2 describe-target-health --target-group-arn "$tg_arn" --query 'TargetHealthDescriptions[].Target.Id' | wc -w)" -eq 3 ]
+    [ "$(moto autoscaling describe-auto-scaling-groups --auto-scaling-group-names pibl-web \
+        --query 'AutoScalingGroups[0].[MinSize,MaxSize,DesiredCapacity]')" = $'4\t4\t4' ]
+    [ "$(moto ec2 describe-instances --filters Name=tag:Project,Values=pibl Name=tag:Role,Values=pibl \
+        Name=instance-state-name,Values=running --query 'Reservations[].Instances[].Placement.AvailabilityZone' |
+        tr '\t' '\n' | sort -u | wc -l)" -eq 3 ]
+    run "$DEPLOY" --proxies 2 --web 4 --no-wait
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"pibl: scaled down to 2"* ]]
+    pibl_ids=$(moto ec2 describe-instances --filters Name=tag:Project,Values=pibl Name=tag:Role,Values=pibl \
+        Name=instance-state-name,Values=pending,running --query 'Reservations[].Instances[].InstanceId' | tr '\t' '\n' | sort)
+    [ "$(wc -l <<<"$pibl_ids")" -eq 2 ]
+    [ "$(moto elbv2 describe-target-health --target-group-arn "$tg_arn" \
+        --query 'TargetHealthDescriptions[].Target.Id' | tr '\t' '\n' | sort)" = "$pibl_ids" ]
+
+    # status shows the load balancer, its targets and the group, and asks the load balancer's URL
+    run "$STATUS" --no-probe
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"Load balancer: pibl-nlb $dns"* ]]
+    [ "$(sed -n '/^Targets of pibl-pibl:/,/^[A-Z]/p' <<<"$output" | grep -c '^  i-')" -eq 2 ]
+    [[ "$output" == *"Auto Scaling group: pibl-web min 4 max 4 desired 4"* ]]
+    [[ "$output" == *"PIBL: http://$dns:8080/ (not probed)"* ]]
+
+    # teardown: listed, then everything goes, and a second run finds nothing
+    run "$DESTROY" --yes
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"load balancer    pibl-nlb"* ]] && [[ "$output" == *"auto scaling     pibl-web"* ]]
+    [[ "$output" == *"IAM role         pibl-follow"* ]]
+    [ -z "$(moto elbv2 describe-load-balancers --query 'LoadBalancers[].LoadBalancerName')" ]
+    [ -z "$(moto elbv2 describe-target-groups --query 'TargetGroups[].TargetGroupName')" ]
+    [ -z "$(moto autoscaling describe-auto-scaling-groups --query 'AutoScalingGroups[].AutoScalingGroupName')" ]
+    [ -z "$(moto ec2 describe-launch-templates --query 'LaunchTemplates[].LaunchTemplateName')" ]
+    [ -z "$(moto iam list-instance-profiles --query 'InstanceProfiles[].InstanceProfileName')" ]
+    [ -z "$(moto iam list-roles --query "Roles[?RoleName=='pibl-follow'].RoleName")" ]
+    [ -z "$(moto ec2 describe-instances --filters Name=tag:Project,Values=pibl \
+        Name=instance-state-name,Values=pending,running,stopping,stopped,shutting-down --query 'Reservations[].Instances[].InstanceId')" ]
+    [ -z "$(moto ec2 describe-security-groups --filters Name=tag:Project,Values=pibl --query 'SecurityGroups[].GroupId')" ]
+    run "$DESTROY" --yes
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"nothing to delete"* ]]
 }
