@@ -23,9 +23,12 @@
 # same load in the same rounds, as the run to compare with); one 1 GiB
 # response streamed through each proxy with curl (peak RSS); WebSocket echo
 # round trips through 64 tunnels (scripts/ws-load.c) and the memory of
-# BENCH_WS_IDLE idle tunnels held open. The 1.4 KB miss
-# at 64 connections also runs HAProxy in TCP mode (haproxy-tcp): a relay
-# that parses no HTTP, a reference for what moving these bytes costs.
+# BENCH_WS_IDLE idle tunnels held open. Two floors run as reference rows in
+# the same alternating rounds, outside the targets: the 1.4 KB rows run
+# nginx-mem, nginx answering the page from memory (return 200, no upstream:
+# what parsing a request and writing an answer costs an HTTP server here),
+# and the 1.4 KB misses run HAProxy in TCP mode (haproxy-tcp): a relay that
+# parses no HTTP, what moving these bytes through a user-space relay costs.
 #
 # What it refuses: it installs nothing (nginx or HAProxy missing: skipped with
 # a note; wrk missing: exit 2), listens and connects on 127.0.0.1 only, kills
@@ -117,11 +120,11 @@ stop_pid() {
     wait "$pid" 2>/dev/null || true
 }
 
-# stop_proxy NAME: stop the proxy of this scenario (nginx: its children too).
+# stop_proxy NAME: stop the proxy of this scenario (nginx, nginx-mem: their children too).
 stop_proxy() {
     local pid=${PID[$1]:-} kids=() k
     [ -n "$pid" ] || return 0
-    if [ "$1" = nginx ]; then
+    if [ "$1" = nginx ] || [ "$1" = nginx-mem ]; then
         mapfile -t kids < <(children_of "$pid")
     fi
     stop_pid "$pid"
@@ -232,11 +235,11 @@ status_kb() {
     echo "$total"
 }
 
-# proxy_pids NAME: the processes that make up a proxy (nginx: master + children).
+# proxy_pids NAME: the processes that make up a proxy (nginx, nginx-mem: master + children).
 proxy_pids() {
     local pid=${PID[$1]}
     echo "$pid"
-    if [ "$1" = nginx ]; then
+    if [ "$1" = nginx ] || [ "$1" = nginx-mem ]; then
         children_of "$pid"
     fi
 }
@@ -373,6 +376,51 @@ EOF
     PIDS+=("${PID[nginx]}")
 }
 
+# start_nginx_mem: nginx-mem, a fresh nginx (the same workers, keep-alive and
+# access log as start_nginx) that answers every request with small.html from
+# its configuration (return 200): the from-memory floor of the 1.4 KB rows.
+start_nginx_mem() {
+    local dir=$TMP/nginx-mem user="" page
+    rm -rf "$dir"
+    mkdir -p "$dir/tmp"
+    PORT[nginx-mem]=$(free_port)
+    [ "$(id -u)" -ne 0 ] || user="user root;"
+    page=$(cat "$TMP/www/small.html")
+    [[ $page != *'$'* ]] || die "small.html holds a \$, which nginx's return would read as a variable"
+    page=${page//\\/\\\\}
+    page=${page//\"/\\\"}
+    cat > "$dir/nginx.conf" <<EOF
+# written by scripts/bench.sh
+$user
+worker_processes 2;
+worker_rlimit_nofile 20000;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 16000; }
+http {
+    access_log $dir/access.log;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    keepalive_timeout 300s;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:${PORT[nginx-mem]} backlog=4096;
+        location / {
+            default_type text/html;
+            return 200 "$page
+";
+        }
+    }
+}
+EOF
+    nginx -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf" -g 'daemon off;' > /dev/null 2> "$dir/stderr" &
+    PID[nginx-mem]=$!
+    PIDS+=("${PID[nginx-mem]}")
+}
+
 # start_haproxy CACHE(0|1) [MODE]: a fresh HAProxy in the foreground, 2
 # threads, its log on stdout (a file). MODE http (the key haproxy): its RAM
 # cache for the hit rows. MODE tcp (the key haproxy-tcp): a relay that parses
@@ -455,6 +503,7 @@ start_proxies() {
             nginx) start_nginx "$1" ;;
             haproxy) start_haproxy "$1" ;;
             haproxy-tcp) start_haproxy 0 tcp ;;
+            nginx-mem) start_nginx_mem ;;
         esac
         if ! wait_http "${PORT[$p]}" "${PID[$p]}"; then
             cat "$TMP/$p/stderr" >&2 2>/dev/null || true
@@ -530,15 +579,19 @@ wanted() {
     [ -z "$ONLY" ] || [[ $1 =~ $ONLY ]]
 }
 
-# scenario NAME CONNS PATH CACHE(0|1) [RELAY(0|1)]: fresh proxies, warm-up,
-# ROUNDS alternating wrk runs, peak RSS. RELAY 1 adds HAProxy in TCP mode
-# (when HAProxy takes part) as the row's reference relay.
+# scenario NAME CONNS PATH CACHE(0|1) [RELAY(0|1) [FLOOR(0|1)]]: fresh
+# proxies, warm-up, ROUNDS alternating wrk runs, peak RSS. RELAY 1 adds
+# HAProxy in TCP mode (when HAProxy takes part) as the row's reference relay;
+# FLOOR 1 adds nginx answering from memory (when nginx takes part).
 scenario() {
     local round p saved=("${PROXIES[@]}")
     SCEN=$1
     wanted "$SCEN" || return 0
     if [ "${5:-0}" -eq 1 ] && [[ " ${PROXIES[*]} " == *" haproxy "* ]]; then
         PROXIES+=(haproxy-tcp)
+    fi
+    if [ "${6:-0}" -eq 1 ] && [[ " ${PROXIES[*]} " == *" nginx "* ]]; then
+        PROXIES+=(nginx-mem)
     fi
     note "$SCEN: ${#PROXIES[@]} proxies x $ROUNDS rounds x ${DUR}s"
     start_proxies "$4"
@@ -979,12 +1032,12 @@ main() {
         awk -F'\t' '$2 == "pibl" && $7 > 0 && $8 == 0 { ok = 1 } END { exit !ok }' "$OUT/results.tsv"
         return
     fi
-    scenario small-miss-c64 64 /small.html 0 1
-    scenario small-hit-c64 64 /small.html 1
+    scenario small-miss-c64 64 /small.html 0 1 1
+    scenario small-hit-c64 64 /small.html 1 0 1
     scenario big-miss-c64 64 /big.bin 0
     scenario big-hit-c64 64 /big.bin 1
-    scenario small-miss-c1000 1000 /small.html 0
-    scenario small-hit-c1000 1000 /small.html 1
+    scenario small-miss-c1000 1000 /small.html 0 1 1
+    scenario small-hit-c1000 1000 /small.html 1 0 1
     scenario big-miss-c1000 1000 /big.bin 0
     scenario big-hit-c1000 1000 /big.bin 1
     idle_scenario

@@ -72,6 +72,27 @@ BENCH="$BATS_TEST_DIRNAME/../scripts/bench.sh"
     [ -z "$(ls -A "$BATS_TEST_TMPDIR/tmp")" ]
 }
 
+@test "bench.sh 1.4 KB rows: nginx answering the page from memory runs as the floor row, outside the targets" {
+    command -v wrk > /dev/null || skip "wrk not installed"
+    command -v nginx > /dev/null || skip "nginx not installed"
+    mkdir "$BATS_TEST_TMPDIR/tmp"
+    run env BENCH_PROXIES="pibl nginx" BENCH_ONLY='^small-hit-c64$' BENCH_SECONDS=1 BENCH_ROUNDS=1 \
+        BENCH_STREAM_BYTES=1 BENCH_OUT="$BATS_TEST_TMPDIR/bench-out" TMPDIR="$BATS_TEST_TMPDIR/tmp" timeout 120 "$BENCH"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ $output =~ \|\ small-hit-c64\ \|\ nginx-mem\ \|\ [1-9][0-9]*\ \|.*\|\ 0\ \|\ [0-9.]+\ x,\ [0-9.]+\ x,\ [0-9.]+\ x\ \| ]]
+    [[ $output =~ \|\ small-hit-c64\ \|\ nginx\ \|\ [1-9][0-9]*\ \| ]]
+    # the floor sent the whole page in every answer: wrk read 1434 bytes of body plus a short head per request
+    local per
+    per=$(awk '/requests in/ { n = $1; v = $5; u = v; sub(/[0-9.]+/, "", u); sub(/[A-Za-z,]+$/, "", v)
+        m = (u ~ /^GB/) ? 1073741824 : (u ~ /^MB/) ? 1048576 : (u ~ /^KB/) ? 1024 : 1; printf "%d\n", v * m / n }' \
+        "$BATS_TEST_TMPDIR/bench-out/small-hit-c64-nginx-mem-r1.txt")
+    echo "bytes per answer: $per"
+    [ "$per" -ge 1434 ] && [ "$per" -le 1700 ]
+    ! grep -q 'nginx-mem' <<< "$(sed -n '/^Targets/,$p' <<< "$output")"
+    [ -z "$(ls -A "$BATS_TEST_TMPDIR/tmp")" ]
+}
+
 @test "bench.sh WebSocket rows: echo round trips through 64 tunnels, and the memory of idle tunnels" {
     command -v wrk > /dev/null || skip "wrk not installed"
     command -v cc > /dev/null || skip "no C compiler for scripts/ws-load.c"
