@@ -3,8 +3,9 @@
 # HAProxy, on the same three origins, with wrk.
 #
 # What it does: generates small.html (1434 bytes) and big.bin (128 KiB) in a
-# temporary folder, starts three ./pibl-origin replicas serving them (the same
-# origins for every proxy), and for each scenario starts a fresh PIBL, nginx
+# temporary folder, starts three ./pibl-origin replicas serving them (or,
+# with BENCH_ORIGIN=nginx, three server blocks of one nginx serving them as
+# static files; the same origins for every proxy), and for each scenario starts a fresh PIBL, nginx
 # and HAProxy (equivalent configs: round robin over the three origins,
 # keep-alive upstreams, access log to a file, stdout to /dev/null), then runs
 # wrk against them alternating proxies (A B C A B C ...) so machine drift
@@ -16,7 +17,8 @@
 #
 # Scenarios: 1.4 KB and 128 KB, each a miss (PIBL TTL 0, no nginx/HAProxy
 # cache) and a cache hit (PIBL TTL 60, nginx proxy_cache, HAProxy's RAM cache;
-# warmed first), at 64 and 1000 connections; 10000 idle keep-alive
+# warmed first), at 64 and 1000 connections, and the 1.4 KB hit at 10000
+# (how the cost per request grows with active connections); 10000 idle keep-alive
 # connections (scripts/idle-conns.c) held while 64 others run the 1.4 KB miss
 # (VmRSS the moment they are all open, and the most seen while they are held,
 # from 2 s later on, around each run; a second PIBL without them runs the
@@ -24,11 +26,14 @@
 # response streamed through each proxy with curl (peak RSS); WebSocket echo
 # round trips through 64 tunnels (scripts/ws-load.c) and the memory of
 # BENCH_WS_IDLE idle tunnels held open. Two floors run as reference rows in
-# the same alternating rounds, outside the targets: the 1.4 KB rows run
-# nginx-mem, nginx answering the page from memory (return 200, no upstream:
-# what parsing a request and writing an answer costs an HTTP server here),
-# and the 1.4 KB misses run HAProxy in TCP mode (haproxy-tcp): a relay that
-# parses no HTTP, what moving these bytes through a user-space relay costs.
+# the same alternating rounds: the 1.4 KB rows run nginx-mem, nginx
+# answering the page from memory (return 200, no upstream: what parsing a
+# request and writing an answer costs an HTTP server here), and the 1.4 KB
+# misses run HAProxy in TCP mode (haproxy-tcp): a relay that parses no HTTP,
+# what moving these bytes through a user-space relay costs. They are not
+# competitors: the only targets they enter bound PIBL's CPU per request
+# (1.1 x the relay on the 1.4 KB misses at 64 and 1000 connections, 1.2 x
+# the from-memory floor on the 1.4 KB hit at 1000).
 #
 # What it refuses: it installs nothing (nginx or HAProxy missing: skipped with
 # a note; wrk missing: exit 2), listens and connects on 127.0.0.1 only, kills
@@ -46,7 +51,9 @@
 # WebSocket tunnels (fewer when ulimit -n is short), BENCH_STREAM_BYTES (1 GiB),
 # BENCH_ONLY (regex of scenario names to run), BENCH_PROXIES ("pibl nginx
 # haproxy"), BENCH_OUT (bench-out), BENCH_HOGS (0) busy shell loops that
-# share the CPUs for the whole run (each stops by itself after HOG_MAX_SEC).
+# share the CPUs for the whole run (each stops by itself after HOG_MAX_SEC),
+# BENCH_ORIGIN (pibl-origin, or nginx: static files, the stream and WebSocket
+# rows skipped).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -62,6 +69,7 @@ HOGS=${BENCH_HOGS:-0}
 HOG_MAX_SEC=7200
 ONLY=${BENCH_ONLY:-}
 WANTED=${BENCH_PROXIES:-pibl nginx haproxy}
+ORIGIN=${BENCH_ORIGIN:-pibl-origin}
 SMALL_BYTES=1434
 BIG_BYTES=131072
 HIT_TTL=60
@@ -75,6 +83,7 @@ HOG_PIDS=()                     # BENCH_HOGS busy loops (also in JOBS)
 TMP=""
 PROXIES=()                      # proxies that take part: pibl [nginx] [haproxy]
 ORIGIN_PORTS=()
+ORIGIN_NGINX=""                 # BENCH_ORIGIN=nginx: its master's PID
 declare -A PORT=() PID=()       # per proxy, for the current scenario
 
 usage() {
@@ -172,8 +181,15 @@ cleanup() {
     for p in "${PROXIES[@]}"; do
         stop_proxy "$p"
     done
+    local kids=()
+    if [ -n "$ORIGIN_NGINX" ]; then
+        mapfile -t kids < <(children_of "$ORIGIN_NGINX")
+    fi
     for p in "${PIDS[@]}"; do
         stop_pid "$p"
+    done
+    for p in "${kids[@]}"; do
+        kill -KILL "$p" 2>/dev/null || true
     done
     if [ -n "$TMP" ]; then
         rm -rf "$TMP"
@@ -270,6 +286,10 @@ make_files() {
 
 start_origins() {
     local i j port line
+    if [ "$ORIGIN" = nginx ]; then
+        start_nginx_origins
+        return
+    fi
     for i in 1 2 3; do
         "$ORIGIN_BIN" -p 0 -r "$TMP/www" -n "o$i" > "$TMP/o$i.out" 2> "$TMP/o$i.err" &
         PIDS+=($!)
@@ -287,8 +307,51 @@ start_origins() {
     done
 }
 
-# start_pibl TTL [NAME]: a fresh PIBL known as NAME (default pibl; working
-# folder $TMP/NAME, cache under it).
+# start_nginx_origins (BENCH_ORIGIN=nginx): the three origins are three
+# server blocks of one nginx (2 workers, no access log) serving $TMP/www as
+# static files, so the origins cost little next to the proxies.
+start_nginx_origins() {
+    local dir=$TMP/origin-nginx user="" i j port
+    mkdir -p "$dir/tmp"
+    [ "$(id -u)" -ne 0 ] || user="user root;"
+    for i in 1 2 3; do
+        ORIGIN_PORTS+=("$(free_port)")
+    done
+    {
+        echo "# written by scripts/bench.sh"
+        echo "$user"
+        echo "worker_processes 2;"
+        echo "worker_rlimit_nofile 20000;"
+        echo "pid $dir/nginx.pid;"
+        echo "error_log $dir/error.log warn;"
+        echo "events { worker_connections 16000; }"
+        echo "http {"
+        echo "    access_log off;"
+        echo "    client_body_temp_path $dir/tmp/body;"
+        echo "    proxy_temp_path $dir/tmp/proxy;"
+        echo "    fastcgi_temp_path $dir/tmp/fastcgi;"
+        echo "    uwsgi_temp_path $dir/tmp/uwsgi;"
+        echo "    scgi_temp_path $dir/tmp/scgi;"
+        echo "    keepalive_timeout 300s;"
+        echo "    keepalive_requests 1000000;"
+        for port in "${ORIGIN_PORTS[@]}"; do
+            echo "    server { listen 127.0.0.1:$port backlog=4096; root $TMP/www; }"
+        done
+        echo "}"
+    } > "$dir/nginx.conf"
+    nginx -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf" -g 'daemon off;' > /dev/null 2> "$dir/stderr" &
+    ORIGIN_NGINX=$!
+    PIDS+=("$ORIGIN_NGINX")
+    for port in "${ORIGIN_PORTS[@]}"; do
+        for ((j = 0; j < WAIT_TRIES; j++)); do
+            curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/small.html" && break
+            kill -0 "$ORIGIN_NGINX" 2>/dev/null || die "the nginx origin did not start: $(cat "$dir/stderr")"
+            sleep 0.1
+        done
+        [ "$j" -lt "$WAIT_TRIES" ] || die "the nginx origin does not answer on port $port"
+    done
+}
+
 start_pibl() {
     local name=${2:-pibl} dir=$TMP/${2:-pibl} p
     rm -rf "$dir"
@@ -801,6 +864,7 @@ report() {
         "$(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')$(command -v nginx > /dev/null && nginx -v 2>&1 |
             sed 's/.*\//; nginx /')$(command -v haproxy > /dev/null && haproxy -v | awk 'NR == 1 { print "; haproxy", $3 }')."
     echo "Each row: median of $ROUNDS runs of ${DUR} s (wrk -t2), proxies alternated; CPU = proxy utime+stime per request."
+    echo "Origins: three $([ "$ORIGIN" = nginx ] && echo "server blocks of one nginx (static files)" || echo "pibl-origin replicas")."
     if [ "$HOGS" -gt 0 ]; then
         echo "$(live_hogs) busy loops (BENCH_HOGS) shared the CPUs during every run."
     fi
@@ -937,6 +1001,26 @@ targets() {
                 }
                 if (s ~ /-c1000$/)
                     printf "%s1000 connections without errors, %s: %d errors\n", mark(E[p] == 0), s, E[p]
+                if (s ~ /-c10000$/)
+                    printf "%s10000 connections without errors, %s: %d errors\n", mark(E[p] == 0), s, E[p]
+                # the floors: what is left above a relay that parses nothing, and above an HTTP server
+                # answering from memory (the limits of issue 20)
+                rl = s SUBSEP "haproxy-tcp"; fm = s SUBSEP "nginx-mem"
+                if (s ~ /^small-miss-c(64|1000)$/ && (rl in C))
+                    printf "%sCPU/req <= 1.1 x the TCP relay (haproxy-tcp), %s: %.2f x\n",
+                        mark(C[p] <= 1.1 * C[rl]), s, div(C[p], C[rl])
+                if (s ~ /^small-hit-c1000$/ && (fm in C))
+                    printf "%sCPU/req <= 1.2 x the from-memory floor (nginx-mem), %s: %.2f x\n",
+                        mark(C[p] <= 1.2 * C[fm]), s, div(C[p], C[fm])
+            }
+            # how CPU per request grows with active connections, against how it grows in nginx
+            for (i = 1; i <= n; i++) {
+                s = rows[i]
+                if (s !~ /-c(1000|10000)$/) continue
+                b = s; sub(/-c[0-9]+$/, "-c64", b)
+                if (!((b SUBSEP "pibl") in C) || !((b SUBSEP "nginx") in C) || !((s SUBSEP "nginx") in C)) continue
+                gp = div(C[s SUBSEP "pibl"], C[b SUBSEP "pibl"]); gn = div(C[s SUBSEP "nginx"], C[b SUBSEP "nginx"])
+                printf "%sCPU/req growth from 64 connections <= nginx, %s: %.2f x vs %.2f x\n", mark(gp <= gn), s, gp, gn
             }
             while ((getline l < idle) > 0) {
                 split(l, f, "\t")
@@ -995,6 +1079,11 @@ main() {
     check_range BENCH_WS_IDLE "$WS_IDLE_N" 1 20000
     check_range BENCH_STREAM_BYTES "$STREAM_BYTES" 1 68719476736
     check_range BENCH_HOGS "$HOGS" 0 64
+    case $ORIGIN in
+        pibl-origin) ;;
+        nginx) command -v nginx > /dev/null || die "BENCH_ORIGIN=nginx: nginx not found (Debian: apt-get install nginx)" ;;
+        *) die "BENCH_ORIGIN must be pibl-origin or nginx, not '$ORIGIN'" ;;
+    esac
     command -v wrk > /dev/null || die "wrk not found (Debian: apt-get install wrk)"
     command -v curl > /dev/null || die "curl not found"
     [ -x "$PIBL_BIN" ] || die "run make first ($PIBL_BIN missing)"
@@ -1038,11 +1127,18 @@ main() {
     scenario big-hit-c64 64 /big.bin 1
     scenario small-miss-c1000 1000 /small.html 0 1 1
     scenario small-hit-c1000 1000 /small.html 1 0 1
+    scenario small-hit-c10000 10000 /small.html 1 0 1
     scenario big-miss-c1000 1000 /big.bin 0
     scenario big-hit-c1000 1000 /big.bin 1
     idle_scenario
-    stream_scenario
-    ws_scenario
+    if [ "$ORIGIN" = nginx ]; then
+        if wanted stream-1g || wanted ws-echo-c64 || wanted ws-idle; then
+            note "BENCH_ORIGIN=nginx: the 1 GiB stream and the WebSocket rows need pibl-origin (/_bytes, /_ws), skipped"
+        fi
+    else
+        stream_scenario
+        ws_scenario
+    fi
     { report; targets; } | tee "$OUT/table.md"
 }
 

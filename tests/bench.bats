@@ -57,40 +57,107 @@ BENCH="$BATS_TEST_DIRNAME/../scripts/bench.sh"
     [ -z "$(ls -A "$BATS_TEST_TMPDIR/tmp")" ]
 }
 
-@test "bench.sh 1.4 KB miss c64: HAProxy in TCP mode runs as a reference row, outside the targets" {
+# cpu_ratio OUT SCEN PROXY FLOOR: PIBL's CPU per request over FLOOR's, from summary.tsv (2 decimals).
+cpu_ratio() {
+    awk -F'\t' -v s="$2" -v p="$3" -v f="$4" '$1 == s && $2 == p { a = $6 } $1 == s && $2 == f { b = $6 }
+        END { if (b > 0) printf "%.2f\n", a / b }' "$1/summary.tsv"
+}
+
+@test "bench.sh 1.4 KB miss c64: HAProxy in TCP mode runs as a reference row and bounds PIBL's CPU per request" {
     command -v wrk > /dev/null || skip "wrk not installed"
     command -v haproxy > /dev/null || skip "haproxy not installed"
     mkdir "$BATS_TEST_TMPDIR/tmp"
+    local out=$BATS_TEST_TMPDIR/bench-out
     run env BENCH_PROXIES="pibl haproxy" BENCH_ONLY='^small-miss-c64$' BENCH_SECONDS=1 BENCH_ROUNDS=1 \
-        BENCH_STREAM_BYTES=1 BENCH_OUT="$BATS_TEST_TMPDIR/bench-out" TMPDIR="$BATS_TEST_TMPDIR/tmp" timeout 120 "$BENCH"
+        BENCH_STREAM_BYTES=1 BENCH_OUT="$out" TMPDIR="$BATS_TEST_TMPDIR/tmp" timeout 120 "$BENCH"
     echo "$output"
     [ "$status" -eq 0 ]
     [[ $output =~ \|\ small-miss-c64\ \|\ haproxy-tcp\ \|\ [1-9][0-9]*\ \|.*\|\ 0\ \|\ [0-9.]+\ x,\ [0-9.]+\ x,\ [0-9.]+\ x\ \| ]]
     [[ $output =~ \|\ small-miss-c64\ \|\ haproxy\ \|\ [1-9][0-9]*\ \| ]]
     [[ $output == *"req/s >= 1.0 x HAProxy, small-miss-c64"* ]]
-    ! grep -q 'haproxy-tcp' <<< "$(sed -n '/^Targets/,$p' <<< "$output")"
+    # the relay enters one target only: PIBL's CPU per request at most 1.1 x its own
+    local targets ratio
+    targets=$(sed -n '/^Targets/,$p' <<< "$output")
+    ratio=$(cpu_ratio "$out" small-miss-c64 pibl haproxy-tcp)
+    [ -n "$ratio" ]
+    grep -Eq "^- \[[ x]\] CPU/req <= 1\.1 x the TCP relay \(haproxy-tcp\), small-miss-c64: $ratio x\$" <<< "$targets"
+    [ "$(grep -c 'haproxy-tcp' <<< "$targets")" -eq 1 ]
     [ -z "$(ls -A "$BATS_TEST_TMPDIR/tmp")" ]
 }
 
-@test "bench.sh 1.4 KB rows: nginx answering the page from memory runs as the floor row, outside the targets" {
+@test "bench.sh 1.4 KB hits: nginx answering the page from memory is the floor row; PIBL's CPU against it, and its growth against nginx's" {
     command -v wrk > /dev/null || skip "wrk not installed"
     command -v nginx > /dev/null || skip "nginx not installed"
     mkdir "$BATS_TEST_TMPDIR/tmp"
-    run env BENCH_PROXIES="pibl nginx" BENCH_ONLY='^small-hit-c64$' BENCH_SECONDS=1 BENCH_ROUNDS=1 \
-        BENCH_STREAM_BYTES=1 BENCH_OUT="$BATS_TEST_TMPDIR/bench-out" TMPDIR="$BATS_TEST_TMPDIR/tmp" timeout 120 "$BENCH"
+    local out=$BATS_TEST_TMPDIR/bench-out
+    run env BENCH_PROXIES="pibl nginx" BENCH_ONLY='^small-hit-c(64|1000)$' BENCH_SECONDS=1 BENCH_ROUNDS=1 \
+        BENCH_STREAM_BYTES=1 BENCH_OUT="$out" TMPDIR="$BATS_TEST_TMPDIR/tmp" timeout 180 "$BENCH"
     echo "$output"
     [ "$status" -eq 0 ]
     [[ $output =~ \|\ small-hit-c64\ \|\ nginx-mem\ \|\ [1-9][0-9]*\ \|.*\|\ 0\ \|\ [0-9.]+\ x,\ [0-9.]+\ x,\ [0-9.]+\ x\ \| ]]
     [[ $output =~ \|\ small-hit-c64\ \|\ nginx\ \|\ [1-9][0-9]*\ \| ]]
+    [[ $output =~ \|\ small-hit-c1000\ \|\ nginx-mem\ \|\ [1-9][0-9]*\ \| ]]
     # the floor sent the whole page in every answer: wrk read 1434 bytes of body plus a short head per request
     local per
     per=$(awk '/requests in/ { n = $1; v = $5; u = v; sub(/[0-9.]+/, "", u); sub(/[A-Za-z,]+$/, "", v)
         m = (u ~ /^GB/) ? 1073741824 : (u ~ /^MB/) ? 1048576 : (u ~ /^KB/) ? 1024 : 1; printf "%d\n", v * m / n }' \
-        "$BATS_TEST_TMPDIR/bench-out/small-hit-c64-nginx-mem-r1.txt")
+        "$out/small-hit-c64-nginx-mem-r1.txt")
     echo "bytes per answer: $per"
     [ "$per" -ge 1434 ] && [ "$per" -le 1700 ]
-    ! grep -q 'nginx-mem' <<< "$(sed -n '/^Targets/,$p' <<< "$output")"
+    local targets ratio gp gn
+    targets=$(sed -n '/^Targets/,$p' <<< "$output")
+    # at 1000 connections PIBL's CPU per request is held to 1.2 x the floor's; at 64 the floor enters no target
+    ratio=$(cpu_ratio "$out" small-hit-c1000 pibl nginx-mem)
+    [ -n "$ratio" ]
+    grep -Eq "^- \[[ x]\] CPU/req <= 1\.2 x the from-memory floor \(nginx-mem\), small-hit-c1000: $ratio x\$" <<< "$targets"
+    [ "$(grep -c 'nginx-mem' <<< "$targets")" -eq 1 ]
+    # and how the cost grows from 64 to 1000 connections, PIBL's against nginx's
+    gp=$(awk -F'\t' '$2 == "pibl" && $1 == "small-hit-c64" { a = $6 } $2 == "pibl" && $1 == "small-hit-c1000" { b = $6 }
+        END { printf "%.2f", b / a }' "$out/summary.tsv")
+    gn=$(awk -F'\t' '$2 == "nginx" && $1 == "small-hit-c64" { a = $6 } $2 == "nginx" && $1 == "small-hit-c1000" { b = $6 }
+        END { printf "%.2f", b / a }' "$out/summary.tsv")
+    grep -Eq "^- \[[ x]\] CPU/req growth from 64 connections <= nginx, small-hit-c1000: $gp x vs $gn x\$" <<< "$targets"
     [ -z "$(ls -A "$BATS_TEST_TMPDIR/tmp")" ]
+}
+
+@test "bench.sh 1.4 KB hit at 10000 active connections: a row, and its errors counted in the targets" {
+    command -v wrk > /dev/null || skip "wrk not installed"
+    [ "$(ulimit -Hn)" -ge 12000 ] || skip "ulimit -n below 12000"
+    mkdir "$BATS_TEST_TMPDIR/tmp"
+    run env BENCH_PROXIES="pibl" BENCH_ONLY='^small-hit-c10000$' BENCH_SECONDS=2 BENCH_ROUNDS=1 \
+        BENCH_STREAM_BYTES=1 BENCH_OUT="$BATS_TEST_TMPDIR/bench-out" TMPDIR="$BATS_TEST_TMPDIR/tmp" timeout 180 "$BENCH"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ $output =~ \|\ small-hit-c10000\ \|\ pibl\ \|\ [1-9][0-9]*\ \| ]]
+    [[ $output =~ -\ \[[\ x]\]\ 10000\ connections\ without\ errors,\ small-hit-c10000:\ [0-9]+\ errors ]]
+    grep -q 'Running 2s test' "$BATS_TEST_TMPDIR/bench-out/small-hit-c10000-pibl-r1.txt"
+    grep -q '10000 connections' "$BATS_TEST_TMPDIR/bench-out/small-hit-c10000-pibl-r1.txt"
+    [ -z "$(ls -A "$BATS_TEST_TMPDIR/tmp")" ]
+}
+
+@test "bench.sh BENCH_ORIGIN=nginx: the origins are static files served by nginx, stopped at the end; a wrong value is refused" {
+    command -v wrk > /dev/null || skip "wrk not installed"
+    command -v nginx > /dev/null || skip "nginx not installed"
+    mkdir "$BATS_TEST_TMPDIR/tmp"
+    local out=$BATS_TEST_TMPDIR/bench-out
+    run env BENCH_ORIGIN=nginx BENCH_PROXIES="pibl" BENCH_ONLY='^small-miss-c64$' BENCH_SECONDS=1 BENCH_ROUNDS=1 \
+        BENCH_OUT="$out" TMPDIR="$BATS_TEST_TMPDIR/tmp" timeout 120 "$BENCH"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ $output == *"Origins: three server blocks of one nginx (static files)."* ]]
+    [[ $output =~ \|\ small-miss-c64\ \|\ pibl\ \|\ [1-9][0-9]*\ \|.*\|\ 0\ \| ]]
+    # every answer was the page: 1434 bytes of body and a head
+    local per
+    per=$(awk '/requests in/ { n = $1; v = $5; u = v; sub(/[0-9.]+/, "", u); sub(/[A-Za-z,]+$/, "", v)
+        m = (u ~ /^GB/) ? 1073741824 : (u ~ /^MB/) ? 1048576 : (u ~ /^KB/) ? 1024 : 1; printf "%d\n", v * m / n }' \
+        "$out/small-miss-c64-pibl-r1.txt")
+    [ "$per" -ge 1434 ] && [ "$per" -le 1900 ]
+    # nothing it started is left: no process (an nginx master or worker) holds a file of its temporary folder
+    ! find /proc/[0-9]*/fd -maxdepth 1 -type l -printf '%l\n' 2>/dev/null | grep -q "^$BATS_TEST_TMPDIR/tmp/"
+    [ -z "$(ls -A "$BATS_TEST_TMPDIR/tmp")" ]
+    run env BENCH_ORIGIN=apache "$BENCH" --quick
+    [ "$status" -eq 2 ]
+    [[ $output == *"BENCH_ORIGIN must be pibl-origin or nginx, not 'apache'"* ]]
 }
 
 @test "bench.sh WebSocket rows: echo round trips through 64 tunnels, and the memory of idle tunnels" {
