@@ -53,7 +53,9 @@
 # haproxy"), BENCH_OUT (bench-out), BENCH_HOGS (0) busy shell loops that
 # share the CPUs for the whole run (each stops by itself after HOG_MAX_SEC),
 # BENCH_ORIGIN (pibl-origin, or nginx: static files, the stream and WebSocket
-# rows skipped).
+# rows skipped), BENCH_SCHED (0; 1: per-thread scheduler counters of the
+# proxy, the origins and wrk around each wrk run, and a table of where the
+# time per request went: run, run-queue wait, sleeps, preemptions).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -70,6 +72,7 @@ HOG_MAX_SEC=7200
 ONLY=${BENCH_ONLY:-}
 WANTED=${BENCH_PROXIES:-pibl nginx haproxy}
 ORIGIN=${BENCH_ORIGIN:-pibl-origin}
+SCHED=${BENCH_SCHED:-0}
 SMALL_BYTES=1434
 BIG_BYTES=131072
 HIT_TTL=60
@@ -84,6 +87,7 @@ TMP=""
 PROXIES=()                      # proxies that take part: pibl [nginx] [haproxy]
 ORIGIN_PORTS=()
 ORIGIN_NGINX=""                 # BENCH_ORIGIN=nginx: its master's PID
+ORIGIN_PIDS=()                  # the pibl-origin replicas
 declare -A PORT=() PID=()       # per proxy, for the current scenario
 
 usage() {
@@ -293,6 +297,7 @@ start_origins() {
     for i in 1 2 3; do
         "$ORIGIN_BIN" -p 0 -r "$TMP/www" -n "o$i" > "$TMP/o$i.out" 2> "$TMP/o$i.err" &
         PIDS+=($!)
+        ORIGIN_PIDS+=($!)
         port=""
         for ((j = 0; j < WAIT_TRIES; j++)); do
             line=$(head -n 1 "$TMP/o$i.out" 2>/dev/null || true)
@@ -609,7 +614,12 @@ run_wrk() {
     before=$(proxy_cpu "$p")
     timeout $((DUR + 30)) wrk -t2 -c"$conns" -d"${DUR}s" --timeout 2s --latency \
         "http://127.0.0.1:${PORT[$p]}$path" > "$raw" 2>&1 &
-    wait_job $!
+    if [ "$SCHED" -eq 1 ]; then
+        JOBS+=("$!")
+        sched_run "$p" "$round" "$!"
+    else
+        wait_job $!
+    fi
     after=$(proxy_cpu "$p")
     awk -v scen="$SCEN" -v p="$p" -v round="$round" -v ticks=$((after - before)) '
         function ms(s) {
@@ -634,6 +644,81 @@ run_wrk() {
 }
 
 # record_rss PROXY: the proxy's VmHWM for this scenario (it started fresh).
+# sched_snap WHO PID...: one line per thread of these processes: WHO, tid,
+# name, run ns, run-queue wait ns, voluntary and involuntary switches
+# (/proc/PID/task/TID/schedstat and status). BENCH_SCHED=1 only.
+sched_snap() {
+    local who=$1 pid t st vol inv name line
+    shift
+    for pid in "$@"; do
+        for t in /proc/"$pid"/task/[0-9]*; do
+            read -r st 2>/dev/null < "$t/schedstat" || continue
+            read -r name 2>/dev/null < "$t/comm" || name='?'
+            vol=0 inv=0
+            while read -r line; do
+                case $line in
+                    voluntary_ctxt_switches:*) vol=${line##*[[:space:]]} ;;
+                    nonvoluntary_ctxt_switches:*) inv=${line##*[[:space:]]} ;;
+                esac
+            done 2>/dev/null < "$t/status"
+            read -r -a st <<< "$st"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$who" "${t##*/}" "${name// /_}" "${st[0]}" "${st[1]}" "$vol" "$inv"
+        done
+    done
+}
+
+# origin_pids: the origins' processes (an nginx origin's workers included).
+origin_pids() {
+    if [ -n "$ORIGIN_NGINX" ]; then
+        echo "$ORIGIN_NGINX"
+        children_of "$ORIGIN_NGINX"
+    else
+        printf '%s\n' "${ORIGIN_PIDS[@]}"
+    fi
+}
+
+# sched_run PROXY ROUND WRK_PID: snapshots around one wrk run (proxy and
+# origins from start to end, wrk from 0.2 s in to 0.2 s before its end, as
+# its threads exist only then), their differences to sched.tsv: scenario,
+# proxy, round, who, tid, name, run ns, wait ns, vol, invol, seconds seen.
+sched_run() {
+    local p=$1 round=$2 job=$3 wpid pids opids t0 t1 win
+    mapfile -t pids < <(proxy_pids "$p")
+    mapfile -t opids < <(origin_pids)
+    local log=$TMP/$p/pibl.log lines=0
+    [[ $p != pibl* ]] || lines=$(wc -l < "$log")
+    sched_snap proxy "${pids[@]}" > "$TMP/sched-a"
+    sched_snap origin "${opids[@]}" >> "$TMP/sched-a"
+    sleep 0.2
+    wpid=$(children_of "$job" | head -n 1)      # wrk, under timeout
+    t0=$(date +%s%N)
+    sched_snap wrk "$wpid" >> "$TMP/sched-a"
+    sleep "$(awk -v d="$DUR" 'BEGIN { printf "%.1f", (d > 0.6 ? d - 0.4 : 0.2) }')"
+    t1=$(date +%s%N)
+    sched_snap wrk "$wpid" > "$TMP/sched-b"
+    win=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
+    wait_job "$job"
+    sched_snap proxy "${pids[@]}" >> "$TMP/sched-b"
+    sched_snap origin "${opids[@]}" >> "$TMP/sched-b"
+    awk -F'\t' -v scen="$SCEN" -v p="$p" -v round="$round" -v win="$win" -v dur="$DUR" '
+        NR == FNR { k = $1 SUBSEP $2; r[k] = $4; w[k] = $5; v[k] = $6; i[k] = $7; next }
+        {
+            k = $1 SUBSEP $2; secs = $1 == "wrk" ? win : dur
+            printf "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", scen, p, round, $1, $2, $3,
+                $4 - r[k], $5 - w[k], $6 - v[k], $7 - i[k], secs
+        }' "$TMP/sched-a" "$TMP/sched-b" >> "$OUT/sched.tsv"
+    # PIBL's own view of the same requests: the ms= of its log lines (from
+    # the parsed head to the last byte written), to set against wrk's
+    if [[ $p == pibl* ]]; then
+        sleep 0.2                               # the log writer's last lines
+        tail -n +$((lines + 1)) "$log" | sed -n 's/.* ms=\([0-9.]*\) .*/\1/p' | sort -n |
+            awk -v scen="$SCEN" -v p="$p" -v round="$round" '{ v[++n] = $1 }
+                END { if (n == 0) exit; i = int(n * 0.99) + 1; if (i > n) i = n
+                    printf "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", scen, p, round, n, v[int(n * 0.5) + 1], v[i], v[n] }' \
+                >> "$OUT/pibl-ms.tsv"
+    fi
+}
+
 record_rss() {
     printf '%s\t%s\t%s\n' "$SCEN" "$1" "$(proxy_kb VmHWM "$1")" >> "$OUT/rss.tsv"
 }
@@ -975,6 +1060,68 @@ report() {
 }
 
 # targets: the benchmark's targets, checked against this run (full mode only).
+# sched_report (BENCH_SCHED=1): per scenario and proxy, all rounds pooled,
+# where time went per request: the proxy's run time and run-queue wait,
+# its voluntary switches (it slept: wake-ups) and involuntary ones (it was
+# preempted), the same wait for the origins and for wrk (scaled from the
+# window it was seen in); then the proxy's busiest threads.
+sched_report() {
+    [ -s "$OUT/sched.tsv" ] || return 0
+    echo
+    echo "Scheduling (BENCH_SCHED=1; /proc/PID/task/TID/schedstat and status; per request, all rounds):"
+    echo
+    echo "| scenario | proxy | run us | run-queue wait us | sleeps | preemptions | origins' wait us | wrk's wait us |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|"
+    awk -F'\t' -v res="$OUT/results.tsv" -v dur="$DUR" '
+        BEGIN { while ((getline l < res) > 0) { split(l, f, "\t"); n[f[1] SUBSEP f[2]] += f[7] } }
+        {
+            k = $1 SUBSEP $2
+            if (!(k in seen)) { seen[k] = 1; order[++m] = k }
+            if ($4 == "proxy") { run[k] += $7; wait[k] += $8; vol[k] += $9; inv[k] += $10
+                t = k SUBSEP $5 SUBSEP $6; if (!(t in trun)) tk[k] = tk[k] " " $5 SUBSEP $6
+                trun[t] += $7; twait[t] += $8; tvol[t] += $9; tinv[t] += $10 }
+            if ($4 == "origin") owait[k] += $8
+            if ($4 == "wrk") wwait[k] += $8 * ($11 > 0 ? dur / $11 : 1)
+        }
+        END {
+            for (i = 1; i <= m; i++) {
+                k = order[i]; r = n[k]; if (!(r > 0)) continue
+                split(k, kk, SUBSEP)
+                printf "| %s | %s | %.1f | %.1f | %.2f | %.2f | %.1f | %.1f |\n", kk[1], kk[2], run[k] / r / 1000,
+                    wait[k] / r / 1000, vol[k] / r, inv[k] / r, owait[k] / r / 1000, wwait[k] / r / 1000
+            }
+            print ""
+            print "Busiest proxy threads (run us, wait us, sleeps, preemptions per request):"
+            print ""
+            for (i = 1; i <= m; i++) {
+                k = order[i]; r = n[k]; if (!(r > 0)) continue
+                split(k, kk, SUBSEP); line = ""
+                c = split(tk[k], ts, " ")
+                for (j = 1; j <= c; j++) { t = k SUBSEP ts[j]; best[j] = t }
+                # the three with most run time
+                for (a = 1; a <= c; a++) for (b = a + 1; b <= c; b++)
+                    if (trun[best[b]] > trun[best[a]]) { x = best[a]; best[a] = best[b]; best[b] = x }
+                for (j = 1; j <= c && j <= 3; j++) {
+                    t = best[j]; split(t, q, SUBSEP)
+                    line = line sprintf("%s%s/%s %.1f, %.1f, %.2f, %.2f", j > 1 ? "; " : "", q[4], q[3],
+                        trun[t] / r / 1000, twait[t] / r / 1000, tvol[t] / r, tinv[t] / r)
+                }
+                printf "- %s, %s: %s\n", kk[1], kk[2], line
+            }
+        }' "$OUT/sched.tsv"
+    [ -s "$OUT/pibl-ms.tsv" ] || return 0
+    echo
+    echo "PIBL's own view: its log's ms= (parsed head to last byte written) against wrk's latency, per run:"
+    echo
+    echo "| scenario | proxy | round | lines | log p50 ms | log p99 ms | log max ms | wrk p50 ms | wrk p99 ms |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    awk -F'\t' -v res="$OUT/results.tsv" '
+        BEGIN { while ((getline l < res) > 0) { split(l, f, "\t"); k = f[1] SUBSEP f[2] SUBSEP f[3]; p50[k] = f[5]; p99[k] = f[6] } }
+        { k = $1 SUBSEP $2 SUBSEP $3
+          printf "| %s | %s | %s | %d | %s | %s | %s | %.2f | %.2f |\n", $1, $2, $3, $4, $5, $6, $7, p50[k], p99[k] }' \
+        "$OUT/pibl-ms.tsv"
+}
+
 targets() {
     echo
     echo "Targets, this run:"
@@ -1079,6 +1226,7 @@ main() {
     check_range BENCH_WS_IDLE "$WS_IDLE_N" 1 20000
     check_range BENCH_STREAM_BYTES "$STREAM_BYTES" 1 68719476736
     check_range BENCH_HOGS "$HOGS" 0 64
+    check_range BENCH_SCHED "$SCHED" 0 1
     case $ORIGIN in
         pibl-origin) ;;
         nginx) command -v nginx > /dev/null || die "BENCH_ORIGIN=nginx: nginx not found (Debian: apt-get install nginx)" ;;
@@ -1139,7 +1287,7 @@ main() {
         stream_scenario
         ws_scenario
     fi
-    { report; targets; } | tee "$OUT/table.md"
+    { report; sched_report; targets; } | tee "$OUT/table.md"
 }
 
 main "$@"

@@ -160,6 +160,36 @@ cpu_ratio() {
     [[ $output == *"BENCH_ORIGIN must be pibl-origin or nginx, not 'apache'"* ]]
 }
 
+@test "bench.sh BENCH_SCHED=1: where each request's time went (proxy, origins, wrk) and PIBL's log latency beside wrk's" {
+    command -v wrk > /dev/null || skip "wrk not installed"
+    mkdir "$BATS_TEST_TMPDIR/tmp"
+    local out=$BATS_TEST_TMPDIR/bench-out
+    run env BENCH_SCHED=1 BENCH_PROXIES="pibl" BENCH_ONLY='^small-miss-c64$' BENCH_SECONDS=2 BENCH_ROUNDS=1 \
+        BENCH_OUT="$out" TMPDIR="$BATS_TEST_TMPDIR/tmp" timeout 120 "$BENCH"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ $output =~ \|\ small-miss-c64\ \|\ pibl\ \|\ [0-9]+\.[0-9]\ \|\ [0-9]+\.[0-9]\ \|\ [0-9]+\.[0-9]{2}\ \|\ [0-9]+\.[0-9]{2}\ \|\ [0-9]+\.[0-9]\ \|\ [0-9]+\.[0-9]\ \| ]]
+    [[ $output == *"- small-miss-c64, pibl: pibl/"* ]]
+    # the three kinds of process were seen, each with run time
+    local who
+    for who in proxy origin wrk; do
+        awk -F'\t' -v w="$who" '$4 == w && $7 > 0 { ok = 1 } END { exit !ok }' "$out/sched.tsv"
+    done
+    # the proxy's run time per request is its CPU per request (the same counters, two ways)
+    local reqs
+    reqs=$(awk -F'\t' '$2 == "pibl" { print $7 }' "$out/results.tsv")
+    awk -F'\t' -v reqs="$reqs" 'NR == FNR { if ($2 == "pibl") cpu = $6; next } $4 == "proxy" { run += $7 }
+        END { r = run / reqs / 1000; print "CPU", cpu, "us, run", r, "us"; exit !(cpu > 0 && r > 0.75 * cpu && r < 1.33 * cpu) }' \
+        "$out/summary.tsv" "$out/sched.tsv"
+    # PIBL's log saw about as many requests as wrk completed, and its p99 is at most its max
+    local lines p99 max
+    read -r lines p99 max < <(awk -F'\t' '{ print $4, $6, $7 }' "$out/pibl-ms.tsv")
+    echo "wrk $reqs, log $lines, p99 $p99, max $max"
+    [ "$lines" -ge $((reqs * 9 / 10)) ] && [ "$lines" -le $((reqs * 11 / 10 + 100)) ]
+    awk -v a="$p99" -v b="$max" 'BEGIN { exit !(a > 0 && a <= b) }'
+    [ -z "$(ls -A "$BATS_TEST_TMPDIR/tmp")" ]
+}
+
 @test "bench.sh WebSocket rows: echo round trips through 64 tunnels, and the memory of idle tunnels" {
     command -v wrk > /dev/null || skip "wrk not installed"
     command -v cc > /dev/null || skip "no C compiler for scripts/ws-load.c"
