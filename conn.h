@@ -20,6 +20,8 @@
 #define IDLE_SHRINK_MS       1000     /* idle this long, a connection frees its memory */
 #define LINGER_MS            1000     /* draining input before closing after an error */
 #define LINGER_MAX_BYTES     (1 << 20)
+#define BLOCK_CACHE_MAX      64       /* buffer blocks kept mapped for the next connections */
+#define BLOCK_TRIM_MS        5000     /* kept blocks unused this long are unmapped */
 
 struct exchange;
 
@@ -91,14 +93,23 @@ struct conn *conn_new(int fd, const struct sockaddr_storage *peer, const struct 
 /* Printable addresses and the send timeout, the first time the client sends. */
 void conn_setup(struct conn *c);
 
-/* Map the buffer block (sized by c->cfg) and reset its exchange. 0 or -1. */
+/* Take a buffer block (sized by c->cfg: a kept one, else a new mapping)
+ * and reset its exchange. 0 or -1. */
 int conn_buffers(struct conn *c);
 
-/* Unmap the buffer block (an idle connection keeps only its struct). */
+/* Give the buffer block back (an idle connection keeps only its struct):
+ * kept mapped for the next connection, up to BLOCK_CACHE_MAX blocks. */
 void conn_free_buffers(struct conn *c);
 
-/* Buffer blocks mapped now, all connections together. */
+/* Buffer blocks held by connections now, all of them together. */
 int conn_blocks(void);
+
+/* Blocks kept mapped for the next connections now (tests, status). */
+int conn_cached_blocks(void);
+
+/* Every BLOCK_TRIM_MS (a no-op between), unmap the kept blocks that no
+ * connection took since the last trim. Any thread; now in ms. */
+void conn_trim_blocks(int64_t now);
 
 /* Set SO_RCVTIMEO on the client socket, if it is not that already. */
 void conn_set_rcv(struct conn *c, int ms);

@@ -283,8 +283,10 @@ loop_pool_scan(struct loop *l, int *maxfd, int reap, int64_t now)
     struct pool_watch w = { l, maxfd, reap };
     int purge = !reap && now >= l->pool_purge_at;
 
-    if (purge)
+    if (purge) {
         l->pool_purge_at = now + POOL_PURGE_MS;
+        conn_trim_blocks(now);                  /* kept buffer blocks, likewise */
+    }
     upstream_pool_scan(loop_id(l), purge, now, pool_watch, &w);
 }
 

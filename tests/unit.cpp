@@ -3,11 +3,12 @@
  * response head, chunked bodies, Content-Length), the config file, round
  * robin, the access line formats (escaping, dates, cutting) and the
  * freshness fields (Age, Expires and HTTP-dates, Cache-Control, targeted
- * fields). Prints one line per failure and ends with "N passed, N failed".
+ * fields) and the kept buffer blocks. Prints one line per failure and ends with "N passed, N failed".
  * Built by `make unit`, also under -fsanitize=address,undefined.
  */
 #include "cache.h"
 #include "cachepolicy.h"
+#include "conn.h"
 #include "exchange.h"
 #include "freshness.h"
 #include "http.h"
@@ -972,6 +973,68 @@ test_freshness(void)
     }
 }
 
+/* ------------------------------------------------------------ buffer blocks */
+
+/* A block given back is the next one taken (not mapped again); one of
+ * another size is not; the stack holds BLOCK_CACHE_MAX; a trim unmaps
+ * those not taken since the last one. */
+static void
+test_block_cache(void)
+{
+    static struct pibl_config cfg, cfg2;
+    static struct conn c[BLOCK_CACHE_MAX + 5];
+    int held = conn_blocks();
+
+    cfg.max_header_bytes = 8192;
+    cfg2.max_header_bytes = 16384;
+    conn_trim_blocks(1000000000000);            /* low-water = what is kept now */
+    conn_trim_blocks(1000000000000 + BLOCK_TRIM_MS);
+    CHECK(conn_cached_blocks() == 0, "blocks kept at start: %d", conn_cached_blocks());
+    c[0].cfg = &cfg;
+    CHECK(conn_buffers(&c[0]) == 0 && c[0].in != NULL && conn_blocks() == held + 1, "a block taken");
+    char *first = c[0].in;
+    c[0].x->backend = 7;                        /* left over from an exchange */
+    memset(c[0].in, 'x', 64);
+    conn_free_buffers(&c[0]);
+    CHECK(c[0].in == NULL && conn_blocks() == held && conn_cached_blocks() == 1, "given back: kept");
+    c[1].cfg = &cfg;
+    CHECK(conn_buffers(&c[1]) == 0 && c[1].in == first && conn_cached_blocks() == 0, "the kept block reused");
+    CHECK(c[1].x->backend == -1 && c[1].x->status == 0, "its exchange reset");
+    CHECK(c[1].out == c[1].in + 8192 && c[1].uin == c[1].out + 8192 + HEAD_EXTRA_BYTES, "its layout");
+    conn_free_buffers(&c[1]);
+    c[2].cfg = &cfg2;                           /* a reload changed max_header_bytes */
+    CHECK(conn_buffers(&c[2]) == 0 && c[2].in != NULL && c[2].in_cap == 16384, "a block of the new size");
+    CHECK(conn_cached_blocks() == 0, "the block of the old size dropped, not reused");
+    conn_free_buffers(&c[2]);
+    conn_trim_blocks(1000000000000 + 2 * BLOCK_TRIM_MS);
+    conn_trim_blocks(1000000000000 + 3 * BLOCK_TRIM_MS);
+    CHECK(conn_cached_blocks() == 0, "trimmed: %d", conn_cached_blocks());
+    int n = BLOCK_CACHE_MAX + 5, ok = 1;
+    for (int i = 0; i < n; i++) {
+        c[i].cfg = &cfg;
+        ok &= conn_buffers(&c[i]) == 0;
+    }
+    for (int i = 0; i < n; i++)
+        conn_free_buffers(&c[i]);
+    CHECK(ok && conn_cached_blocks() == BLOCK_CACHE_MAX && conn_blocks() == held, "at most BLOCK_CACHE_MAX kept: %d",
+        conn_cached_blocks());
+    /* A trim sets the low-water mark; 10 taken and given back since: the
+     * other BLOCK_CACHE_MAX - 10 sat unused and go at the next trim, not
+     * before it. */
+    int64_t t = 1000000000000 + 4 * BLOCK_TRIM_MS;
+    conn_trim_blocks(t);
+    for (int i = 0; i < 10; i++)
+        conn_buffers(&c[i]);
+    for (int i = 0; i < 10; i++)
+        conn_free_buffers(&c[i]);
+    conn_trim_blocks(t + BLOCK_TRIM_MS - 1);
+    CHECK(conn_cached_blocks() == BLOCK_CACHE_MAX, "no trim before BLOCK_TRIM_MS: %d", conn_cached_blocks());
+    conn_trim_blocks(t + BLOCK_TRIM_MS);
+    CHECK(conn_cached_blocks() == 10, "the unused ones trimmed: %d kept", conn_cached_blocks());
+    conn_trim_blocks(t + 2 * BLOCK_TRIM_MS);
+    CHECK(conn_cached_blocks() == 0, "then the rest: %d kept", conn_cached_blocks());
+}
+
 int
 main(void)
 {
@@ -988,6 +1051,7 @@ main(void)
     test_cache_decisions();
     test_freshness();
     test_access_lines();
+    test_block_cache();
     printf("unit: %d passed, %d failed\n", n_passed, n_failed);
     return n_failed == 0 ? 0 : 1;
 }
