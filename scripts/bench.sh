@@ -598,6 +598,7 @@ warm() {
             curl -s -o /dev/null --max-time 5 "http://127.0.0.1:${PORT[$p]}$1" || true
         done
         [ "$p" = haproxy ] && continue   # HAProxy's cache adds no header to check
+        [ "$p" = nginx-mem ] && continue # no cache: the page is in its config
         h=$(curl -s -o /dev/null -D - --max-time 5 "http://127.0.0.1:${PORT[$p]}$1" | tr -d '\r' |
             awk 'tolower($1) == "x-cache:" { print $2 }' || true)
         [ "$h" = HIT ] || note "$SCEN: $p does not answer $1 from its cache (X-Cache: ${h:-none})"

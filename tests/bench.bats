@@ -97,6 +97,7 @@ cpu_ratio() {
     [[ $output =~ \|\ small-hit-c64\ \|\ nginx-mem\ \|\ [1-9][0-9]*\ \|.*\|\ 0\ \|\ [0-9.]+\ x,\ [0-9.]+\ x,\ [0-9.]+\ x\ \| ]]
     [[ $output =~ \|\ small-hit-c64\ \|\ nginx\ \|\ [1-9][0-9]*\ \| ]]
     [[ $output =~ \|\ small-hit-c1000\ \|\ nginx-mem\ \|\ [1-9][0-9]*\ \| ]]
+    [[ $output != *"nginx-mem does not answer"* ]]   # it has no cache to warm
     # the floor sent the whole page in every answer: wrk read 1434 bytes of body plus a short head per request
     local per
     per=$(awk '/requests in/ { n = $1; v = $5; u = v; sub(/[0-9.]+/, "", u); sub(/[A-Za-z,]+$/, "", v)
