@@ -312,33 +312,43 @@ start_origins() {
     done
 }
 
+# nginx_head DIR ACCESS_LOG: the start of every nginx config here (the same
+# workers, limits, temporary paths and keep-alive), up to inside http { ....
+# As root the workers would run as nobody and could not enter $TMP.
+nginx_head() {
+    local dir=$1 user=""
+    [ "$(id -u)" -ne 0 ] || user="user root;"
+    cat <<EOF
+# written by scripts/bench.sh
+$user
+worker_processes 2;
+worker_rlimit_nofile 20000;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 16000; }
+http {
+    access_log $2;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    keepalive_timeout 300s;
+    keepalive_requests 1000000;
+EOF
+}
+
 # start_nginx_origins (BENCH_ORIGIN=nginx): the three origins are three
 # server blocks of one nginx (2 workers, no access log) serving $TMP/www as
 # static files, so the origins cost little next to the proxies.
 start_nginx_origins() {
-    local dir=$TMP/origin-nginx user="" i j port
+    local dir=$TMP/origin-nginx i j port
     mkdir -p "$dir/tmp"
-    [ "$(id -u)" -ne 0 ] || user="user root;"
     for i in 1 2 3; do
         ORIGIN_PORTS+=("$(free_port)")
     done
     {
-        echo "# written by scripts/bench.sh"
-        echo "$user"
-        echo "worker_processes 2;"
-        echo "worker_rlimit_nofile 20000;"
-        echo "pid $dir/nginx.pid;"
-        echo "error_log $dir/error.log warn;"
-        echo "events { worker_connections 16000; }"
-        echo "http {"
-        echo "    access_log off;"
-        echo "    client_body_temp_path $dir/tmp/body;"
-        echo "    proxy_temp_path $dir/tmp/proxy;"
-        echo "    fastcgi_temp_path $dir/tmp/fastcgi;"
-        echo "    uwsgi_temp_path $dir/tmp/uwsgi;"
-        echo "    scgi_temp_path $dir/tmp/scgi;"
-        echo "    keepalive_timeout 300s;"
-        echo "    keepalive_requests 1000000;"
+        nginx_head "$dir" off
         for port in "${ORIGIN_PORTS[@]}"; do
             echo "    server { listen 127.0.0.1:$port backlog=4096; root $TMP/www; }"
         done
@@ -381,35 +391,17 @@ start_pibl() {
 
 # start_nginx CACHE(0|1): a fresh nginx in the foreground, 2 workers.
 start_nginx() {
-    local dir=$TMP/nginx p user="" cache=""
+    local dir=$TMP/nginx p cache=""
     rm -rf "$dir"
     mkdir -p "$dir/tmp"
     PORT[nginx]=$(free_port)
-    # As root the workers would run as nobody and could not enter $TMP.
-    if [ "$(id -u)" -eq 0 ]; then
-        user="user root;"
-    fi
     if [ "$1" -eq 1 ]; then
         cache="proxy_cache bench; proxy_cache_valid 200 ${HIT_TTL}s; proxy_cache_lock on;
             add_header X-Cache \$upstream_cache_status;"
     fi
-    cat > "$dir/nginx.conf" <<EOF
-# written by scripts/bench.sh
-$user
-worker_processes 2;
-worker_rlimit_nofile 20000;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 16000; }
-http {
-    access_log $dir/access.log;
-    client_body_temp_path $dir/tmp/body;
-    proxy_temp_path $dir/tmp/proxy;
-    fastcgi_temp_path $dir/tmp/fastcgi;
-    uwsgi_temp_path $dir/tmp/uwsgi;
-    scgi_temp_path $dir/tmp/scgi;
-    keepalive_timeout 300s;
-    keepalive_requests 1000000;
+    {
+        nginx_head "$dir" "$dir/access.log"
+        cat <<EOF
     proxy_cache_path $dir/cache levels=1:2 keys_zone=bench:16m max_size=1g inactive=10m use_temp_path=off;
     upstream origins {
 $(for p in "${ORIGIN_PORTS[@]}"; do echo "        server 127.0.0.1:$p;"; done)
@@ -439,6 +431,7 @@ $(for p in "${ORIGIN_PORTS[@]}"; do echo "        server 127.0.0.1:$p;"; done)
     }
 }
 EOF
+    } > "$dir/nginx.conf"
     nginx -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf" -g 'daemon off;' > /dev/null 2> "$dir/stderr" &
     PID[nginx]=$!
     PIDS+=("${PID[nginx]}")
@@ -448,32 +441,17 @@ EOF
 # access log as start_nginx) that answers every request with small.html from
 # its configuration (return 200): the from-memory floor of the 1.4 KB rows.
 start_nginx_mem() {
-    local dir=$TMP/nginx-mem user="" page
+    local dir=$TMP/nginx-mem page
     rm -rf "$dir"
     mkdir -p "$dir/tmp"
     PORT[nginx-mem]=$(free_port)
-    [ "$(id -u)" -ne 0 ] || user="user root;"
     page=$(cat "$TMP/www/small.html")
     [[ $page != *'$'* ]] || die "small.html holds a \$, which nginx's return would read as a variable"
     page=${page//\\/\\\\}
     page=${page//\"/\\\"}
-    cat > "$dir/nginx.conf" <<EOF
-# written by scripts/bench.sh
-$user
-worker_processes 2;
-worker_rlimit_nofile 20000;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 16000; }
-http {
-    access_log $dir/access.log;
-    client_body_temp_path $dir/tmp/body;
-    proxy_temp_path $dir/tmp/proxy;
-    fastcgi_temp_path $dir/tmp/fastcgi;
-    uwsgi_temp_path $dir/tmp/uwsgi;
-    scgi_temp_path $dir/tmp/scgi;
-    keepalive_timeout 300s;
-    keepalive_requests 1000000;
+    {
+        nginx_head "$dir" "$dir/access.log"
+        cat <<EOF
     server {
         listen 127.0.0.1:${PORT[nginx-mem]} backlog=4096;
         location / {
@@ -484,6 +462,7 @@ http {
     }
 }
 EOF
+    } > "$dir/nginx.conf"
     nginx -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf" -g 'daemon off;' > /dev/null 2> "$dir/stderr" &
     PID[nginx-mem]=$!
     PIDS+=("${PID[nginx-mem]}")
