@@ -4,7 +4,8 @@
  * A connection's buffers are one mmap'd block, taken when its client first
  * sends a byte: the request head buffer, the rewritten head, the backend's
  * answer head, the body relay buffer and the exchange itself. After
- * IDLE_SHRINK_MS without a request the block is unmapped and the connection
+ * IDLE_SHRINK_MS without a request the block is given back (kept for the
+ * next connection, up to BLOCK_CACHE_MAX, else unmapped) and the connection
  * waits in the parking loop (loop.cpp), so an idle keep-alive client costs
  * its struct conn and its socket.
  *
@@ -17,7 +18,8 @@
  * for more, then exit.
  *
  * It does not parse HTTP nor choose backends.
- * Limits: a buffer block of 3 x max_header_bytes + 2 x HEAD_EXTRA_BYTES +
+ * Limits: BLOCK_CACHE_MAX blocks kept (unmapped after BLOCK_TRIM_MS to twice that unused);
+ * a buffer block of 3 x max_header_bytes + 2 x HEAD_EXTRA_BYTES +
  * RELAY_BUF_BYTES + the exchange; THREAD_STACK_BYTES per blocking thread;
  * LINGER_MS and LINGER_MAX_BYTES drained before closing after an error.
  */

@@ -104,7 +104,7 @@ void conn_free_buffers(struct conn *c);
 /* Buffer blocks held by connections now, all of them together. */
 int conn_blocks(void);
 
-/* Blocks kept mapped for the next connections now (tests, status). */
+/* Blocks kept mapped for the next connections now (the unit tests). */
 int conn_cached_blocks(void);
 
 /* Every BLOCK_TRIM_MS (a no-op between), unmap the kept blocks that no
