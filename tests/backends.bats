@@ -108,7 +108,7 @@ jq_py() {
     drained_since=$(jq_py 'j["backends"][1]["state_since"]')
     sleep 1.1
     signal_pibl HUP '^pibl: reloaded .*pibl\.cfg: 3 backends \(0 added, 0 removed, 1 changed\)$'
-    grep -qx 'pibl: reload: added: -; removed: -; changed: web2' "$PIBL_LOG"
+    wait_for_line "$PIBL_LOG" '^pibl: reload: added: -; removed: -; changed: web2$'   # the log writer's next line
     [ "$(served 4 /hello.txt)" = "o1 o2 o1 o2" ]
     [ "$(jq_py 'j["backends"][1]["state"]')" = up ]
     [[ "$(jq_py 'j["backends"][1]["state_since"]')" > "$drained_since" ]]
@@ -117,7 +117,7 @@ jq_py() {
     BACKENDS=("web1 127.0.0.1:${ORIGIN_PORT[o1]} drain")
     write_pibl_config "$PIBL_CFG" "admin_port = 0"
     signal_pibl HUP '^pibl: reloaded .*pibl\.cfg: 1 backend \(0 added, 2 removed, 1 changed\)$'
-    grep -qx 'pibl: reload: added: -; removed: web2 web3; changed: web1' "$PIBL_LOG"
+    wait_for_line "$PIBL_LOG" '^pibl: reload: added: -; removed: web2 web3; changed: web1$'
     run pcurl "$(url /hello.txt)"
     [[ "$output" == "503 Service Unavailable: no backend available: every backend is down, drained or disabled" ]]
 }
