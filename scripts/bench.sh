@@ -662,18 +662,26 @@ origin_pids() {
 # its threads exist only then), their differences to sched.tsv: scenario,
 # proxy, round, who, tid, name, run ns, wait ns, vol, invol, seconds seen.
 sched_run() {
-    local p=$1 round=$2 job=$3 wpid pids opids t0 t1 win
+    local p=$1 round=$2 job=$3 wpid="" pids opids t0 t1 win start i
+    start=$(date +%s%N)
     mapfile -t pids < <(proxy_pids "$p")
     mapfile -t opids < <(origin_pids)
     local log=$TMP/$p/pibl.log lines=0
     [[ $p != pibl* ]] || lines=$(wc -l < "$log")
     sched_snap proxy "${pids[@]}" > "$TMP/sched-a"
     sched_snap origin "${opids[@]}" >> "$TMP/sched-a"
-    sleep 0.2
-    wpid=$(children_of "$job" | head -n 1)      # wrk, under timeout
+    # wrk runs under timeout: its PID once it is there (a busy machine may take a while to start it)
+    for ((i = 0; i < 40; i++)); do
+        sleep 0.05
+        wpid=$(children_of "$job" | head -n 1)
+        [ -z "$wpid" ] || break
+    done
+    sleep 0.1                                   # its threads started
     t0=$(date +%s%N)
     sched_snap wrk "$wpid" >> "$TMP/sched-a"
-    sleep "$(awk -v d="$DUR" 'BEGIN { printf "%.1f", (d > 0.6 ? d - 0.4 : 0.2) }')"
+    # the second look 0.2 s before its end
+    sleep "$(awk -v s="$start" -v now="$t0" -v d="$DUR" 'BEGIN { r = (s + d * 1e9 - 2e8 - now) / 1e9
+        printf "%.2f", (r > 0.1 ? r : 0.1) }')"
     t1=$(date +%s%N)
     sched_snap wrk "$wpid" > "$TMP/sched-b"
     win=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
