@@ -63,9 +63,10 @@ bytes_per_answer() {
         m = (u ~ /^GB/) ? 1073741824 : (u ~ /^MB/) ? 1048576 : (u ~ /^KB/) ? 1024 : 1; printf "%d\n", v * m / n }' "$1"
 }
 
-# cpu_ratio OUT SCEN PROXY FLOOR: PIBL's CPU per request over FLOOR's, from summary.tsv (2 decimals).
+# cpu_ratio OUT SCEN PROXY SCEN2 PROXY2: the CPU per request of PROXY in SCEN over that of PROXY2 in
+# SCEN2, from summary.tsv (2 decimals; nothing when the second is missing).
 cpu_ratio() {
-    awk -F'\t' -v s="$2" -v p="$3" -v f="$4" '$1 == s && $2 == p { a = $6 } $1 == s && $2 == f { b = $6 }
+    awk -F'\t' -v s="$2" -v p="$3" -v s2="$4" -v p2="$5" '$1 == s && $2 == p { a = $6 } $1 == s2 && $2 == p2 { b = $6 }
         END { if (b > 0) printf "%.2f\n", a / b }' "$1/summary.tsv"
 }
 
@@ -84,7 +85,7 @@ cpu_ratio() {
     # the relay enters one target only: PIBL's CPU per request at most 1.1 x its own
     local targets ratio
     targets=$(sed -n '/^Targets/,$p' <<< "$output")
-    ratio=$(cpu_ratio "$out" small-miss-c64 pibl haproxy-tcp)
+    ratio=$(cpu_ratio "$out" small-miss-c64 pibl small-miss-c64 haproxy-tcp)
     [ -n "$ratio" ]
     grep -Eq "^- \[[ x]\] CPU/req <= 1\.1 x the TCP relay \(haproxy-tcp\), small-miss-c64: $ratio x\$" <<< "$targets"
     [ "$(grep -c 'haproxy-tcp' <<< "$targets")" -eq 1 ]
@@ -112,15 +113,14 @@ cpu_ratio() {
     local targets ratio gp gn
     targets=$(sed -n '/^Targets/,$p' <<< "$output")
     # at 1000 connections PIBL's CPU per request is held to 1.2 x the floor's; at 64 the floor enters no target
-    ratio=$(cpu_ratio "$out" small-hit-c1000 pibl nginx-mem)
+    ratio=$(cpu_ratio "$out" small-hit-c1000 pibl small-hit-c1000 nginx-mem)
     [ -n "$ratio" ]
     grep -Eq "^- \[[ x]\] CPU/req <= 1\.2 x the from-memory floor \(nginx-mem\), small-hit-c1000: $ratio x\$" <<< "$targets"
     [ "$(grep -c 'nginx-mem' <<< "$targets")" -eq 1 ]
     # and how the cost grows from 64 to 1000 connections, PIBL's against nginx's
-    gp=$(awk -F'\t' '$2 == "pibl" && $1 == "small-hit-c64" { a = $6 } $2 == "pibl" && $1 == "small-hit-c1000" { b = $6 }
-        END { printf "%.2f", b / a }' "$out/summary.tsv")
-    gn=$(awk -F'\t' '$2 == "nginx" && $1 == "small-hit-c64" { a = $6 } $2 == "nginx" && $1 == "small-hit-c1000" { b = $6 }
-        END { printf "%.2f", b / a }' "$out/summary.tsv")
+    gp=$(cpu_ratio "$out" small-hit-c1000 pibl small-hit-c64 pibl)
+    gn=$(cpu_ratio "$out" small-hit-c1000 nginx small-hit-c64 nginx)
+    [ -n "$gp" ] && [ -n "$gn" ]
     grep -Eq "^- \[[ x]\] CPU/req growth from 64 connections <= nginx, small-hit-c1000: $gp x vs $gn x\$" <<< "$targets"
     [ -z "$(ls -A "$BATS_TEST_TMPDIR/tmp")" ]
 }
