@@ -35,13 +35,20 @@
 
 /* ---------------------------------------------------------------- parsing */
 
-/* RFC 9110 5.6.2 tchar */
-static int
+/*
+ * RFC 9110 5.6.2 tchar: ALPHA / DIGIT / "!#$%&'*+-.^_`|~", as a bitmap of
+ * the ASCII codes 0-63 and 64-127 (one shift a byte: every byte of every
+ * field name goes through here).
+ */
+#define TCHAR_0_63   0x03ff6cfa00000000ULL
+#define TCHAR_64_127 0x57ffffffc7fffffeULL
+
+static inline int
 is_tchar(unsigned char c)
 {
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-        return 1;
-    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+    if (c < 64)
+        return (int)((TCHAR_0_63 >> c) & 1);
+    return c < 128 && ((TCHAR_64_127 >> (c - 64)) & 1);
 }
 
 /* field-vchar / SP / HTAB / obs-text: anything but CTL and DEL. */
@@ -790,16 +797,17 @@ http_is_lookalike(const char *name, size_t len)
 int
 http_is_hop_by_hop(const struct http_header *h, const struct http_tokens *ct)
 {
-    static const char *const fixed[] = {
-        "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
+    static const struct { const char *name; size_t len; } fixed[] = {
+        { "connection", 10 }, { "keep-alive", 10 }, { "te", 2 }, { "trailer", 7 },
+        { "transfer-encoding", 17 }, { "upgrade", 7 },
     };
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
-        if (http_name_is(h->name, h->name_len, fixed[i]))
+        if (h->name_len == fixed[i].len && http_same_ci(h->name, fixed[i].name, fixed[i].len))
             return 1;
-    if (h->name_len >= 6 && strncasecmp(h->name, "proxy-", 6) == 0)
+    if (h->name_len >= 6 && http_same_ci(h->name, "proxy-", 6))
         return 1;
     for (int i = 0; i < ct->n; i++)
-        if (h->name_len == ct->len[i] && strncasecmp(h->name, ct->name[i], ct->len[i]) == 0)
+        if (h->name_len == ct->len[i] && http_same_ci(h->name, ct->name[i], ct->len[i]))
             return 1;
     return 0;
 }
@@ -809,9 +817,10 @@ http_find_single(const struct http_header *hdrs, int n, const char *name,
     const struct http_header **out)
 {
     int found = 0;
+    size_t len = strlen(name);
 
     for (int i = 0; i < n; i++) {
-        if (http_name_is(hdrs[i].name, hdrs[i].name_len, name)) {
+        if (hdrs[i].name_len == len && http_same_ci(hdrs[i].name, name, len)) {
             if (found == 0)
                 *out = &hdrs[i];
             found++;
@@ -891,8 +900,10 @@ http_valid_host(const char *h, size_t len)
 const struct http_header *
 http_find_field(const struct http_header *hdrs, int n, const char *name)
 {
+    size_t len = strlen(name);
+
     for (int i = 0; i < n; i++)
-        if (http_name_is(hdrs[i].name, hdrs[i].name_len, name))
+        if (hdrs[i].name_len == len && http_same_ci(hdrs[i].name, name, len))
             return &hdrs[i];
     return NULL;
 }

@@ -121,13 +121,27 @@ long long http_parse_content_length(const char *v, size_t len);
  * before 1970. */
 time_t http_parse_date(const char *v, size_t len);
 
+/* 1 when name equals the first len bytes of want, ignoring ASCII case. */
+static inline int
+http_same_ci(const char *name, const char *want, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char a = (unsigned char)name[i], b = (unsigned char)want[i];
+        if (a == b)
+            continue;
+        if ((a | 0x20) != (b | 0x20) || (a | 0x20) < 'a' || (a | 0x20) > 'z')
+            return 0;
+    }
+    return 1;
+}
+
 /* 1 when a header name equals the NUL-terminated name, ignoring case. */
 static inline int
 http_name_is(const char *name, size_t name_len, const char *want)
 {
     size_t wl = strlen(want);
 
-    return name_len == wl && strncasecmp(name, want, wl) == 0;
+    return name_len == wl && http_same_ci(name, want, wl);
 }
 
 /* The first field called name, or NULL. */

@@ -100,6 +100,27 @@ test_request_heads(void)
         n += (size_t)snprintf(big + n, sizeof big - n, "X: 1\r\n");
     n += (size_t)snprintf(big + n, sizeof big - n, "\r\n");
     CHECK(http_parse_request(big, n, 8192, &req) == HTTP_TOO_MANY_FIELDS, "too many fields");
+
+    /* Every byte in a field name: only RFC 9110 tchars parse. */
+    for (int b = 1; b < 256; b++) {
+        int tchar = (b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z') || (b >= '0' && b <= '9') ||
+            (b < 128 && strchr("!#$%&'*+-.^_`|~", b) != NULL);
+        char head[64];
+        int hl = snprintf(head, sizeof head, "GET / HTTP/1.1\r\nHost: a\r\nX%cY: v\r\n\r\n", b);
+        int rc = http_parse_request(head, (size_t)hl, 8192, &req);
+        if (b == ':')                           /* name "X", value "Y: v" */
+            CHECK(rc == 0 && req.headers[1].name_len == 1, "colon ends the name");
+        else
+            CHECK((rc == 0) == tchar, "byte 0x%02x in a field name: rc %d", b, rc);
+    }
+
+    /* Names compare ignoring ASCII case only. */
+    CHECK(http_name_is("Content-LENGTH", 14, "content-length"), "case folded");
+    CHECK(!http_name_is("content-lengtH", 13, "content-length"), "length differs");
+    CHECK(!http_name_is("x\r", 2, "x-"), "\\r is not '-' in another case");
+    CHECK(!http_name_is("a@", 2, "a`"), "@ and ` are not letters");
+    CHECK(!http_name_is("[", 1, "{"), "[ and { are not letters");
+    CHECK(http_name_is("Proxy-Foo", 9, "proxy-foo"), "mixed case");
 }
 
 /* ------------------------------------------------------------ head ends */
