@@ -4,26 +4,29 @@
  * cache (GET and HEAD without a body, unless the request's Cache-Control
  * or Pragma says otherwise), which answers may be stored and for how long
  * (status, Cache-Control, Expires, Age, validators, capped by the launch
- * TTL), Vary, the client's conditionals (a 304 from an entry), revalidation
- * of expired entries with our own conditionals, PURGE from the addresses of
- * purge_allow, stale-if-error, invalidation after unsafe methods, and the
- * collapsing of concurrent misses of one key.
+ * TTL), Vary (its values and variants: vary.cpp), the client's
+ * conditionals (a 304 from an entry), revalidation of expired entries with
+ * our own conditionals, PURGE from the addresses of purge_allow,
+ * stale-if-error, invalidation after unsafe methods, and the collapsing of
+ * concurrent misses of one key.
  *
  * It does not touch the files (cache.cpp keeps them) nor choose backends.
  * Refused on purpose: storing answers with no-store, private, Set-Cookie,
  * Authorization without public or s-maxage, "Vary: *", and answers to be
  * revalidated (lifetime 0) that carry no validator.
- * Limits: MAX_CACHE_KEY bytes of key and MAX_VARY_BYTES of varied request
- * values (past them, not cached); cache_lock_timeout of waiting.
+ * Limits: MAX_CACHE_KEY bytes of key (past it, not cached);
+ * cache_lock_timeout of waiting.
  */
 #include "cachepolicy.h"
 #include "cache.h"
+#include "conditional.h"
 #include "conn.h"
 #include "exchange.h"
 #include "freshness.h"
 #include "http.h"
 #include "log.h"
 #include "refresh.h"
+#include "vary.h"
 #include "pibl.h"
 #include "sock.h"
 
@@ -77,215 +80,6 @@ cachepolicy_own_field(const struct http_header *h)
     return http_name_is(h->name, h->name_len, "age") ||
         http_name_is(h->name, h->name_len, "x-cache") ||
         http_name_is(h->name, h->name_len, "cache-status");
-}
-
-#define MAX_VARY_MEMBERS 32          /* list members of one varied field compared */
-#define MAX_VARIANTS     8           /* variant slots of a URL beside its own key */
-
-/* One member of a varied field's list, normalised. */
-struct vary_member {
-    char text[MAX_VARY_BYTES];
-    size_t len;
-};
-
-static int
-member_cmp(const void *a, const void *b)
-{
-    const struct vary_member *x = (const struct vary_member *)a, *y = (const struct vary_member *)b;
-    size_t n = x->len < y->len ? x->len : y->len;
-    int c = memcmp(x->text, y->text, n);
-    return c != 0 ? c : (x->len > y->len) - (x->len < y->len);
-}
-
-/*
- * Append "name=values\n" for one request field name (lower-cased), the
- * values normalised where RFC 9110 lets two spellings mean the same: all
- * its lines as one list (5.3), members without the blanks around them; for
- * the Accept fields (case-insensitive tokens whose weights are their
- * q-values, 12.4.2, not their places) also lower-cased, without inner
- * blanks, and sorted.
- * Returns 0, or -1 when it does not fit in cap.
- */
-static int
-append_vary(const struct http_request *r, const char *name, size_t name_len, char *out,
-    size_t *len, size_t cap)
-{
-    struct http_builder b = { out, cap, *len, 0 };
-    static thread_local struct vary_member m[MAX_VARY_MEMBERS];
-    int n = 0, accept = name_len >= 6 && strncasecmp(name, "accept", 6) == 0;
-
-    for (size_t i = 0; i < name_len; i++) {
-        char ch = (char)tolower((unsigned char)name[i]);
-        http_put(&b, &ch, 1);
-    }
-    http_put(&b, "=", 1);
-    for (int i = 0; i < r->n_headers; i++) {
-        const struct http_header *h = &r->headers[i];
-        if (h->name_len != name_len || strncasecmp(h->name, name, name_len) != 0)
-            continue;
-        const char *p = h->value, *end = p + h->value_len, *t;
-        size_t tl;
-        while ((tl = http_list_next(&p, end, ",", &t)) > 0 || p < end) {
-            if (tl == 0) {
-                p++;
-                continue;
-            }
-            while (tl > 0 && (t[tl - 1] == ' ' || t[tl - 1] == '\t'))
-                tl--;
-            if (n == MAX_VARY_MEMBERS || tl >= sizeof m[0].text)
-                return -1;
-            m[n].len = 0;
-            for (size_t k = 0; k < tl; k++) {
-                char ch = t[k];
-                if (accept && (ch == ' ' || ch == '\t'))
-                    continue;
-                m[n].text[m[n].len++] = accept ? (char)tolower((unsigned char)ch) : ch;
-            }
-            n++;
-        }
-    }
-    if (accept)
-        qsort(m, (size_t)n, sizeof m[0], member_cmp);
-    for (int i = 0; i < n; i++) {
-        if (i > 0)
-            http_put(&b, ",", 1);
-        http_put(&b, m[i].text, m[i].len);
-    }
-    http_put(&b, "\n", 1);
-    if (b.overflow)
-        return -1;
-    *len = b.len;
-    return 0;
-}
-
-/*
- * The request's values for the names in an answer's Vary fields, as
- * "name=value\n" lines. Returns 0, or -1 for "Vary: *" or too much.
- */
-static int
-vary_of(const struct http_request *r, const struct http_response *resp, char *out,
-    size_t cap)
-{
-    size_t len = 0;
-
-    out[0] = '\0';
-    for (int i = 0; i < resp->n_headers; i++) {
-        const struct http_header *h = &resp->headers[i];
-        if (!http_name_is(h->name, h->name_len, "vary"))
-            continue;
-        const char *p = h->value, *end = p + h->value_len, *t;
-        while (p < end) {
-            size_t tl = http_list_next(&p, end, ", \t", &t);
-            if (tl == 0)
-                continue;
-            if (tl == 1 && *t == '*')
-                return -1;
-            if (append_vary(r, t, tl, out, &len, cap - 1) == -1)
-                return -1;
-        }
-    }
-    out[len] = '\0';
-    return 0;
-}
-
-/*
- * The request's values, as "name=value\n" lines, for the names in stored
- * (an entry's lines). Returns their length, or -1 when they do not fit.
- */
-static long
-vary_now(const struct http_request *r, const char *stored, char *now, size_t cap)
-{
-    size_t len = 0;
-
-    for (const char *p = stored; *p != '\0';) {
-        const char *eq = strchr(p, '='), *nl = strchr(p, '\n');
-        if (eq == NULL || nl == NULL || eq > nl)
-            return -1;
-        if (append_vary(r, p, (size_t)(eq - p), now, &len, cap - 1) == -1)
-            return -1;
-        p = nl + 1;
-    }
-    now[len] = '\0';
-    return (long)len;
-}
-
-/* 1 when the request carries the same values an entry was stored for. */
-static int
-vary_matches(const struct http_request *r, const char *stored)
-{
-    char now[MAX_VARY_BYTES];
-    return vary_now(r, stored, now, sizeof now) >= 0 && strcmp(now, stored) == 0;
-}
-
-/*
- * Variants (RFC 9111 4.1): the first answer stored for a URL has its key;
- * the others live beside it under "KEY variant=N", N in [0, MAX_VARIANTS)
- * chosen by a hash of the request's values for the names the first one
- * varies on. A variant whose slot is taken replaces what is there, so a
- * URL never has more than 1 + MAX_VARIANTS entries. A key holds no blank,
- * so the URL's own key is what comes before the first one.
- */
-#define VARIANT_SUFFIX " variant="
-
-static size_t
-url_key_len(const char *key, size_t len)
-{
-    const char *sp = (const char *)memchr(key, ' ', len);
-    return sp != NULL ? (size_t)(sp - key) : len;
-}
-
-/*
- * The URL's entry e is another variant: make x->key this request's variant
- * slot. Returns 1 when it did, 0 when x->key is a slot already or the
- * values or the key do not fit (the variant then takes the URL's key).
- */
-static int
-to_variant_slot(struct exchange *x, const struct cache_entry *e)
-{
-    char now[MAX_VARY_BYTES];
-    long n = vary_now(&x->req, e->vary, now, sizeof now);
-    size_t base = (size_t)x->key_len;
-
-    if (n < 0 || url_key_len(x->key, base) != base ||
-        base + sizeof VARIANT_SUFFIX + 4 > MAX_CACHE_KEY)
-        return 0;
-    uint64_t h = 0xcbf29ce484222325ULL;    /* FNV-1a */
-    for (long i = 0; i < n; i++)
-        h = (h ^ (unsigned char)now[i]) * 0x100000001b3ULL;
-    x->key_len += snprintf(x->key + base, sizeof x->key - base, VARIANT_SUFFIX "%u",
-        (unsigned)(h % MAX_VARIANTS));
-    return 1;
-}
-
-/* Look up x->key; an entry for other Vary values sends the lookup on to
- * this request's variant slot. Returns 1 with e filled (judge it: a slot
- * may hold yet another variant), 0 when there is none. */
-static int
-lookup(struct exchange *x, struct cache_entry *e)
-{
-    if (cache_lookup(x->key, (size_t)x->key_len, e) != 1)
-        return 0;
-    if (vary_matches(&x->req, e->vary) || !to_variant_slot(x, e))
-        return 1;
-    cache_release(e);
-    return cache_lookup(x->key, (size_t)x->key_len, e) == 1;
-}
-
-/* Delete a URL's entry and its variants. Returns 1 when one was there. */
-static int
-remove_url(const char *key, size_t len)
-{
-    char slot[MAX_CACHE_KEY + 16];
-    len = url_key_len(key, len);
-    int removed = cache_remove(key, len);
-
-    if (len + sizeof VARIANT_SUFFIX + 4 > MAX_CACHE_KEY)
-        return removed;
-    for (int i = 0; i < MAX_VARIANTS; i++) {
-        int n = snprintf(slot, sizeof slot, "%.*s" VARIANT_SUFFIX "%d", (int)len, key, i);
-        removed |= cache_remove(slot, (size_t)n);
-    }
-    return removed;
 }
 
 /* Statuses a cache may store without explicit freshness (RFC 9110 15.1). */
@@ -393,148 +187,6 @@ lifetime_of(const struct pibl_config *cfg, const struct http_request *r,
     return lifetime;
 }
 
-/* Weak comparison of one entity tag with a list (RFC 9110 8.8.3.2, 13.1.2). */
-static int
-etag_in_list(const char *etag, size_t etag_len, const char *list, size_t list_len)
-{
-    if (etag_len > 2 && etag[0] == 'W' && etag[1] == '/') {
-        etag += 2;
-        etag_len -= 2;
-    }
-    const char *p = list, *end = list + list_len;
-    while (p < end) {
-        while (p < end && (*p == ',' || *p == ' ' || *p == '\t'))
-            p++;
-        if (p < end && *p == '*')
-            return 1;
-        if (end - p > 2 && p[0] == 'W' && p[1] == '/')
-            p += 2;
-        const char *t = p;
-        if (p < end && *p == '"') {
-            const char *q = (const char *)memchr(p + 1, '"', (size_t)(end - p - 1));
-            p = q ? q + 1 : end;
-        } else {
-            while (p < end && *p != ',')
-                p++;
-        }
-        if ((size_t)(p - t) == etag_len && memcmp(t, etag, etag_len) == 0)
-            return 1;
-    }
-    return 0;
-}
-
-/* 1 when the client's conditionals say its copy is current (RFC 9110 13.2.2). */
-static int
-client_has_current(const struct http_request *r, const struct http_response *stored)
-{
-    const struct http_header *inm = http_find_field(r->headers, r->n_headers, "if-none-match");
-    const struct http_header *etag = http_find_field(stored->headers, stored->n_headers, "etag");
-
-    if (inm != NULL)
-        return etag != NULL &&
-            etag_in_list(etag->value, etag->value_len, inm->value, inm->value_len);
-    const struct http_header *ims = http_find_field(r->headers, r->n_headers, "if-modified-since");
-    const struct http_header *lm =
-        http_find_field(stored->headers, stored->n_headers, "last-modified");
-    if (ims == NULL || lm == NULL)
-        return 0;
-    time_t since = http_parse_date(ims->value, ims->value_len);
-    time_t modified = http_parse_date(lm->value, lm->value_len);
-    return since != -1 && modified != -1 && modified <= since;
-}
-
-/* A whole decimal number of [p, end) into *v; 0, or -1 when empty, not
- * digits or past 2^62. */
-static int
-range_number(const char *p, const char *end, uint64_t *v)
-{
-    if (p >= end || end - p > 18)
-        return -1;
-    *v = 0;
-    for (; p < end; p++) {
-        if (*p < '0' || *p > '9')
-            return -1;
-        *v = *v * 10 + (uint64_t)(*p - '0');
-    }
-    return 0;
-}
-
-/* If-Range (RFC 9110 13.1.5): 1 when its validator is the stored one's,
- * compared strongly (an entity tag) or exactly (a date, to Last-Modified). */
-static int
-if_range_holds(const struct http_header *ir, const struct http_response *stored)
-{
-    const struct http_header *etag = http_find_field(stored->headers, stored->n_headers, "etag");
-    const struct http_header *lm =
-        http_find_field(stored->headers, stored->n_headers, "last-modified");
-
-    int weak = ir->value_len >= 2 && ir->value[0] == 'W' && ir->value[1] == '/';
-    if (weak || (ir->value_len > 0 && ir->value[0] == '"'))   /* "Wed, ..." is a date */
-        return !weak && etag != NULL && etag->value_len == ir->value_len &&
-            memcmp(etag->value, ir->value, ir->value_len) == 0;
-    time_t when = http_parse_date(ir->value, ir->value_len);
-    return when != -1 && lm != NULL && http_parse_date(lm->value, lm->value_len) == when;
-}
-
-enum range_answer { RANGE_WHOLE, RANGE_PART, RANGE_UNSATISFIABLE };
-
-/*
- * The Range of a GET for a stored 200 of total bytes (RFC 9110 14.1.2,
- * 14.2): one range "a-b", "a-" or "-n" gives RANGE_PART with [*from,
- * *from + *len); a range that starts past the end, RANGE_UNSATISFIABLE.
- * Several ranges, a malformed field, another unit or an If-Range that does
- * not hold give RANGE_WHOLE: the full 200, which the RFC allows.
- */
-static int
-range_of(const struct http_request *r, const struct http_response *stored, uint64_t total,
-    uint64_t *from, uint64_t *len)
-{
-    const struct http_header *h = NULL;
-    int n = 0;
-
-    for (int i = 0; i < r->n_headers; i++)
-        if (http_name_is(r->headers[i].name, r->headers[i].name_len, "range")) {
-            h = &r->headers[i];
-            n++;
-        }
-    if (n != 1 || h->value_len < 7 || strncasecmp(h->value, "bytes=", 6) != 0)
-        return RANGE_WHOLE;
-    const struct http_header *ir = http_find_field(r->headers, r->n_headers, "if-range");
-    if (ir != NULL && !if_range_holds(ir, stored))
-        return RANGE_WHOLE;
-    const char *p = h->value + 6, *end = h->value + h->value_len;
-    while (p < end && (*p == ' ' || *p == '\t'))
-        p++;
-    while (end > p && (end[-1] == ' ' || end[-1] == '\t'))
-        end--;
-    const char *dash = (const char *)memchr(p, '-', (size_t)(end - p));
-    if (dash == NULL || memchr(p, ',', (size_t)(end - p)) != NULL)
-        return RANGE_WHOLE;                     /* several ranges: the whole body */
-    uint64_t a, b;
-    if (dash == p) {                            /* "-n": the last n bytes */
-        if (range_number(dash + 1, end, &b) == -1)
-            return RANGE_WHOLE;
-        if (b == 0 || total == 0)
-            return RANGE_UNSATISFIABLE;
-        *len = b < total ? b : total;
-        *from = total - *len;
-        return RANGE_PART;
-    }
-    if (range_number(p, dash, &a) == -1)
-        return RANGE_WHOLE;
-    if (dash + 1 == end)
-        b = total > 0 ? total - 1 : 0;
-    else if (range_number(dash + 1, end, &b) == -1 || b < a)
-        return RANGE_WHOLE;                     /* invalid: ignored (14.1.1) */
-    if (a >= total)
-        return RANGE_UNSATISFIABLE;
-    if (b >= total)
-        b = total - 1;
-    *from = a;
-    *len = b - a + 1;
-    return RANGE_PART;
-}
-
 /* Fields a 304 carries from the stored answer (RFC 9110 15.4.5). */
 static int
 keep_in_304(const struct http_header *h)
@@ -559,15 +211,15 @@ cachepolicy_entry_head(struct conn *c, struct exchange *x, struct cache_entry *e
     if (cache_read_head(e, c->uin, c->uin_cap) == -1 ||
         http_parse_response(c->uin, e->head_len, &resp) == -1)
         return -1;
-    int not_modified = client_has_current(&x->req, &resp);
+    int not_modified = cond_client_has_current(&x->req, &resp);
     int status = not_modified ? 304 : resp.status;
     uint64_t from = 0, len = e->body_len;
-    int range = RANGE_WHOLE;
+    int range = COND_RANGE_WHOLE;
     if (status == 200 && !x->is_head && http_name_is(x->method, strlen(x->method), "GET"))
-        range = range_of(&x->req, &resp, e->body_len, &from, &len);
-    if (range == RANGE_PART)
+        range = cond_range(&x->req, &resp, e->body_len, &from, &len);
+    if (range == COND_RANGE_PART)
         status = 206;
-    else if (range == RANGE_UNSATISFIABLE)
+    else if (range == COND_RANGE_UNSATISFIABLE)
         status = 416;
     int has_body = !x->is_head && !not_modified && status != 204 && status != 304 && status != 416;
     int ranges_field = 0;
@@ -771,7 +423,7 @@ purge(struct conn *c, struct exchange *x)
         exchange_error(c, x, 403, "PURGE not allowed from this address", 1);
         return FRONT_DONE_KEEP;
     }
-    int removed = remove_url(x->key, (size_t)x->key_len);
+    int removed = vary_remove_url(x->key, (size_t)x->key_len);
     exchange_error(c, x, removed ? 200 : 404, removed ? "purged" : "not in cache", 1);
     x->err = NULL;
     return FRONT_DONE_KEEP;
@@ -840,7 +492,7 @@ cachepolicy_front(struct conn *c, struct exchange *x, const char *host, size_t h
         struct cache_entry e;
         x->cache = CACHE_MISS;
         x->cs_fwd = "uri-miss";
-        if (lookup(x, &e) == 1) {
+        if (vary_lookup(x, &e) == 1) {
             int verdict = cachepolicy_judge(x, &e);
             if (verdict == ENTRY_OTHER_VARIANT) {
                 x->cs_fwd = "vary-miss";
@@ -883,7 +535,7 @@ cachepolicy_front_loop(struct conn *c, struct exchange *x, long *head_len, uint6
 {
     if (cachepolicy_plan(x, c->host, c->host_len, c->path, c->path_len) != PLAN_LOOKUP)
         return LOOP_HAND_OVER;
-    if (lookup(x, &x->hit) != 1) {
+    if (vary_lookup(x, &x->hit) != 1) {
         if (!x->is_head) {
             if (cache_lock(x->key, (size_t)x->key_len, 0) != CACHE_LOCK_OWNED)
                 return LOOP_HAND_OVER;          /* taken: wait for it in a thread */
@@ -1221,7 +873,7 @@ invalidate_ref(const struct exchange *x, const char *v, size_t len)
     memcpy(path + pl, v, len);
     int kl = cache_key(key, sizeof key, host, host_len, path, pl + len);
     if (kl > 0)
-        remove_url(key, (size_t)kl);
+        vary_remove_url(key, (size_t)kl);
 }
 
 void
@@ -1229,7 +881,7 @@ cachepolicy_answered(struct exchange *x, const struct http_response *resp)
 {
     if (!x->invalidate || x->key_len <= 7 || resp->status < 200 || resp->status >= 400)
         return;
-    remove_url(x->key, (size_t)x->key_len);
+    vary_remove_url(x->key, (size_t)x->key_len);
     for (int i = 0; i < resp->n_headers; i++) {
         const struct http_header *h = &resp->headers[i];
         if (http_name_is(h->name, h->name_len, "location") ||
@@ -1251,7 +903,7 @@ cachepolicy_end(struct exchange *x)
 {
     cachepolicy_unlock(x);
     if (x->invalidate && x->key_len > 0 && x->status >= 200 && x->status < 400)
-        remove_url(x->key, (size_t)x->key_len);
+        vary_remove_url(x->key, (size_t)x->key_len);
     x->invalidate = 0;
     cache_release(&x->stale);
     cache_release(&x->hit);

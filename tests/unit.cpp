@@ -8,6 +8,7 @@
  */
 #include "cache.h"
 #include "cachepolicy.h"
+#include "conditional.h"
 #include "conn.h"
 #include "exchange.h"
 #include "freshness.h"
@@ -121,6 +122,78 @@ test_request_heads(void)
     CHECK(!http_name_is("a@", 2, "a`"), "@ and ` are not letters");
     CHECK(!http_name_is("[", 1, "{"), "[ and { are not letters");
     CHECK(http_name_is("Proxy-Foo", 9, "proxy-foo"), "mixed case");
+}
+
+/* ------------------------------------------------------- conditionals */
+
+/* A GET with the given field lines (after Host) into r, the stored head into st.
+ * Returns 0, or -1 when either does not parse. */
+static int
+cond_heads(const char *fields, const char *stored, char *buf, size_t cap, struct http_request *r,
+    struct http_response *st)
+{
+    int n = snprintf(buf, cap, "GET / HTTP/1.1\r\nHost: a\r\n%s\r\n", fields);
+    if (n < 0 || (size_t)n >= cap || http_parse_request(buf, (size_t)n, 8192, r) != 0)
+        return -1;
+    return http_parse_response(stored, strlen(stored), st) == 0 ? 0 : -1;
+}
+
+static void
+test_conditionals(void)
+{
+    const char *stored = "HTTP/1.1 200 OK\r\nETag: \"v1\"\r\n"
+        "Last-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\n\r\n";
+    static const struct {
+        const char *range;                  /* field lines after Host */
+        int want;
+        uint64_t from, len;
+    } cases[] = {
+        { "", COND_RANGE_WHOLE, 0, 0 },
+        { "Range: bytes=0-99\r\n", COND_RANGE_PART, 0, 100 },
+        { "Range: bytes=10-\r\n", COND_RANGE_PART, 10, 990 },
+        { "Range: bytes=-10\r\n", COND_RANGE_PART, 990, 10 },
+        { "Range: bytes=-5000\r\n", COND_RANGE_PART, 0, 1000 },
+        { "Range: bytes=900-5000\r\n", COND_RANGE_PART, 900, 100 },
+        { "Range: bytes=1000-\r\n", COND_RANGE_UNSATISFIABLE, 0, 0 },
+        { "Range: bytes=-0\r\n", COND_RANGE_UNSATISFIABLE, 0, 0 },
+        { "Range: bytes=5-2\r\n", COND_RANGE_WHOLE, 0, 0 },          /* invalid: ignored */
+        { "Range: bytes=0-1,5-6\r\n", COND_RANGE_WHOLE, 0, 0 },      /* several: whole */
+        { "Range: items=0-1\r\n", COND_RANGE_WHOLE, 0, 0 },
+        { "Range: bytes=0-1\r\nRange: bytes=2-3\r\n", COND_RANGE_WHOLE, 0, 0 },
+        { "Range: bytes=0-9\r\nIf-Range: \"v1\"\r\n", COND_RANGE_PART, 0, 10 },
+        { "Range: bytes=0-9\r\nIf-Range: \"v2\"\r\n", COND_RANGE_WHOLE, 0, 0 },
+        { "Range: bytes=0-9\r\nIf-Range: W/\"v1\"\r\n", COND_RANGE_WHOLE, 0, 0 },
+        { "Range: bytes=0-9\r\nIf-Range: Wed, 21 Oct 2015 07:28:00 GMT\r\n", COND_RANGE_PART, 0, 10 },
+        { "Range: bytes=0-9\r\nIf-Range: Wed, 21 Oct 2015 07:28:01 GMT\r\n", COND_RANGE_WHOLE, 0, 0 },
+    };
+    char head[512];
+    struct http_request r;
+    struct http_response st;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        uint64_t from = 0, len = 0;
+        int got = cond_heads(cases[i].range, stored, head, sizeof head, &r, &st) == 0 ?
+            cond_range(&r, &st, 1000, &from, &len) : -1;
+        CHECK(got == cases[i].want && from == cases[i].from && len == cases[i].len,
+            "range case %zu: got %d %llu+%llu", i, got, (unsigned long long)from,
+            (unsigned long long)len);
+    }
+
+    static const struct { const char *fields; int current; } cur[] = {
+        { "", 0 },
+        { "If-None-Match: \"v1\"\r\n", 1 },
+        { "If-None-Match: W/\"v1\"\r\n", 1 },                     /* weak comparison */
+        { "If-None-Match: \"x\", \"v1\"\r\n", 1 },
+        { "If-None-Match: *\r\n", 1 },
+        { "If-None-Match: \"v2\"\r\n", 0 },
+        /* If-None-Match wins over If-Modified-Since (RFC 9110 13.1.3). */
+        { "If-None-Match: \"v2\"\r\nIf-Modified-Since: Thu, 22 Oct 2015 00:00:00 GMT\r\n", 0 },
+        { "If-Modified-Since: Wed, 21 Oct 2015 07:28:00 GMT\r\n", 1 },
+        { "If-Modified-Since: Wed, 21 Oct 2015 07:27:59 GMT\r\n", 0 },
+        { "If-Modified-Since: yesterday\r\n", 0 },
+    };
+    for (size_t i = 0; i < sizeof cur / sizeof cur[0]; i++)
+        CHECK(cond_heads(cur[i].fields, stored, head, sizeof head, &r, &st) == 0 &&
+            cond_client_has_current(&r, &st) == cur[i].current, "current case %zu", i);
 }
 
 /* ------------------------------------------------------------ head ends */
@@ -1061,6 +1134,7 @@ main(void)
 {
     test_request_heads();
     test_head_end();
+    test_conditionals();
     test_response_heads();
     test_chunked();
     test_content_length();
