@@ -22,6 +22,8 @@
  *    no bare LF, and the same answer comes whether the bytes arrive whole or
  *    one at a time (its incremental scan);
  *  - a field count equals the number of CRLF-terminated lines of the head;
+ *  - a request's Range, against a stored answer of a few sizes, names a
+ *    part inside it and never an empty one (conditional.h);
  *  - http_parse_content_length agrees with a plain digit reader;
  *  - the chunked decoder always makes progress, never hands out a data span
  *    longer than what it consumed, and gives the same data, the same end and
@@ -37,6 +39,7 @@
  * positions instead of all of them (keeps an execution in the millisecond
  * range).
  */
+#include "conditional.h"
 #include "freshness.h"
 #include "http.h"
 #include "pibl.h"
@@ -221,6 +224,29 @@ check_request(const char *buf, size_t n, size_t max_uri, int rc, const struct ht
     check_headers(buf, n, r->headers, r->n_headers);
 }
 
+/* A parsed request's Range and conditionals against a stored 200 of a few
+ * sizes (conditional.h): a part lies inside the entry and is not empty;
+ * the verdict is one of the three; the conditional check is 0 or 1. */
+static void
+check_conditionals(const struct http_request *r)
+{
+    static const char stored_head[] = "HTTP/1.1 200 OK\r\nETag: \"v1\"\r\n"
+        "Last-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\n\r\n";
+    static const uint64_t totals[] = { 0, 1, 1000, (uint64_t)1 << 40 };
+    struct http_response stored;
+
+    CHECK(http_parse_response(stored_head, sizeof stored_head - 1, &stored) == 0);
+    int cur = cond_client_has_current(r, &stored);
+    CHECK(cur == 0 || cur == 1);
+    for (size_t i = 0; i < sizeof totals / sizeof totals[0]; i++) {
+        uint64_t from = 0, len = 0;
+        int v = cond_range(r, &stored, totals[i], &from, &len);
+        CHECK(v == COND_RANGE_WHOLE || v == COND_RANGE_PART || v == COND_RANGE_UNSATISFIABLE);
+        if (v == COND_RANGE_PART)
+            CHECK(len > 0 && from < totals[i] && len <= totals[i] - from);
+    }
+}
+
 static void
 fuzz_one(const char *buf, size_t n)
 {
@@ -243,6 +269,7 @@ fuzz_one(const char *buf, size_t n)
             skip += 2;
         CHECK(req.method == buf + skip);
         CHECK(req.n_headers == count_crlf(buf, skip, hl) - 2);
+        check_conditionals(&req);
     }
     /* The same head under a tiny max_uri: a longer valid target is a 414. */
     memset(&small, 0, sizeof small);
