@@ -35,7 +35,6 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -561,7 +560,7 @@ omitted(const struct cache_ctl *cc, const struct http_header *h)
 {
     for (int i = 0; i < cc->n_omit; i++)
         if (h->name_len == cc->omit[i].len &&
-            strncasecmp(h->name, cc->omit[i].name, h->name_len) == 0)
+            http_same_ci(h->name, cc->omit[i].name, h->name_len))
             return 1;
     return 0;
 }
@@ -617,7 +616,7 @@ replaced_by(const struct http_header *h, const struct http_response *upd,
 {
     for (int i = 0; i < upd->n_headers; i++)
         if (upd->headers[i].name_len == h->name_len &&
-            strncasecmp(upd->headers[i].name, h->name, h->name_len) == 0)
+            http_same_ci(upd->headers[i].name, h->name, h->name_len))
             return !kept_on_update(&upd->headers[i], ct);
     return 0;
 }
@@ -848,10 +847,10 @@ invalidate_ref(const struct exchange *x, const char *v, size_t len)
     const char *hash = (const char *)memchr(v, '#', len);
     if (hash != NULL)
         len = (size_t)(hash - v);
-    if (len > 7 && strncasecmp(v, "http://", 7) == 0) {
+    if (len > 7 && http_same_ci(v, "http://", 7)) {
         const char *slash = (const char *)memchr(v + 7, '/', len - 7);
         size_t hl = slash ? (size_t)(slash - v - 7) : len - 7;
-        if (hl != host_len || strncasecmp(v + 7, host, hl) != 0)
+        if (hl != host_len || !http_same_ci(v + 7, host, hl))
             return;                             /* another host: not ours to drop */
         v = slash ? slash : "/";
         len = slash ? len - 7 - hl : 1;

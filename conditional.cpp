@@ -14,7 +14,6 @@
 
 #include <stdint.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 
 /* Weak comparison of one entity tag with a list (RFC 9110 8.8.3.2, 13.1.2). */
@@ -111,7 +110,7 @@ cond_range(const struct http_request *r, const struct http_response *stored, uin
             h = &r->headers[i];
             n++;
         }
-    if (n != 1 || h->value_len < 7 || strncasecmp(h->value, "bytes=", 6) != 0)
+    if (n != 1 || h->value_len < 7 || !http_same_ci(h->value, "bytes=", 6))
         return COND_RANGE_WHOLE;
     const struct http_header *ir = http_find_field(r->headers, r->n_headers, "if-range");
     if (ir != NULL && !if_range_holds(ir, stored))

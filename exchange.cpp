@@ -45,7 +45,6 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -292,9 +291,9 @@ exchange_check_request(const struct pibl_config *cfg, struct exchange *x, int *s
         /* absolute-form (RFC 9112 3.2.2): its authority replaces Host. */
         const char *t = r->target, *end = t + r->target_len;
         size_t skip = 0;
-        if (r->target_len > 7 && strncasecmp(t, "http://", 7) == 0)
+        if (r->target_len > 7 && http_same_ci(t, "http://", 7))
             skip = 7;
-        else if (r->target_len > 8 && strncasecmp(t, "https://", 8) == 0)
+        else if (r->target_len > 8 && http_same_ci(t, "https://", 8))
             skip = 8;
         if (skip == 0) {
             *why = "bad request target";

@@ -14,7 +14,6 @@
 
 #include <limits.h>
 #include <string.h>
-#include <strings.h>
 
 #define DELTA_MAX 2147483647L         /* RFC 9111 1.2.2: larger means this */
 
@@ -162,7 +161,7 @@ freshness_cache_control(const struct http_header *hdrs, int n, const char *name,
                 if (semi != NULL) {
                     size_t tl = (size_t)(d_end - semi - 1);
                     if (tl != strlen(FRESHNESS_DEVICE) ||
-                        strncasecmp(semi + 1, FRESHNESS_DEVICE, tl) != 0)
+                        !http_same_ci(semi + 1, FRESHNESS_DEVICE, tl))
                         continue;                   /* another device's */
                     if (has_val && semi >= val)
                         vl = (size_t)(semi - val);

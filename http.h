@@ -21,7 +21,6 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 
 /* Limits a peer can reach in a message (the byte caps are config keys). */
@@ -121,12 +120,13 @@ long long http_parse_content_length(const char *v, size_t len);
  * before 1970. */
 time_t http_parse_date(const char *v, size_t len);
 
-/* 1 when name equals the first len bytes of want, ignoring ASCII case. */
+/* 1 when the len bytes at x and at y are equal ignoring ASCII case (the
+ * one case-insensitive comparison of names, tokens and schemes). */
 static inline int
-http_same_ci(const char *name, const char *want, size_t len)
+http_same_ci(const char *x, const char *y, size_t len)
 {
     for (size_t i = 0; i < len; i++) {
-        unsigned char a = (unsigned char)name[i], b = (unsigned char)want[i];
+        unsigned char a = (unsigned char)x[i], b = (unsigned char)y[i];
         if (a == b)
             continue;
         if ((a | 0x20) != (b | 0x20) || (a | 0x20) < 'a' || (a | 0x20) > 'z')

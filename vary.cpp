@@ -19,7 +19,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #define MAX_VARY_MEMBERS 32          /* list members of one varied field compared */
 
@@ -53,7 +52,7 @@ append_vary(const struct http_request *r, const char *name, size_t name_len, cha
 {
     struct http_builder b = { out, cap, *len, 0 };
     static thread_local struct vary_member m[MAX_VARY_MEMBERS];
-    int n = 0, accept = name_len >= 6 && strncasecmp(name, "accept", 6) == 0;
+    int n = 0, accept = name_len >= 6 && http_same_ci(name, "accept", 6);
 
     for (size_t i = 0; i < name_len; i++) {
         char ch = (char)tolower((unsigned char)name[i]);
@@ -62,7 +61,7 @@ append_vary(const struct http_request *r, const char *name, size_t name_len, cha
     http_put(&b, "=", 1);
     for (int i = 0; i < r->n_headers; i++) {
         const struct http_header *h = &r->headers[i];
-        if (h->name_len != name_len || strncasecmp(h->name, name, name_len) != 0)
+        if (h->name_len != name_len || !http_same_ci(h->name, name, name_len))
             continue;
         const char *p = h->value, *end = p + h->value_len, *t;
         size_t tl;
