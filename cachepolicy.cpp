@@ -30,7 +30,6 @@
 #include "pibl.h"
 #include "sock.h"
 
-#include <ctype.h>
 #include <stdlib.h>
 #include <errno.h>
 #include <stdio.h>
