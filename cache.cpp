@@ -84,10 +84,16 @@ static struct inflight *g_inflight;
 /*
  * Open entries, kept between lookups (like nginx's open_file_cache): the
  * descriptor, the parsed meta block and a copy of the stored head (a few
- * hundred bytes; never the body). A hit then costs one stat() to see that
- * the file is still the same (device, inode, size, mtime), instead of
- * open + read + parse + close. Slots are direct-mapped by hash; a slot in
- * use by a request (refs > 0) is never changed under it.
+ * hundred bytes; never the body). A hit then costs one fstat() of the open
+ * descriptor to see that nothing was done to the file since it was opened,
+ * instead of open + read + parse + close: size, mtime, link count and
+ * ctime unchanged. Every unlink, rename (over it or away), link, write,
+ * truncate or touch of the file changes its ctime (and unlink its link
+ * count), so the path still names this inode; fstat() skips the path walk
+ * that a stat() of the path pays. What leaves the inode alone (a folder
+ * above it renamed or swapped) is caught by a stat() of the path at the
+ * first hit of each second. Slots are direct-mapped by hash; a slot in use
+ * by a request (refs > 0) is never changed under it.
  *
  * A reference is taken under g_open_lock but dropped without it, so that
  * the hits on a hot entry take the lock once, not twice. Dooming stores
@@ -107,7 +113,8 @@ struct open_slot {
     dev_t dev;
     ino_t ino;
     off_t size;
-    struct timespec mtime;
+    nlink_t nlink;
+    struct timespec mtime, ctime;
     char *key;                     /* malloc'd, NUL-terminated */
     size_t key_len;
     char *head;                    /* malloc'd copy of the stored head */
@@ -527,10 +534,30 @@ open_forget(uint64_t h)
 }
 
 static int
+same_time(const struct timespec *a, const struct timespec *b)
+{
+    return a->tv_sec == b->tv_sec && a->tv_nsec == b->tv_nsec;
+}
+
+/* 1 when st (an fstat of o's descriptor) shows nothing done to the file
+ * since o was filled from it. */
+static int
 same_file(const struct open_slot *o, const struct stat *st)
 {
     return o->dev == st->st_dev && o->ino == st->st_ino && o->size == st->st_size &&
-        o->mtime.tv_sec == st->st_mtim.tv_sec && o->mtime.tv_nsec == st->st_mtim.tv_nsec;
+        o->nlink == st->st_nlink && same_time(&o->mtime, &st->st_mtim) &&
+        same_time(&o->ctime, &st->st_ctim);
+}
+
+/* 1 when the entry's path still names the inode o holds open. */
+static int
+same_path(const struct open_slot *o, uint64_t h)
+{
+    char path[PATH_MAX];
+    struct stat st;
+
+    entry_path(h, path, sizeof path);
+    return stat(path, &st) == 0 && st.st_dev == o->dev && st.st_ino == o->ino;
 }
 
 /* Fill the age-dependent fields of a found entry. */
@@ -632,27 +659,34 @@ cache_lookup(const char *key, size_t key_len, struct cache_entry *e)
     if (g_ttl == 0)
         return 0;
     e->hash = hash_key(key, key_len);
-    entry_path(e->hash, path, sizeof path);
-    if (stat(path, &st) == -1) {
-        open_forget(e->hash);
-        return 0;
-    }
 
     /* Fast path: the same file as last time, already open and parsed. */
     int idx = (int)(e->hash % OPEN_SLOTS);
     struct open_slot *o = &g_open[idx];
     pthread_mutex_lock(&g_open_lock);
-    if (o->fd != -1 && !o->doomed.load() && o->hash == e->hash && same_file(o, &st) &&
-        o->key_len == key_len && memcmp(o->key, key, key_len) == 0) {
+    int held = o->fd != -1 && !o->doomed.load() && o->hash == e->hash &&
+        o->key_len == key_len && memcmp(o->key, key, key_len) == 0;
+    int touch = 0;
+    if (held) {
         o->refs.fetch_add(1);
         /* The LRU clock counts seconds: one touch per second is enough,
          * and a hot entry's hits do not all queue on the index lock. */
         int64_t now = now_s();
-        int touch = o->touched != now;
+        touch = o->touched != now;
         o->touched = now;
-        pthread_mutex_unlock(&g_open_lock);
-        /* Our reference keeps the slot as it is: copy without the lock,
-         * which the other loops want for the same hot entry. */
+    }
+    pthread_mutex_unlock(&g_open_lock);
+    /* Our reference keeps the slot as it is: read it without the lock,
+     * which the other loops want for the same hot entry. */
+    if (held && (fstat(o->fd, &st) == -1 || !same_file(o, &st) ||
+                 (touch && !same_path(o, e->hash)))) {
+        open_forget(e->hash);                   /* changed on disk: doomed, */
+        e->slot = idx;
+        cache_release(e);                       /* and closed with our reference */
+        e->slot = -1;
+        held = 0;
+    }
+    if (held) {
         memcpy(e, &o->meta, offsetof(struct cache_entry, vary));
         memcpy(e->vary, o->meta.vary, strlen(o->meta.vary) + 1);
         e->fd = o->fd;
@@ -664,8 +698,12 @@ cache_lookup(const char *key, size_t key_len, struct cache_entry *e)
             index_touch(e->hash);
         return 1;
     }
-    pthread_mutex_unlock(&g_open_lock);
 
+    entry_path(e->hash, path, sizeof path);
+    if (stat(path, &st) == -1) {
+        open_forget(e->hash);
+        return 0;
+    }
     if (parse_entry(path, key, key_len, e, &st) != 1) {
         e->fd = -1;
         return 0;
@@ -690,7 +728,9 @@ cache_lookup(const char *key, size_t key_len, struct cache_entry *e)
             o->dev = st.st_dev;
             o->ino = st.st_ino;
             o->size = st.st_size;
+            o->nlink = st.st_nlink;
             o->mtime = st.st_mtim;
+            o->ctime = st.st_ctim;
             o->key = kc;
             o->key_len = key_len;
             o->head = head;

@@ -2,7 +2,8 @@
 # cache.bats - the disk cache: hits and misses, HEAD, hits with every backend gone and after
 # a restart, expiry by mtime (touch -d, never sleep), revalidation, max-age against the launch TTL, what is not
 # stored, key separation, cache_heuristic, Vary, Expires, Last-Modified revalidation, invalidation by unsafe
-# methods, conditional hits, a 100 MB entry, a crash while storing, a corrupted entry, a full disk (ENOSPC, on a
+# methods, conditional hits, a 100 MB entry, a crash while storing, a corrupted entry, an open entry changed on
+# disk (in place, renamed over, removed, renamed away, its folder renamed), a full disk (ENOSPC, on a
 # tmpfs in a private mount namespace), collapsed concurrent misses, PURGE, stale-if-error, cache off and an
 # unusable cache folder.
 # Each test starts its origins and the proxy in $BATS_TEST_TMPDIR (the proxy's working folder, so the cache is
@@ -903,6 +904,66 @@ teardown() { helpers_teardown; }
     fetch c "$t"
     [ "$(fheader c X-Cache)" = HIT ]
     [ "$(fbody c)" = "cache-body o1 n=2" ]
+}
+
+@test "cache: an open entry changed on disk is never served as it was: rewritten in place, replaced by rename, removed, renamed away, its folder renamed" {
+    start_origin o1
+    start_pibl
+    local t='/_cache?max_age=600' key f tmp i seen=""
+    key=$(key_of "$t")
+    fetch a "$t"
+    wait_entry "$key"
+    f=$(entry_file "$key")
+    fetch b "$t"
+    [ "$(fheader b X-Cache)" = HIT ]        # the entry is open in PIBL now
+
+    # the body's bytes rewritten in place (same inode, same size)
+    printf 'cache-body XX n=1' | dd of="$f" bs=1 seek=$(($(stat -c %s "$f") - 18)) conv=notrunc status=none
+    fetch c "$t"
+    [ "$(fheader c X-Cache)" = HIT ]
+    [ "$(fbody c)" = "cache-body XX n=1" ]
+
+    # another file renamed over it (what a new store does)
+    tmp=$CACHE_DIR/new-copy
+    sed 's/cache-body XX n=1/cache-body YY n=1/' "$f" > "$tmp"
+    mv "$tmp" "$f"
+    fetch d "$t"
+    [ "$(fheader d X-Cache)" = HIT ]
+    [ "$(fbody d)" = "cache-body YY n=1" ]
+
+    # removed: fetched again
+    rm "$f"
+    fetch e "$t"
+    [ "$(fheader e X-Cache)" = MISS ]
+    [ "$(fbody e)" = "cache-body o1 n=2" ]
+    wait_entry "$key"
+    fetch f1 "$t"
+    [ "$(fheader f1 X-Cache)" = HIT ]
+
+    # renamed away within its folder: fetched again
+    mv "$f" "$f.away"
+    fetch g "$t"
+    [ "$(fheader g X-Cache)" = MISS ]
+    [ "$(fbody g)" = "cache-body o1 n=3" ]
+    wait_entry "$key"
+    rm -f "$f.away"
+    fetch h "$t"
+    [ "$(fheader h X-Cache)" = HIT ]
+
+    # its folder renamed (the file's inode untouched): noticed within a second
+    mv "$(dirname "$f")" "$CACHE_DIR/moved"
+    for ((i = 0; i < 30; i++)); do
+        fetch i "$t"
+        if [ "$(fheader i X-Cache)" = MISS ]; then
+            seen=$(fbody i)
+            break
+        fi
+        sleep 0.1
+    done
+    echo "after the folder rename: ${i} tries, body '$seen'"
+    [ "$seen" = "cache-body o1 n=4" ]
+    [ "$i" -le 15 ]
+    [ "$(origin_count o1 '^o1 GET /_cache')" -eq 4 ]
 }
 
 @test "cache: an answer larger than cache_max_object is relayed whole but not stored" {
