@@ -539,14 +539,13 @@ same_time(const struct timespec *a, const struct timespec *b)
     return a->tv_sec == b->tv_sec && a->tv_nsec == b->tv_nsec;
 }
 
-/* 1 when st (an fstat of o's descriptor) shows nothing done to the file
- * since o was filled from it. */
+/* 1 when st (an fstat of o's descriptor, so the same device and inode)
+ * shows nothing done to the file since o was filled from it. */
 static int
 same_file(const struct open_slot *o, const struct stat *st)
 {
-    return o->dev == st->st_dev && o->ino == st->st_ino && o->size == st->st_size &&
-        o->nlink == st->st_nlink && same_time(&o->mtime, &st->st_mtim) &&
-        same_time(&o->ctime, &st->st_ctim);
+    return o->size == st->st_size && o->nlink == st->st_nlink &&
+        same_time(&o->mtime, &st->st_mtim) && same_time(&o->ctime, &st->st_ctim);
 }
 
 /* 1 when the entry's path still names the inode o holds open. */
