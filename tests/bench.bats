@@ -70,6 +70,13 @@ cpu_ratio() {
         END { if (b > 0) printf "%.2f\n", a / b }' "$1/summary.tsv"
 }
 
+# cpu_diff OUT SCEN PROXY SCEN2 PROXY2: the same CPU per request minus the second one, signed, in
+# microseconds with 1 decimal.
+cpu_diff() {
+    awk -F'\t' -v s="$2" -v p="$3" -v s2="$4" -v p2="$5" '$1 == s && $2 == p { a = $6 } $1 == s2 && $2 == p2 { b = $6 }
+        END { if (b > 0) printf "%+.1f\n", a - b }' "$1/summary.tsv"
+}
+
 @test "bench.sh 1.4 KB miss c64: HAProxy in TCP mode runs as a reference row and bounds PIBL's CPU per request" {
     command -v wrk > /dev/null || skip "wrk not installed"
     command -v haproxy > /dev/null || skip "haproxy not installed"
@@ -110,7 +117,7 @@ cpu_ratio() {
     per=$(bytes_per_answer "$out/small-hit-c64-nginx-mem-r1.txt")
     echo "bytes per answer: $per"
     [ "$per" -ge 1434 ] && [ "$per" -le 1700 ]
-    local targets ratio gp gn
+    local targets ratio gp gn dp dn
     targets=$(sed -n '/^Targets/,$p' <<< "$output")
     # at 1000 connections PIBL's CPU per request is held to 1.2 x the floor's; at 64 the floor enters no target
     ratio=$(cpu_ratio "$out" small-hit-c1000 pibl small-hit-c1000 nginx-mem)
@@ -120,8 +127,14 @@ cpu_ratio() {
     # and how the cost grows from 64 to 1000 connections, PIBL's against nginx's
     gp=$(cpu_ratio "$out" small-hit-c1000 pibl small-hit-c64 pibl)
     gn=$(cpu_ratio "$out" small-hit-c1000 nginx small-hit-c64 nginx)
-    [ -n "$gp" ] && [ -n "$gn" ]
-    grep -Eq "^- \[[ x]\] CPU/req growth from 64 connections <= nginx, small-hit-c1000: $gp x vs $gn x\$" <<< "$targets"
+    dp=$(cpu_diff "$out" small-hit-c1000 pibl small-hit-c64 pibl)
+    dn=$(cpu_diff "$out" small-hit-c1000 nginx small-hit-c64 nginx)
+    [ -n "$gp" ] && [ -n "$gn" ] && [ -n "$dp" ] && [ -n "$dn" ]
+    local line
+    line=$(grep -F "CPU/req growth from 64 connections <= nginx, small-hit-c1000:" <<< "$targets")
+    echo "growth line: $line"
+    [[ $line =~ ^-\ \[[\ x]\]\  ]]
+    [ "${line#- \[?\] }" = "CPU/req growth from 64 connections <= nginx, small-hit-c1000: $gp x vs $gn x ($dp vs $dn us/req)" ]
     [ -z "$(ls -A "$BATS_TEST_TMPDIR/tmp")" ]
 }
 
