@@ -143,6 +143,20 @@ browser() {
         --window-size=1100,700 "$@" 2>>"$BATS_TEST_TMPDIR/browser.err" 3>&-
 }
 
+# browser_dom_when EXPR URL: load URL in the same headless browser, driven over the DevTools pipe by
+# tests/cdp_dump.py, and print its DOM once the JavaScript EXPR is true in the page (fails, printing the DOM as it
+# stands, when BROWSER_SECS pass first). For pages whose state arrives over a WebSocket, which --dump-dom with
+# --virtual-time-budget does not wait for.
+browser_dom_when() {
+    local bin profile
+    bin=$(browser_bin) || return 1
+    profile=$(mktemp -d "$BATS_TEST_TMPDIR/profile.XXXXXX")
+    timeout -k 5 "$((BROWSER_SECS + 15))" python3 "$PIBL_ROOT/tests/cdp_dump.py" "$BROWSER_SECS" "$1" "$2" \
+        "$bin" --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+        --disable-background-networking --disable-component-update --disable-sync --user-data-dir="$profile" \
+        --window-size=1100,700 2>>"$BATS_TEST_TMPDIR/browser.err" 3>&-
+}
+
 # png_size FILE: "WIDTH HEIGHT" from a PNG's IHDR chunk; fails when FILE is not a PNG.
 png_size() {
     [ "$(head -c 8 "$1" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] || return 1

@@ -270,8 +270,10 @@ tunnel_line() {
     start_pibl
     local k dom shown port logged seen=""
     for k in 1 2 3; do
-        dom=$(browser --virtual-time-budget=10000 --dump-dom "$(url /ws.html)")
+        # The page's state comes over the WebSocket, so wait for the echo line to change, not for a virtual clock.
+        dom=$(browser_dom_when 'document.getElementById("echo").textContent !== "-"' "$(url /ws.html)") || true
         shown=$(printf '%s' "$dom" | sed -n -E 's/.*id="replica">([^<]*)<.*/\1/p')
+        printf '%s\n' "$dom" | grep -E 'id="(replica|echo)"'
         printf '%s' "$dom" | grep -q 'id="echo">ok (hola '
         # The replica the page shows is the backend PIBL logged for that tunnel.
         wait_for_count "$PIBL_LOG" '"GET /_ws HTTP/1\.1" .* status=101 ' "$k"
