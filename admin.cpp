@@ -746,9 +746,9 @@ admin_serve(int fd)
         const char *q = (const char *)memchr(req.target, '?', pl);
         if (q != NULL)
             pl = (size_t)(q - req.target);
-        int is_head = http_name_is(req.method, req.method_len, "HEAD");
+        int is_head = http_method_is(req.method, req.method_len, "HEAD");
         int is_action = pl == 8 && memcmp(req.target, "/backend", 8) == 0;
-        if (is_action && http_name_is(req.method, req.method_len, "POST")) {
+        if (is_action && http_method_is(req.method, req.method_len, "POST")) {
             admin_action(fd, &req, head, (size_t)hl, got, peer_ip);
             goto done;
         }
@@ -757,7 +757,7 @@ admin_serve(int fd)
             reply(fd, 405, "Method Not Allowed", "text/plain", post, sizeof post - 1, is_head);
             goto done;
         }
-        if (!is_head && !http_name_is(req.method, req.method_len, "GET")) {
+        if (!is_head && !http_method_is(req.method, req.method_len, "GET")) {
             static const char only[] = "only GET and HEAD here (actions: POST /backend)\n";
             reply(fd, 405, "Method Not Allowed", "text/plain", only, sizeof only - 1, 0);
             goto done;

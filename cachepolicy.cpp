@@ -213,7 +213,7 @@ cachepolicy_entry_head(struct conn *c, struct exchange *x, struct cache_entry *e
     int status = not_modified ? 304 : resp.status;
     uint64_t from = 0, len = e->body_len;
     int range = COND_RANGE_WHOLE;
-    if (status == 200 && !x->is_head && http_name_is(x->method, strlen(x->method), "GET"))
+    if (status == 200 && !x->is_head && http_method_is(x->method, strlen(x->method), "GET"))
         range = cond_range(&x->req, &resp, e->body_len, &from, &len);
     if (range == COND_RANGE_PART)
         status = 206;
@@ -356,8 +356,8 @@ cachepolicy_plan(struct exchange *x, const char *host, size_t host_len, const ch
     size_t path_len)
 {
     const struct http_request *r = &x->req;
-    int is_get = http_name_is(r->method, r->method_len, "GET");
-    int is_purge = http_name_is(r->method, r->method_len, "PURGE");
+    int is_get = http_method_is(r->method, r->method_len, "GET");
+    int is_purge = http_method_is(r->method, r->method_len, "PURGE");
 
     x->cache = CACHE_BYPASS;
     x->cs_fwd = "bypass";
@@ -376,7 +376,7 @@ cachepolicy_plan(struct exchange *x, const char *host, size_t host_len, const ch
             "SEARCH" };
         x->invalidate = 1;
         for (size_t i = 0; i < sizeof safe / sizeof safe[0]; i++)
-            if (http_name_is(r->method, r->method_len, safe[i]))
+            if (http_method_is(r->method, r->method_len, safe[i]))
                 x->invalidate = 0;
         x->cs_fwd = "method";
         return PLAN_FORWARD;
@@ -477,7 +477,7 @@ cachepolicy_front(struct conn *c, struct exchange *x, const char *host, size_t h
     const char *path, size_t path_len)
 {
     const struct http_request *r = &x->req;
-    int is_get = http_name_is(r->method, r->method_len, "GET");
+    int is_get = http_method_is(r->method, r->method_len, "GET");
     int plan = cachepolicy_plan(x, host, host_len, path, path_len);
 
     if (plan == PLAN_PURGE)

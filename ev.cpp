@@ -447,7 +447,7 @@ ev_request(struct loop *l, struct conn *c, long head_len)
         exchange_check_request(cfg, x, &status, &why, &c->host, &c->host_len, &c->path,
             &c->path_len, &c->ct) == -1 ||
         x->body.kind != HTTP_BODY_NONE || x->expect_continue || x->upgrade ||
-        (!x->is_head && !http_name_is(x->req.method, x->req.method_len, "GET")))
+        (!x->is_head && !http_method_is(x->req.method, x->req.method_len, "GET")))
         return ev_slow(l, c, RESUME_FRESH);     /* unparsed: the blocking code starts over */
     x->body_done = 1;
     if (pibl_stopping())

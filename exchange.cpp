@@ -259,7 +259,7 @@ exchange_check_request(const struct pibl_config *cfg, struct exchange *x, int *s
     const struct http_header *h;
 
     x->minor = r->minor_version;
-    x->is_head = http_name_is(r->method, r->method_len, "HEAD");
+    x->is_head = http_method_is(r->method, r->method_len, "HEAD");
     copy_field(x->method, sizeof x->method, r->method, r->method_len);
     copy_field(x->target, sizeof x->target, r->target, r->target_len);
     for (int i = 0; i < r->n_headers; i++) {   /* for the log: the first of each */
@@ -278,12 +278,12 @@ exchange_check_request(const struct pibl_config *cfg, struct exchange *x, int *s
         *why = "bad character in request target";
         return fail(status, 400);
     }
-    if (http_name_is(r->method, r->method_len, "CONNECT")) {
+    if (http_method_is(r->method, r->method_len, "CONNECT")) {
         *why = "CONNECT is not supported";
         return fail(status, 501);
     }
     if (r->target[0] == '*') {
-        if (r->target_len != 1 || !http_name_is(r->method, r->method_len, "OPTIONS")) {
+        if (r->target_len != 1 || !http_method_is(r->method, r->method_len, "OPTIONS")) {
             *why = "bad request target";
             return fail(status, 400);
         }
@@ -389,7 +389,7 @@ exchange_check_request(const struct pibl_config *cfg, struct exchange *x, int *s
 
     static const char *const idempotent[] = { "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE" };
     for (size_t i = 0; i < sizeof idempotent / sizeof idempotent[0]; i++)
-        if (http_name_is(r->method, r->method_len, idempotent[i]))
+        if (http_method_is(r->method, r->method_len, idempotent[i]))
             x->retryable = x->body.kind == HTTP_BODY_NONE;
 
     /* A WebSocket opening handshake (RFC 6455 4.1): an HTTP/1.1 GET without a
@@ -397,7 +397,7 @@ exchange_check_request(const struct pibl_config *cfg, struct exchange *x, int *s
      * "websocket". Any other upgrade is dropped with the hop-by-hop fields
      * and the request goes on as plain HTTP. A tunnel is never retried. */
     if (ct->upgrade && x->minor == 1 && x->body.kind == HTTP_BODY_NONE &&
-        http_name_is(r->method, r->method_len, "GET") &&
+        http_method_is(r->method, r->method_len, "GET") &&
         http_list_has(r->headers, r->n_headers, "upgrade", "websocket")) {
         x->upgrade = 1;
         x->retryable = 0;

@@ -144,6 +144,17 @@ http_name_is(const char *name, size_t name_len, const char *want)
     return name_len == wl && http_same_ci(name, want, wl);
 }
 
+/* 1 when a request method equals the NUL-terminated want, case included:
+ * methods are case-sensitive (RFC 9110 9.1), so "get" is an unknown method,
+ * not GET. */
+static inline int
+http_method_is(const char *method, size_t method_len, const char *want)
+{
+    size_t wl = strlen(want);
+
+    return method_len == wl && memcmp(method, want, wl) == 0;
+}
+
 /* The first field called name, or NULL. */
 const struct http_header *http_find_field(const struct http_header *hdrs, int n, const char *name);
 

@@ -352,6 +352,32 @@ teardown() { helpers_teardown; }
     [ "$(origin_count o1 '^o1 GET /_cache')" -eq 1 ]
 }
 
+@test "cache: methods are case-sensitive: get is not GET (its answer is not stored), head is not HEAD (its answer keeps its body)" {
+    start_origin o1
+    start_pibl
+    local t='/_cache?max_age=600' req len
+    # RFC 9110 9.1: "get" is an unknown method; like every method not known safe, it is forwarded and stored nowhere
+    fetch a "$t" -X get
+    echo "get: $(fstatus a) $(fheader a X-Cache)"
+    [ "$(fheader a X-Cache)" = BYPASS ]
+    wait_logged get "$t" 1
+    [ "$(origin_count o1 '^o1 get /_cache')" -eq 1 ]
+    [ "$(n_entries)" -eq 0 ]
+    fetch b "$t"
+    [ "$(fstatus b)" = 200 ]
+    [ "$(fheader b X-Cache)" = MISS ]
+    [[ "$(fbody b)" =~ ^cache-body\ o1\ n= ]]
+
+    # "head" is not HEAD: the answer is framed by its Content-Length and its body comes through
+    req=$'head /hello.txt HTTP/1.1\r\nHost: 127.0.0.1:'"$PIBL_PORT"$'\r\nConnection: close\r\n\r\n'
+    raw_request "$PIBL_PORT" "$req" 5 >"$BATS_TEST_TMPDIR/lhead.raw"
+    output=$(tr -d '\r' <"$BATS_TEST_TMPDIR/lhead.raw")
+    echo "$output"
+    len=$(header_value "$output" Content-Length)
+    [ -n "$len" ] && [ "$len" -gt 0 ]
+    [ "$(bytes_after_head "$BATS_TEST_TMPDIR/lhead.raw")" -eq "$len" ]
+}
+
 @test "cache: a request with Cache-Control: no-store is a BYPASS and its answer is not stored" {
     start_origin o1
     start_pibl

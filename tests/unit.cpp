@@ -122,6 +122,8 @@ test_request_heads(void)
     CHECK(!http_name_is("a@", 2, "a`"), "@ and ` are not letters");
     CHECK(!http_name_is("[", 1, "{"), "[ and { are not letters");
     CHECK(http_name_is("Proxy-Foo", 9, "proxy-foo"), "mixed case");
+    CHECK(http_method_is("GET", 3, "GET") && !http_method_is("get", 3, "GET"), "methods keep their case");
+    CHECK(!http_method_is("Head", 4, "HEAD") && !http_method_is("GETX", 4, "GET"), "method case and length");
 }
 
 /* ------------------------------------------------------- conditionals */
