@@ -491,11 +491,13 @@ static void
 reply(int fd, int status, const char *reason, const char *type, const char *body, size_t len,
     int is_head)
 {
-    char head[320];
+    char head[384], date[HTTP_DATE_LEN + 1];
     const char *allow = status != 405 ? "" : len > 0 && strstr(body, "POST") == body ?
         "Allow: POST\r\n" : "Allow: GET, HEAD\r\n";
-    int n = snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-        "%sCache-Control: no-store\r\nConnection: close\r\n\r\n", status, reason, type, len, allow);
+    http_format_date(time(NULL), date);
+    int n = snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: %s\r\n"
+        "Content-Length: %zu\r\n%sCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        status, reason, date, type, len, allow);
     if (send_all(fd, head, (size_t)n) == 0 && !is_head)
         send_all(fd, body, len);
 }
@@ -708,10 +710,11 @@ admin_action(int fd, const struct http_request *req, const char *head, size_t he
     rr_stats(slot, &st);
     snprintf(msg, sizeof msg, "backend %s: %s, now %s\n", st.name, action, g_state_names[st.state]);
     if (accepts(req, "text/html")) {
-        char head303[256];
-        int n = snprintf(head303, sizeof head303, "HTTP/1.1 303 See Other\r\nLocation: /\r\n"
-            "Content-Type: text/plain\r\nContent-Length: %zu\r\nCache-Control: no-store\r\n"
-            "Connection: close\r\n\r\n", strlen(msg));
+        char head303[320], date[HTTP_DATE_LEN + 1];
+        http_format_date(time(NULL), date);
+        int n = snprintf(head303, sizeof head303, "HTTP/1.1 303 See Other\r\nDate: %s\r\n"
+            "Location: /\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
+            "Cache-Control: no-store\r\nConnection: close\r\n\r\n", date, strlen(msg));
         if (send_all(fd, head303, (size_t)n) == 0)
             send_all(fd, msg, strlen(msg));
         return;

@@ -220,7 +220,7 @@ cachepolicy_entry_head(struct conn *c, struct exchange *x, struct cache_entry *e
     else if (range == COND_RANGE_UNSATISFIABLE)
         status = 416;
     int has_body = !x->is_head && !not_modified && status != 204 && status != 304 && status != 416;
-    int ranges_field = 0;
+    int ranges_field = 0, has_date = 0;
 
     x->age = e->age;
     x->ttl_left = e->lifetime - e->age;
@@ -242,8 +242,11 @@ cachepolicy_entry_head(struct conn *c, struct exchange *x, struct cache_entry *e
             ((status == 206 || status == 416) && http_name_is(h->name, h->name_len, "content-range")))
             continue;
         ranges_field |= http_name_is(h->name, h->name_len, "accept-ranges");
+        has_date |= h->name_len == 4 && http_name_is(h->name, 4, "date");
         http_put_field(&b, h->name, h->name_len, h->value, h->value_len);
     }
+    if (!has_date)                              /* an entry stored before PIBL added one */
+        http_put_date(&b, time(NULL) - (time_t)e->age);
     if ((status == 200 || status == 206) && !ranges_field)
         http_puts(&b, "Accept-Ranges: bytes\r\n");   /* the cache serves ranges of it */
     if (status == 206 || status == 416) {
@@ -575,6 +578,7 @@ stored_head(struct http_builder *b, const struct http_response *resp,
     const struct http_tokens *ct)
 {
     struct cache_ctl cc;
+    int has_date = 0;
 
     freshness_targeted(resp->headers, resp->n_headers, &cc);
     http_put_status(b, resp->status);
@@ -586,8 +590,11 @@ stored_head(struct http_builder *b, const struct http_response *resp,
             cachepolicy_own_field(h) || http_name_is(h->name, h->name_len, "content-length") ||
             omitted(&cc, h))
             continue;
+        has_date |= h->name_len == 4 && http_name_is(h->name, 4, "date");
         http_put_forward(b, h);
     }
+    if (!has_date)
+        http_put_date(b, time(NULL));           /* when it was received (RFC 9110 6.6.1) */
     http_put(b, "\r\n", 2);
 }
 

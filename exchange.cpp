@@ -130,15 +130,16 @@ exchange_log(const struct conn *c, const struct exchange *x)
 int
 exchange_error(struct conn *c, struct exchange *x, int status, const char *why, int keep)
 {
-    char body[256], head[512];
+    char body[256], head[512], date[HTTP_DATE_LEN + 1];
     int bl = snprintf(body, sizeof body, "%d %s: %s\n", status, http_reason_phrase(status), why);
     if (bl < 0 || (size_t)bl >= sizeof body)
         bl = (int)sizeof body - 1;
     if (!keep || !x->keep_alive || pibl_stopping())
         x->keep_alive = 0;
+    http_format_date(time(NULL), date);
     int hl = snprintf(head, sizeof head,
-        "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%s\r\n",
-        status, http_reason_phrase(status), bl, x->keep_alive ? "" : "Connection: close\r\n");
+        "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%s\r\n",
+        status, http_reason_phrase(status), date, bl, x->keep_alive ? "" : "Connection: close\r\n");
     x->status = status;
     x->from_backend = 0;
     x->err = why;
@@ -582,6 +583,7 @@ exchange_client_head(struct conn *c, struct exchange *x, const struct http_respo
     const struct http_tokens *ct, int out_chunked)
 {
     struct http_builder b = { c->out, c->out_cap, 0, 0 };
+    int has_date = 0;
 
     http_put_status(&b, resp->status);
     http_put(&b, resp->reason, resp->reason_len);
@@ -592,8 +594,11 @@ exchange_client_head(struct conn *c, struct exchange *x, const struct http_respo
             continue;
         if (freshness_is_own(h))
             continue;                           /* PIBL-Cache-Control: for PIBL only */
+        has_date |= h->name_len == 4 && http_name_is(h->name, 4, "date");
         http_put_forward(&b, h);
     }
+    if (!has_date)
+        http_put_date(&b, time(NULL));          /* RFC 9110 6.6.1: a recipient with a clock adds it */
     cachepolicy_put_fields(&b, x);
     if (out_chunked)
         http_puts(&b, "Transfer-Encoding: chunked\r\n");

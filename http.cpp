@@ -632,6 +632,40 @@ http_put_status(struct http_builder *b, int status)
     http_put(b, " ", 1);
 }
 
+size_t
+http_format_date(time_t t, char out[HTTP_DATE_LEN + 1])
+{
+    static const char days[] = "SunMonTueWedThuFriSat";
+    static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
+    struct tm tm;
+
+    if (gmtime_r(&t, &tm) == NULL || tm.tm_year + 1900 > 9999 || tm.tm_year + 1900 < 0) {
+        out[0] = '\0';
+        return 0;
+    }
+    snprintf(out, HTTP_DATE_LEN + 1, "%.3s, %02d %.3s %04d %02d:%02d:%02d GMT",
+        days + 3 * tm.tm_wday, tm.tm_mday, months + 3 * tm.tm_mon, tm.tm_year + 1900,
+        tm.tm_hour, tm.tm_min, tm.tm_sec);
+    return HTTP_DATE_LEN;
+}
+
+void
+http_put_date(struct http_builder *b, time_t t)
+{
+    /* One formatting per second and thread: most answers of a second share it. */
+    static __thread time_t last = -1;
+    static __thread char text[HTTP_DATE_LEN + 1];
+
+    if (t != last) {
+        if (http_format_date(t, text) == 0)
+            return;
+        last = t;
+    }
+    http_puts(b, "Date: ");
+    http_put(b, text, HTTP_DATE_LEN);
+    http_put(b, "\r\n", 2);
+}
+
 /* A log field: as much of s as fits; a cut sets overflow. */
 void
 http_put_cut(struct http_builder *b, const char *s)

@@ -534,11 +534,12 @@ reject_main(void *arg)
 void
 loop_reject(int fd, int status, const char *why)
 {
-    char buf[256];
+    char buf[320], date[HTTP_DATE_LEN + 1];
     int bl = (int)strlen(why) + 1;
+    http_format_date(time(NULL), date);
     int n = snprintf(buf, sizeof buf,
-        "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s\n",
-        status, http_reason_phrase(status), bl, why);
+        "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+        "Connection: close\r\n\r\n%s\n", status, http_reason_phrase(status), date, bl, why);
     if (n > 0 && (size_t)n < sizeof buf)
         send(fd, buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
     shutdown(fd, SHUT_WR);

@@ -498,6 +498,44 @@ relay_bad_answers() {
     [[ "$output" == *"HTTP/1.1 200 OK"* ]]
 }
 
+@test "Date (RFC 9110 6.6.1): added to a backend answer without one, MISS and HIT alike; a backend's own kept; PIBL's own answers carry one" {
+    need_python
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    fake_answer 1 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: max-age=100\r\n\r\nok'
+    fake_answer 2 'HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 2\r\nCache-Control: no-store\r\n\r\nok'
+    PIBL_TTL=60 start_pibl
+    local imf='^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-3][0-9] (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} [0-2][0-9]:[0-5][0-9]:[0-6][0-9] GMT$'
+    local miss hit own d1 d2 now
+    miss=$(raw_fmt "$PIBL_PORT" 'GET /nodate HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n')
+    echo "$miss"
+    d1=$(header_value "$miss" Date)
+    [[ "$d1" =~ $imf ]]
+    now=$(date -u +%s)
+    [ $(( now - $(date -u -d "$d1" +%s) )) -le 5 ]
+    [ "$(head_of "$miss" | grep -ci '^Date:')" -eq 1 ]
+    # The HIT carries the date the answer was received (the stored one), not none
+    hit=$(raw_fmt "$PIBL_PORT" 'GET /nodate HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n')
+    echo "$hit"
+    [ "$(header_value "$hit" X-Cache)" = HIT ]
+    d2=$(header_value "$hit" Date)
+    [ "$d2" = "$d1" ]
+    [ "$(fake_requests)" -eq 1 ]
+    # A backend's Date goes through as it is, and only once
+    own=$(raw_fmt "$PIBL_PORT" 'GET /dated HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n')
+    echo "$own"
+    [ "$(header_value "$own" Date)" = 'Sun, 06 Nov 1994 08:49:37 GMT' ]
+    [ "$(head_of "$own" | grep -ci '^Date:')" -eq 1 ]
+    # PIBL's own answers: a 400 (no Host), a PURGE's 404
+    own=$(raw_fmt "$PIBL_PORT" 'GET / HTTP/1.1\r\nConnection: close\r\n\r\n')
+    echo "$own"
+    [ "$(status_of "$own")" = 400 ]
+    [[ "$(header_value "$own" Date)" =~ $imf ]]
+    own=$(raw_fmt "$PIBL_PORT" 'PURGE /absent HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n')
+    echo "$own"
+    [ "$(status_of "$own")" = 404 ]
+    [[ "$(header_value "$own" Date)" =~ $imf ]]
+}
+
 @test "backend answer bodies: framing that breaks after data was relayed never looks complete to the client" {
     need_python
     start_fake_backend "$BATS_TEST_TMPDIR/fake"
@@ -606,7 +644,7 @@ relay_bad_answers() {
     # makes the kernel send a reset, which can destroy the 503 before the client reads it (RFC 9112 9.6).
     for ((i = 0; i < 20; i++)); do
         run raw_request "$PIBL_PORT" $'GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n' 3
-        if [ "$(status_of "$output")" != 503 ]; then
+        if [ "$(status_of "$output")" != 503 ] || [ -z "$(header_value "$output" Date)" ]; then
             echo "client $i: exit $status, got '$output'"
             n_bad=$((n_bad + 1))
         fi

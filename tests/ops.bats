@@ -145,13 +145,16 @@ three_up_one_dead() {
     [ -n "$(metric pibl_uptime_seconds)" ]
 }
 
-@test "status: other paths 404, POST 405, HEAD ok; no admin_port means no status page" {
+@test "status: other paths 404, POST 405, HEAD ok, every answer dated; no admin_port means no status page" {
     start_origin o1
     start_pibl_admin
     [ "$(pcurl -o /dev/null -w '%{http_code}' "$(admin_url /nope)")" = 404 ]
     [ "$(pcurl -o /dev/null -w '%{http_code}' -X POST -d x "$(admin_url /status.json)")" = 405 ]
     [ "$(pcurl -o /dev/null -w '%{http_code}' -I "$(admin_url /metrics)")" = 200 ]
     [ "$(pcurl -o /dev/null -w '%{http_code}' "$(admin_url /status)")" = 200 ]
+    # The status page's answers carry a Date (RFC 9110 6.6.1), its 404 too
+    pcurl -s -o /dev/null -D - "$(admin_url /nope)" | tr -d '\r' | grep -Eq '^Date: [A-Z][a-z]{2}, [0-9]{2} [A-Z][a-z]{2} [0-9]{4} [0-9:]{8} GMT$'
+    pcurl -s -o /dev/null -D - "$(admin_url /status.json)" | tr -d '\r' | grep -Eq '^Date: .* GMT$'
     stop_pid "$PIBL_PID" >/dev/null
     : >"$PIBL_OUT"
     start_pibl

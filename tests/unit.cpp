@@ -995,6 +995,24 @@ test_freshness(void)
             (long long)t->want);
     }
 
+    /* The Date PIBL writes: an IMF-fixdate that reads back as the same time. */
+    char date[HTTP_DATE_LEN + 1];
+    CHECK(http_format_date(784111777, date) == HTTP_DATE_LEN &&
+        strcmp(date, "Sun, 06 Nov 1994 08:49:37 GMT") == 0, "IMF-fixdate written: %s", date);
+    CHECK(http_format_date(1798761600, date) == HTTP_DATE_LEN &&
+        http_parse_date(date, strlen(date)) == 1798761600, "written date reads back: %s", date);
+    static const char field[] = "Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n";
+    char hb[96];
+    struct http_builder b = { hb, sizeof hb, 0, 0 };
+    http_put_date(&b, 784111777);
+    http_put_date(&b, 784111777);               /* the second from the thread's cached text */
+    CHECK(!b.overflow && b.len == 2 * (sizeof field - 1) && memcmp(hb, field, sizeof field - 1) == 0 &&
+        memcmp(hb + sizeof field - 1, field, sizeof field - 1) == 0, "Date field: %.*s", (int)b.len, hb);
+    b.len = 0;
+    http_put_date(&b, 784111778);
+    CHECK(b.len == sizeof field - 1 && memcmp(hb, "Date: Sun, 06 Nov 1994 08:49:38 GMT\r\n", b.len) == 0,
+        "Date field of the next second: %.*s", (int)b.len, hb);
+
     /* Expires: one valid date; several fields or an invalid value mean already expired. */
     time_t when;
     fields_of("Expires: Sun, 06 Nov 1994 08:49:37 GMT\r\n", buf, sizeof buf, &r);
