@@ -23,6 +23,7 @@
 #include "log.h"
 #include "loop.h"
 #include "rr.h"
+#include "sock.h"
 #include "upstream.h"
 
 #include <arpa/inet.h>
@@ -48,7 +49,7 @@
 
 /* ---------------------------------------------------------------- config */
 
-enum key_type { K_INT, K_LONG, K_BOOL, K_STRING, K_BACKEND, K_ADDR, K_PATH, K_LOG_FORMAT };
+enum key_type { K_INT, K_LONG, K_BOOL, K_STRING, K_BACKEND, K_ADDR, K_ACL, K_PATH, K_LOG_FORMAT };
 
 struct key_spec {
     const char *name;
@@ -87,8 +88,8 @@ static const struct key_spec g_keys[] = {
     { "cache_max_object",   K_LONG,    CFG(cache_max_object),   0, (1LL << 62) },
     { "cache_stale_if_error", K_INT,   CFG(cache_stale_if_error), 0, 31536000 },
     { "cache_lock_timeout", K_INT,     CFG(cache_lock_timeout), 0, 3600 },
-    { "purge_allow",        K_STRING,  CFG(purge_allow),        0, 512 },
-    { "admin_allow",        K_STRING,  CFG(admin_allow),        0, 512 },
+    { "purge_allow",        K_ACL,     CFG(purge_allow),        0, 512 },
+    { "admin_allow",        K_ACL,     CFG(admin_allow),        0, 512 },
     { "admin_listen",       K_ADDR,    CFG(admin_listen),       0, 64 },
     { "admin_port",         K_INT,     CFG(admin_port),         0, 65535 },
     { "health_check",       K_PATH,    CFG(health_check),       0, 256 },
@@ -309,21 +310,27 @@ apply_key(struct pibl_config *cfg, const struct key_spec *k, char *value, char *
         }
         *(int *)field = b;
         return 0;
-    case K_ADDR: {
+    case K_ADDR:
+    case K_ACL:
+    case K_STRING: {
         unsigned char tmp[16];
-        if (inet_pton(AF_INET, value, tmp) != 1 && inet_pton(AF_INET6, value, tmp) != 1) {
+        char why[160];
+        if (k->type == K_ADDR && inet_pton(AF_INET, value, tmp) != 1 &&
+            inet_pton(AF_INET6, value, tmp) != 1) {
             snprintf(err, err_len, "listen: \"%s\" is not an IPv4 or IPv6 address", value);
             return -1;
         }
-    }
-        /* fall through */
-    case K_STRING:
+        if (k->type == K_ACL && sock_acl_check(value, why, sizeof why) == -1) {
+            snprintf(err, err_len, "%s: %s", k->name, why);
+            return -1;
+        }
         if (strlen(value) >= (size_t)k->max) {
             snprintf(err, err_len, "%s: value too long", k->name);
             return -1;
         }
         memcpy(field, value, strlen(value) + 1);
         return 0;
+    }
     case K_BACKEND:
         return add_backend(cfg, value, err, err_len);
     case K_LOG_FORMAT:

@@ -95,10 +95,46 @@ sock_addr_text(const struct sockaddr_storage *addr, char *ip, size_t len)
     return 0;
 }
 
-int
-sock_ip_listed(const char *list, const char *ip)
+/* One member of an address list: an address, or a range "ADDR/BITS".
+ * Fills family, the address bytes (16) and the prefix length; 0 or -1. */
+static int
+acl_member(const char *t, size_t len, int *family, unsigned char addr[16], int *bits)
 {
-    size_t ip_len = strlen(ip);
+    char text[64];
+    const char *slash = (const char *)memchr(t, '/', len);
+    size_t alen = slash != NULL ? (size_t)(slash - t) : len;
+
+    if (alen == 0 || alen >= sizeof text)
+        return -1;
+    memcpy(text, t, alen);
+    text[alen] = '\0';
+    if (inet_pton(AF_INET, text, addr) == 1)
+        *family = AF_INET, *bits = 32;
+    else if (inet_pton(AF_INET6, text, addr) == 1)
+        *family = AF_INET6, *bits = 128;
+    else
+        return -1;
+    if (slash != NULL) {
+        size_t dl = len - alen - 1;
+        int v = 0;
+        if (dl == 0 || dl > 3)
+            return -1;
+        for (size_t i = 0; i < dl; i++) {
+            if (slash[1 + i] < '0' || slash[1 + i] > '9')
+                return -1;
+            v = v * 10 + (slash[1 + i] - '0');
+        }
+        if (v > *bits)
+            return -1;
+        *bits = v;
+    }
+    return 0;
+}
+
+/* Walk list's members: visit(arg, member, len) for each; stops at a nonzero return. */
+static int
+acl_walk(const char *list, int (*visit)(void *, const char *, size_t), void *arg)
+{
     const char *p = list;
 
     while (*p != '\0') {
@@ -107,8 +143,75 @@ sock_ip_listed(const char *list, const char *ip)
         const char *t = p;
         while (*p != '\0' && *p != ' ' && *p != '\t' && *p != ',')
             p++;
-        if (p > t && (size_t)(p - t) == ip_len && memcmp(t, ip, ip_len) == 0)
-            return 1;
+        int rc = p > t ? visit(arg, t, (size_t)(p - t)) : 0;
+        if (rc != 0)
+            return rc;
     }
     return 0;
+}
+
+struct acl_check {
+    char *why;
+    size_t why_len;
+};
+
+static int
+acl_check_one(void *arg, const char *t, size_t len)
+{
+    struct acl_check *k = (struct acl_check *)arg;
+    unsigned char addr[16];
+    int family, bits;
+
+    if (acl_member(t, len, &family, addr, &bits) == 0)
+        return 0;
+    snprintf(k->why, k->why_len, "\"%.*s\" is not an IP address or an address range like 10.0.0.0/8 "
+        "or fd00::/8", (int)(len > 64 ? 64 : len), t);
+    return -1;
+}
+
+int
+sock_acl_check(const char *list, char *why, size_t why_len)
+{
+    struct acl_check k = { why, why_len };
+
+    return acl_walk(list, acl_check_one, &k) == 0 ? 0 : -1;
+}
+
+struct acl_match {
+    int family;
+    unsigned char addr[16];
+};
+
+static int
+acl_match_one(void *arg, const char *t, size_t len)
+{
+    const struct acl_match *m = (const struct acl_match *)arg;
+    unsigned char net[16];
+    int family, bits;
+
+    if (acl_member(t, len, &family, net, &bits) == -1 || family != m->family)
+        return 0;
+    int whole = bits / 8, rest = bits % 8;
+    if (memcmp(net, m->addr, (size_t)whole) != 0)
+        return 0;
+    if (rest != 0) {
+        unsigned char mask = (unsigned char)(0xff << (8 - rest));
+        if ((net[whole] & mask) != (m->addr[whole] & mask))
+            return 0;
+    }
+    return 1;
+}
+
+int
+sock_ip_listed(const char *list, const char *ip)
+{
+    struct acl_match m;
+
+    if (inet_pton(AF_INET, ip, m.addr) == 1)
+        m.family = AF_INET;
+    else if (inet_pton(AF_INET6, ip, m.addr) == 1)
+        m.family = AF_INET6;
+    else
+        return 0;
+    return acl_walk(list, acl_match_one, &m) == 1;
 }

@@ -34,8 +34,13 @@ int sock_write_all(int fd, const char *buf, size_t len);
  */
 int sock_addr_text(const struct sockaddr_storage *addr, char *ip, size_t len);
 
-/* 1 when ip is one of the addresses listed in list (blanks or commas
- * between them, as purge_allow and admin_allow are written), else 0. */
+/* 1 when the address ip (text) is in list, else 0. list holds addresses
+ * and ranges "ADDR/BITS", IPv4 or IPv6, with blanks or commas between them,
+ * as purge_allow and admin_allow are written. */
 int sock_ip_listed(const char *list, const char *ip);
+
+/* 0 when every member of list is an address or a range; -1 with the first
+ * bad member named in why (config check). */
+int sock_acl_check(const char *list, char *why, size_t why_len);
 
 #endif

@@ -1187,6 +1187,34 @@ teardown() { helpers_teardown; }
     [ "$(origin_count o1 '^o1 PURGE ')" -eq 0 ]
 }
 
+@test "cache: purge_allow takes address ranges: 127.0.0.0/8 lets 127.0.0.1 purge, 10.0.0.0/8 and 127.0.0.2/32 do not; a member that is no address stops the start" {
+    start_origin o1
+    local t='/_cache?max_age=600' key
+    key=$(key_of "$t" purge.test)
+    start_pibl 'purge_allow = 10.0.0.0/8, 127.0.0.2/32 ::1/128'
+    fetch a "$t" -H 'Host: purge.test'
+    wait_entry "$key"
+    fetch p "$t" -X PURGE -H 'Host: purge.test'
+    [ "$(fstatus p)" = 403 ]
+    [ -n "$(entry_file "$key")" ]
+    stop_pid "$PIBL_PID" >/dev/null
+    restart_pibl 'purge_allow = 10.0.0.0/8 127.0.0.0/8'
+    fetch q "$t" -X PURGE -H 'Host: purge.test'
+    [ "$(fstatus q)" = 200 ]
+    [ -z "$(entry_file "$key")" ]
+    # -t and the start-up name the bad member with its file and line
+    printf 'backend = 127.0.0.1:1\npurge_allow = 127.0.0.1 localhost\n' >"$BATS_TEST_TMPDIR/bad.cfg"
+    run "$PIBL_BIN" -t "$BATS_TEST_TMPDIR/bad.cfg"
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"bad.cfg:2: purge_allow: \"localhost\" is not an IP address"* ]]
+    printf 'backend = 127.0.0.1:1\nadmin_allow = 10.0.0.0/33\n' >"$BATS_TEST_TMPDIR/bad.cfg"
+    run "$PIBL_BIN" -t "$BATS_TEST_TMPDIR/bad.cfg"
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"bad.cfg:2: admin_allow: \"10.0.0.0/33\" is not an IP address"* ]]
+}
+
 # ---------------------------------------------------------------- stale-if-error
 
 @test "cache: an expired entry is served STALE when every backend fails, within cache_stale_if_error only" {

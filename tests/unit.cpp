@@ -16,6 +16,7 @@
 #include "log.h"
 #include "pibl.h"
 #include "rr.h"
+#include "sock.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -973,6 +974,44 @@ static const struct date_case g_date_cases[] = {
     { "", -1 },
 };
 
+/* purge_allow / admin_allow: addresses and ranges, IPv4 and IPv6. */
+static void
+test_address_lists(void)
+{
+    static const struct { const char *list, *ip; int want; } cases[] = {
+        { "127.0.0.1 ::1", "127.0.0.1", 1 },
+        { "127.0.0.1 ::1", "::1", 1 },
+        { "127.0.0.1 ::1", "127.0.0.2", 0 },
+        { "127.0.0.0/8", "127.200.1.9", 1 },
+        { "10.0.0.0/8, 192.168.1.0/24", "192.168.1.77", 1 },
+        { "10.0.0.0/8, 192.168.1.0/24", "192.168.2.1", 0 },
+        { "172.16.0.0/12", "172.31.255.255", 1 },
+        { "172.16.0.0/12", "172.32.0.1", 0 },
+        { "0.0.0.0/0", "203.0.113.5", 1 },
+        { "0.0.0.0/0", "2001:db8::1", 0 },      /* families never mix */
+        { "2001:db8::/32", "2001:db8:ffff::1", 1 },
+        { "2001:db8::/32", "2001:db9::1", 0 },
+        { "fd00::/7", "fc12::1", 1 },
+        { "10.1.2.3/32", "10.1.2.3", 1 },
+        { "10.1.2.3/32", "10.1.2.4", 0 },
+        { "", "127.0.0.1", 0 },
+        { "127.0.0.1", "not-an-ip", 0 },
+    };
+    char why[160];
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        CHECK(sock_ip_listed(cases[i].list, cases[i].ip) == cases[i].want, "\"%s\" has %s: want %d",
+            cases[i].list, cases[i].ip, cases[i].want);
+    CHECK(sock_acl_check("127.0.0.1 ::1, 10.0.0.0/8 fd00::/8", why, sizeof why) == 0, "a good list");
+    static const char *const bad[] = { "localhost", "10.0.0.0/33", "::/129", "1.2.3.4/", "1.2.3/8",
+        "1.2.3.4/x", "/8", "1.2.3.4/1234" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        why[0] = '\0';
+        CHECK(sock_acl_check(bad[i], why, sizeof why) == -1 && strstr(why, bad[i]) != NULL,
+            "bad member %s: %s", bad[i], why);
+    }
+}
+
 static void
 test_freshness(void)
 {
@@ -1165,6 +1204,7 @@ main(void)
     test_field_lists();
     test_cache_decisions();
     test_freshness();
+    test_address_lists();
     test_access_lines();
     test_block_cache();
     printf("unit: %d passed, %d failed\n", n_passed, n_failed);
