@@ -918,15 +918,49 @@ http_valid_target(const char *t, size_t len)
     return 1;
 }
 
-/* Host (RFC 9110 7.2): uri-host [ ":" port ]; no spaces, '/', '@' and such. */
+/* 1 for a byte of unreserved or sub-delims (RFC 3986 2.2, 2.3). */
+static int
+host_char(unsigned char ch)
+{
+    return isalnum(ch) || (ch != 0 && strchr("-._~!$&'()*+,;=", ch) != NULL);
+}
+
+/* Host (RFC 9110 7.2): uri-host [ ":" port ], where uri-host is an
+ * IP-literal in brackets or a reg-name / IPv4address (unreserved,
+ * sub-delims, %HH), and port is digits (perhaps none). */
 int
 http_valid_host(const char *h, size_t len)
 {
-    for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)h[i];
-        if (!isalnum(ch) && (ch == 0 || strchr("-._~%!$&'()*+,;=:[]", ch) == NULL))
-            return 0;
+    size_t i = 0;
+
+    if (len > 0 && h[0] == '[') {
+        /* IPv6address or IPvFuture: hex digits, '.', ':' and the like */
+        for (i = 1; i < len && h[i] != ']'; i++)
+            if (!host_char((unsigned char)h[i]) && h[i] != ':')
+                return 0;
+        if (i == len || i == 1)
+            return 0;                           /* no ']', or "[]" */
+        i++;
+    } else {
+        for (; i < len && h[i] != ':'; i++) {
+            unsigned char ch = (unsigned char)h[i];
+            if (ch == '%') {
+                if (i + 2 >= len || !isxdigit((unsigned char)h[i + 1]) ||
+                    !isxdigit((unsigned char)h[i + 2]))
+                    return 0;
+                i += 2;
+            } else if (!host_char(ch)) {
+                return 0;
+            }
+        }
     }
+    if (i == len)
+        return 1;
+    if (h[i] != ':')
+        return 0;
+    for (i++; i < len; i++)
+        if (h[i] < '0' || h[i] > '9')
+            return 0;
     return 1;
 }
 
