@@ -583,7 +583,7 @@ exchange_client_head(struct conn *c, struct exchange *x, const struct http_respo
     const struct http_tokens *ct, int out_chunked)
 {
     struct http_builder b = { c->out, c->out_cap, 0, 0 };
-    int has_date = 0;
+    int has_date = 0, no_length = resp->status == 204;
 
     http_put_status(&b, resp->status);
     http_put(&b, resp->reason, resp->reason_len);
@@ -594,6 +594,8 @@ exchange_client_head(struct conn *c, struct exchange *x, const struct http_respo
             continue;
         if (freshness_is_own(h))
             continue;                           /* PIBL-Cache-Control: for PIBL only */
+        if (no_length && h->name_len == 14 && http_name_is(h->name, 14, "content-length"))
+            continue;                           /* never on a 204 (RFC 9110 8.6) */
         has_date |= h->name_len == 4 && http_name_is(h->name, 4, "date");
         http_put_forward(&b, h);
     }

@@ -714,10 +714,14 @@ http_put_answer_head(struct http_builder *b, const struct http_response *resp)
     http_put_status(b, resp->status);
     http_put(b, resp->reason, resp->reason_len);
     http_put(b, "\r\n", 2);
-    for (int i = 0; i < resp->n_headers; i++)
-        if (!http_is_hop_by_hop(&resp->headers[i], &ct) &&
-            !http_is_lookalike(resp->headers[i].name, resp->headers[i].name_len))
-            http_put_forward(b, &resp->headers[i]);
+    for (int i = 0; i < resp->n_headers; i++) {
+        const struct http_header *h = &resp->headers[i];
+        if (http_is_hop_by_hop(h, &ct) || http_is_lookalike(h->name, h->name_len))
+            continue;
+        if (resp->status < 200 && http_name_is(h->name, h->name_len, "content-length"))
+            continue;                           /* never on a 1xx (RFC 9110 8.6) */
+        http_put_forward(b, h);
+    }
 }
 
 const char *

@@ -511,6 +511,25 @@ relay_bad_answers() {
     [[ "$output" == *"HTTP/1.1 200 OK"* ]]
 }
 
+@test "a backend's 204 or 1xx goes out without Content-Length (RFC 9110 8.6), and nothing after it is taken for a body" {
+    need_python
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    fake_answer 1 'HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX-A: 1\r\n\r\n'
+    fake_answer 2 'HTTP/1.1 103 Early Hints\r\nContent-Length: 0\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'
+    start_pibl
+    local out
+    out=$(raw_fmt "$PIBL_PORT" 'GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n')
+    echo "$out"
+    [ "$(status_of "$out")" = 204 ]
+    [ "$(header_value "$out" X-A)" = 1 ]
+    [ -z "$(header_value "$out" Content-Length)" ]
+    # the 103 before /b's 200: no Content-Length either; the 200 keeps its own
+    [[ "$out" == *$'HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n'* ]]
+    [[ "$out" == *$'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n'* ]]
+    [ "$(printf '%s' "$out" | grep -ci '^Content-Length:')" -eq 1 ]
+    [[ "$out" == *ok ]]
+}
+
 @test "Date (RFC 9110 6.6.1): added to a backend answer without one, MISS and HIT alike; a backend's own kept; PIBL's own answers carry one" {
     need_python
     start_fake_backend "$BATS_TEST_TMPDIR/fake"
