@@ -65,18 +65,20 @@ cond_client_has_current(const struct http_request *r, const struct http_response
     return since != -1 && modified != -1 && modified <= since;
 }
 
-/* A whole decimal number of [p, end) into *v; 0, or -1 when empty, not
- * digits or past 2^62. */
+/* A whole decimal number of [p, end) into *v, held at RANGE_NUMBER_MAX when
+ * longer: a position past any body still means "to the end" (RFC 9110
+ * 14.1.2). 0, or -1 when empty or not digits. */
+#define RANGE_NUMBER_MAX (1ULL << 62)
 static int
 range_number(const char *p, const char *end, uint64_t *v)
 {
-    if (p >= end || end - p > 18)
+    if (p >= end)
         return -1;
     *v = 0;
     for (; p < end; p++) {
         if (*p < '0' || *p > '9')
             return -1;
-        *v = *v * 10 + (uint64_t)(*p - '0');
+        *v = *v >= RANGE_NUMBER_MAX / 10 ? RANGE_NUMBER_MAX : *v * 10 + (uint64_t)(*p - '0');
     }
     return 0;
 }

@@ -53,9 +53,14 @@ part() {
     fetch f "$t" -H 'Range: bytes=-999999'
     [ "$(fheader f Content-Range)" = "bytes 0-262143/$len" ]
     [ "$(stat -c %s "$BATS_TEST_TMPDIR/f.body")" -eq $len ]
+    # So is a last byte too long for any integer (RFC 9110 14.1.2: at or past the end means to the end).
+    fetch g "$t" -H 'Range: bytes=262000-99999999999999999999999'
+    [ "$(fstatus g)" = 206 ]
+    [ "$(fheader g Content-Range)" = "bytes 262000-262143/$len" ]
+    part g 262000 144
     # Only the first miss went to the origin.
     [ "$(origin_count o1 '^o1 GET /_bytes')" -eq 1 ]
-    wait_logged GET "$t" 7
+    wait_logged GET "$t" 8
     grep -q '"GET /_bytes?size=262144 HTTP/1.1" .* status=206 bytes=100000 .* cache=HIT' "$PIBL_LOG"
 }
 

@@ -159,6 +159,11 @@ test_conditionals(void)
         { "Range: bytes=900-5000\r\n", COND_RANGE_PART, 900, 100 },
         { "Range: bytes=1000-\r\n", COND_RANGE_UNSATISFIABLE, 0, 0 },
         { "Range: bytes=-0\r\n", COND_RANGE_UNSATISFIABLE, 0, 0 },
+        /* positions past 2^62 (or any length) mean "to the end" or "past it" (RFC 9110 14.1.2) */
+        { "Range: bytes=0-99999999999999999999\r\n", COND_RANGE_PART, 0, 1000 },
+        { "Range: bytes=990-18446744073709551616\r\n", COND_RANGE_PART, 990, 10 },
+        { "Range: bytes=-99999999999999999999999\r\n", COND_RANGE_PART, 0, 1000 },
+        { "Range: bytes=99999999999999999999-\r\n", COND_RANGE_UNSATISFIABLE, 0, 0 },
         { "Range: bytes=5-2\r\n", COND_RANGE_WHOLE, 0, 0 },          /* invalid: ignored */
         { "Range: bytes=0-1,5-6\r\n", COND_RANGE_WHOLE, 0, 0 },      /* several: whole */
         { "Range: items=0-1\r\n", COND_RANGE_WHOLE, 0, 0 },
