@@ -401,7 +401,21 @@ cachepolicy_plan(struct exchange *x, const char *host, size_t host_len, const ch
     /* no-cache: what is stored is revalidated before use (RFC 9111 5.2.1.4),
      * with our conditionals, not dropped. */
     x->must_ask = cc.no_cache;
+    /* The client's own limits on what it takes from a cache (RFC 9111
+     * 5.2.1): an entry older than max-age, or fresh for less than
+     * min-fresh, is revalidated; only-if-cached never reaches a backend. */
+    x->req_max_age = cc.max_age;
+    x->req_min_fresh = cc.min_fresh;
+    x->only_if_cached = cc.only_if_cached;
     return PLAN_LOOKUP;
+}
+
+/* 1 when the request's max-age or min-fresh turns down entry e. */
+static int
+client_refuses(const struct exchange *x, const struct cache_entry *e)
+{
+    return (x->req_max_age >= 0 && e->age > x->req_max_age) ||
+        (x->req_min_fresh >= 0 && e->lifetime - e->age < x->req_min_fresh);
 }
 
 int
@@ -409,7 +423,7 @@ cachepolicy_judge(const struct exchange *x, const struct cache_entry *e)
 {
     if (!vary_matches(&x->req, e->vary))
         return ENTRY_OTHER_VARIANT;
-    return e->fresh && !x->must_ask ? ENTRY_FRESH : ENTRY_STALE;
+    return e->fresh && !x->must_ask && !client_refuses(x, e) ? ENTRY_FRESH : ENTRY_STALE;
 }
 
 /* Answer a PURGE (the key is in x, or x->key_len is 0). */
@@ -506,15 +520,20 @@ cachepolicy_front(struct conn *c, struct exchange *x, const char *host, size_t h
                     return rc == SERVE_OK ? FRONT_DONE_KEEP : FRONT_DONE_CLOSE;
                 x->cache = CACHE_MISS;
             } else {
+                int asked = x->must_ask || client_refuses(x, &e);
                 x->cache = CACHE_EXPIRED;
-                x->cs_fwd = x->must_ask ? "request" : "stale";
+                x->cs_fwd = asked ? "request" : "stale";
                 cache_release(&x->stale);
                 x->stale = e;
-                int rc = x->must_ask || !is_get ? SERVE_NONE :
+                int rc = asked || !is_get ? SERVE_NONE :
                     serve_while_revalidating(c, x, host, host_len, path, path_len);
                 if (rc != SERVE_NONE)
                     return rc == SERVE_OK ? FRONT_DONE_KEEP : FRONT_DONE_CLOSE;
             }
+        }
+        if (x->only_if_cached) {                /* RFC 9111 5.2.1.7 */
+            exchange_error(c, x, 504, "only-if-cached, and no fresh stored answer", 1);
+            return FRONT_DONE_KEEP;
         }
         /* One fetch per key at a time; the others wait for its entry. */
         if (!is_get || tried_lock)
@@ -537,6 +556,8 @@ cachepolicy_front_loop(struct conn *c, struct exchange *x, long *head_len, uint6
     if (cachepolicy_plan(x, c->host, c->host_len, c->path, c->path_len) != PLAN_LOOKUP)
         return LOOP_HAND_OVER;
     if (vary_lookup(x, &x->hit) != 1) {
+        if (x->only_if_cached)
+            return LOOP_HAND_OVER;              /* its 504 is cachepolicy_front's */
         if (!x->is_head) {
             if (cache_lock(x->key, (size_t)x->key_len, 0) != CACHE_LOCK_OWNED)
                 return LOOP_HAND_OVER;          /* taken: wait for it in a thread */

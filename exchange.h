@@ -54,6 +54,9 @@ struct exchange {
     int store_ok;                  /* the answer may be stored */
     int invalidate;                /* unsafe method: drop the entry on success */
     int must_ask;                  /* request no-cache: revalidate even a fresh entry */
+    long req_max_age;              /* request max-age and min-fresh, s (-1: none; */
+    long req_min_fresh;            /*   RFC 9111 5.2.1.1, 5.2.1.3) */
+    int only_if_cached;            /* request only-if-cached: 504 rather than a backend */
     int locked;                    /* holds the collapsing lock for key */
     int stored;                    /* the answer is being stored */
     int revalidated;               /* origin said 304 to our conditional */

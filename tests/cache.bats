@@ -422,6 +422,51 @@ teardown() { helpers_teardown; }
     [ "$(cache_seq GET "$t")" = "MISS EXPIRED HIT EXPIRED HIT" ]
 }
 
+@test "cache: a request's max-age and min-fresh turn down an entry too old or too close to its end (EXPIRED); only-if-cached is 504 without a fresh entry" {
+    start_origin o1
+    start_pibl
+    local t='/_cache?max_age=600' key
+    key=$(key_of "$t")
+    fetch a "$t"
+    wait_entry "$key"
+    age_entry "$key" '-30 seconds'
+    # age about 30 s, 570 s of freshness left
+    fetch b "$t" -H 'Cache-Control: max-age=100'
+    [ "$(fheader b X-Cache)" = HIT ]
+    fetch c "$t" -H 'Cache-Control: min-fresh=60'
+    [ "$(fheader c X-Cache)" = HIT ]
+    fetch d "$t" -H 'Cache-Control: only-if-cached'
+    [ "$(fheader d X-Cache)" = HIT ]
+    [ "$(origin_count o1 '^o1 GET /_cache')" -eq 1 ]
+    fetch e "$t" -H 'Cache-Control: max-age=10'
+    echo "max-age=10: $(fheader e X-Cache) $(fheader e Cache-Status) $(fbody e)"
+    [ "$(fheader e X-Cache)" = EXPIRED ]
+    [[ "$(fheader e Cache-Status)" == *fwd=request* ]]
+    [ "$(fbody e)" = "cache-body o1 n=2" ]
+    # the refetched answer replaces the entry (renamed into place once whole): wait for its body, then age it
+    local i
+    for ((i = 0; i < 100; i++)); do
+        [ "$(tail -c 18 "$(entry_file "$key")" 2>/dev/null)" = "cache-body o1 n=2" ] && break
+        sleep 0.05
+    done
+    [ "$i" -lt 100 ]
+    age_entry "$key" '-30 seconds'
+    fetch f "$t" -H 'Cache-Control: min-fresh=590'
+    echo "min-fresh=590: $(fheader f X-Cache) $(fbody f)"
+    [ "$(fheader f X-Cache)" = EXPIRED ]
+    [ "$(fbody f)" = "cache-body o1 n=3" ]
+    # only-if-cached (RFC 9111 5.2.1.7): nothing stored, or only a stale entry, is a 504 and the origin never hears of it
+    fetch g '/_cache?max_age=600&absent=1' -H 'Cache-Control: only-if-cached'
+    [ "$(fstatus g)" = 504 ]
+    age_entry "$key" '-2 hours'
+    fetch h "$t" -H 'Cache-Control: only-if-cached'
+    [ "$(fstatus h)" = 504 ]
+    [ "$(origin_count o1 '^o1 GET /_cache')" -eq 3 ]
+    fetch i "$t"
+    [ "$(fheader i X-Cache)" = EXPIRED ]
+    [ "$(fbody i)" = "cache-body o1 n=4" ]
+}
+
 @test "cache: a request with Authorization is not stored unless the answer says public" {
     start_origin o1
     start_pibl
