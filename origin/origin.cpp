@@ -353,6 +353,8 @@ static int parse_args(int argc, char **argv)
 
     g_cfg.addr = "127.0.0.1";
     g_cfg.root = "www";
+    if (argc == 2 && strcmp(argv[1], "--help") == 0)
+        return 1;                               /* as -h */
     while ((opt = getopt(argc, argv, "p:a:n:r:l:u:h")) != -1) {
         switch (opt) {
         case 'p': {

@@ -42,6 +42,16 @@ check_bad_cfg() {
     [[ "${output,,}" == *usage* ]]
 }
 
+@test "cli: the test origin's -h and --help print its usage on stdout and exit 0" {
+    local opt
+    for opt in -h --help; do
+        run --separate-stderr timeout 5 "$ORIGIN_BIN" "$opt"
+        echo "$opt: status $status stdout '$output' stderr '$stderr'"
+        [ "$status" -eq 0 ]
+        [[ "$output" == "usage: pibl-origin -p PORT"* ]]
+    done
+}
+
 @test "cli: -t on a good config prints 'pibl: CONFIG: OK' and exits 0" {
     cd "$BATS_TEST_TMPDIR" || return 1
     good_cfg good.cfg
