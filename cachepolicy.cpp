@@ -393,6 +393,12 @@ cachepolicy_plan(struct exchange *x, const char *host, size_t host_len, const ch
     if (!http_find_field(r->headers, r->n_headers, "cache-control") && pragma != NULL &&
         http_name_is(pragma->value, pragma->value_len, "no-cache"))
         cc.no_cache = 1;
+    /* The client's own limits on what it takes from a cache (RFC 9111
+     * 5.2.1): an entry older than max-age, or fresh for less than
+     * min-fresh, is revalidated; only-if-cached never reaches a backend. */
+    x->req_max_age = cc.max_age;
+    x->req_min_fresh = cc.min_fresh;
+    x->only_if_cached = cc.only_if_cached;
     x->store_ok = is_get && !cc.no_store;
     if (cc.no_store) {
         x->cs_fwd = "request";                  /* ask the origin, keep nothing */
@@ -401,12 +407,6 @@ cachepolicy_plan(struct exchange *x, const char *host, size_t host_len, const ch
     /* no-cache: what is stored is revalidated before use (RFC 9111 5.2.1.4),
      * with our conditionals, not dropped. */
     x->must_ask = cc.no_cache;
-    /* The client's own limits on what it takes from a cache (RFC 9111
-     * 5.2.1): an entry older than max-age, or fresh for less than
-     * min-fresh, is revalidated; only-if-cached never reaches a backend. */
-    x->req_max_age = cc.max_age;
-    x->req_min_fresh = cc.min_fresh;
-    x->only_if_cached = cc.only_if_cached;
     return PLAN_LOOKUP;
 }
 
@@ -489,6 +489,15 @@ serve_while_revalidating(struct conn *c, struct exchange *x, const char *host, s
     return rc;
 }
 
+/* only-if-cached (RFC 9111 5.2.1.7) with nothing fresh to serve: 504, and
+ * no backend hears of it. */
+static int
+only_if_cached(struct conn *c, struct exchange *x)
+{
+    exchange_error(c, x, 504, "only-if-cached, and no fresh stored answer", 1);
+    return FRONT_DONE_KEEP;
+}
+
 int
 cachepolicy_front(struct conn *c, struct exchange *x, const char *host, size_t host_len,
     const char *path, size_t path_len)
@@ -499,8 +508,10 @@ cachepolicy_front(struct conn *c, struct exchange *x, const char *host, size_t h
 
     if (plan == PLAN_PURGE)
         return purge(c, x);
-    if (plan == PLAN_FORWARD)
+    if (plan == PLAN_FORWARD && !x->only_if_cached)
         return FRONT_FORWARD;
+    if (plan == PLAN_FORWARD)
+        return only_if_cached(c, x);            /* no-store as well: nothing to answer with */
 
     int tried_lock = 0;
     for (;;) {
@@ -525,16 +536,14 @@ cachepolicy_front(struct conn *c, struct exchange *x, const char *host, size_t h
                 x->cs_fwd = asked ? "request" : "stale";
                 cache_release(&x->stale);
                 x->stale = e;
-                int rc = asked || !is_get ? SERVE_NONE :
+                int rc = asked || x->only_if_cached || !is_get ? SERVE_NONE :
                     serve_while_revalidating(c, x, host, host_len, path, path_len);
                 if (rc != SERVE_NONE)
                     return rc == SERVE_OK ? FRONT_DONE_KEEP : FRONT_DONE_CLOSE;
             }
         }
-        if (x->only_if_cached) {                /* RFC 9111 5.2.1.7 */
-            exchange_error(c, x, 504, "only-if-cached, and no fresh stored answer", 1);
-            return FRONT_DONE_KEEP;
-        }
+        if (x->only_if_cached)
+            return only_if_cached(c, x);
         /* One fetch per key at a time; the others wait for its entry. */
         if (!is_get || tried_lock)
             break;
@@ -599,7 +608,7 @@ stored_head(struct http_builder *b, const struct http_response *resp,
     const struct http_tokens *ct)
 {
     struct cache_ctl cc;
-    int has_date = 0;
+    int has_date = 0, n = 0;
 
     freshness_targeted(resp->headers, resp->n_headers, &cc);
     http_put_status(b, resp->status);
@@ -613,8 +622,9 @@ stored_head(struct http_builder *b, const struct http_response *resp,
             continue;
         has_date |= h->name_len == 4 && http_name_is(h->name, 4, "date");
         http_put_forward(b, h);
+        n++;
     }
-    if (!has_date)
+    if (!has_date && n < MAX_HEADERS)           /* a full head stays readable as it is */
         http_put_date(b, time(NULL));           /* when it was received (RFC 9110 6.6.1) */
     http_put(b, "\r\n", 2);
 }
@@ -661,9 +671,13 @@ merge_update(const struct http_response *old, const struct http_response *upd,
     m->status = old->status;
     m->reason = old->reason;
     m->reason_len = old->reason_len;
+    /* An update without Date was dated when it came (RFC 9110 6.6.1): the
+     * stored Date goes, and stored_head() writes the time of the update. */
+    int upd_dated = http_find_field(upd->headers, upd->n_headers, "date") != NULL;
     m->n_headers = 0;
     for (int i = 0; i < old->n_headers; i++) {
-        if (replaced_by(&old->headers[i], upd, ct))
+        if (replaced_by(&old->headers[i], upd, ct) ||
+            (!upd_dated && http_name_is(old->headers[i].name, old->headers[i].name_len, "date")))
             continue;
         m->headers[m->n_headers++] = old->headers[i];
     }

@@ -38,11 +38,13 @@ int cachepolicy_plan(struct exchange *x, const char *host, size_t host_len, cons
 /* What a stored entry found for the key can do for this request. */
 enum cachepolicy_verdict {
     ENTRY_FRESH,                   /* serve it */
-    ENTRY_STALE,                   /* expired: revalidate it, or stale-if-error */
+    ENTRY_STALE,                   /* expired, or refused by the request's no-cache,
+                                      max-age or min-fresh: revalidate it, or stale-if-error */
     ENTRY_OTHER_VARIANT,           /* stored for other values of its Vary fields */
 };
 
-/* Judge entry e for the request in x. Returns an enum cachepolicy_verdict. */
+/* Judge entry e for the request in x, once cachepolicy_plan() has read the
+ * request's Cache-Control into x. Returns an enum cachepolicy_verdict. */
 int cachepolicy_judge(const struct exchange *x, const struct cache_entry *e);
 
 /* What cachepolicy_front() did. */
@@ -53,7 +55,8 @@ enum cachepolicy_front { FRONT_FORWARD, FRONT_DONE_KEEP, FRONT_DONE_CLOSE };
  * is asked: PURGE, lookups, waiting for a concurrent fetch of the same key
  * (up to cache_lock_timeout), the conditionals to revalidate an expired
  * entry. Returns FRONT_FORWARD to go on to a backend, or FRONT_DONE_* when
- * the answer was given here (keep or close the connection).
+ * the answer was given here (keep or close the connection): a hit, a PURGE,
+ * or the 504 of an only-if-cached request with no fresh entry.
  */
 int cachepolicy_front(struct conn *c, struct exchange *x, const char *host, size_t host_len,
     const char *path, size_t path_len);

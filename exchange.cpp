@@ -63,6 +63,7 @@ exchange_reset(struct exchange *x)
     x->stale.fd = x->hit.fd = -1;
     x->stale.slot = x->hit.slot = -1;
     x->backend = -1;
+    x->req_max_age = x->req_min_fresh = -1;
     x->minor = 1;
     x->t_start = pibl_now_us();
 }

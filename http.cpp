@@ -24,6 +24,7 @@
 #include "pibl.h"
 #include "sock.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
@@ -653,13 +654,17 @@ void
 http_put_date(struct http_builder *b, time_t t)
 {
     /* One formatting per second and thread: most answers of a second share it. */
-    static __thread time_t last = -1;
+    static __thread time_t last;
+    static __thread int have;
     static __thread char text[HTTP_DATE_LEN + 1];
 
-    if (t != last) {
-        if (http_format_date(t, text) == 0)
+    if (!have || t != last) {
+        char fresh[HTTP_DATE_LEN + 1];
+        if (http_format_date(t, fresh) == 0)
             return;
+        memcpy(text, fresh, sizeof text);
         last = t;
+        have = 1;
     }
     http_puts(b, "Date: ");
     http_put(b, text, HTTP_DATE_LEN);
@@ -929,6 +934,32 @@ host_char(unsigned char ch)
     return isalnum(ch) || (ch != 0 && strchr("-._~!$&'()*+,;=", ch) != NULL);
 }
 
+/* The inside of an IP-literal (RFC 3986 3.2.2): an IPv6 address, or
+ * IPvFuture "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" ). */
+static int
+valid_ip_literal(const char *p, size_t len)
+{
+    char text[INET6_ADDRSTRLEN];
+    unsigned char addr[16];
+
+    if (len > 0 && (p[0] == 'v' || p[0] == 'V')) {
+        size_t i = 1;
+        while (i < len && isxdigit((unsigned char)p[i]))
+            i++;
+        if (i == 1 || i == len || p[i] != '.' || i + 1 == len)
+            return 0;
+        for (i++; i < len; i++)
+            if (!host_char((unsigned char)p[i]) && p[i] != ':')
+                return 0;
+        return 1;
+    }
+    if (len == 0 || len >= sizeof text)
+        return 0;
+    memcpy(text, p, len);
+    text[len] = '\0';
+    return inet_pton(AF_INET6, text, addr) == 1;
+}
+
 /* Host (RFC 9110 7.2): uri-host [ ":" port ], where uri-host is an
  * IP-literal in brackets or a reg-name / IPv4address (unreserved,
  * sub-delims, %HH), and port is digits (perhaps none). */
@@ -938,13 +969,10 @@ http_valid_host(const char *h, size_t len)
     size_t i = 0;
 
     if (len > 0 && h[0] == '[') {
-        /* IPv6address or IPvFuture: hex digits, '.', ':' and the like */
-        for (i = 1; i < len && h[i] != ']'; i++)
-            if (!host_char((unsigned char)h[i]) && h[i] != ':')
-                return 0;
-        if (i == len || i == 1)
-            return 0;                           /* no ']', or "[]" */
-        i++;
+        const char *close = (const char *)memchr(h, ']', len);
+        if (close == NULL || !valid_ip_literal(h + 1, (size_t)(close - h - 1)))
+            return 0;
+        i = (size_t)(close - h) + 1;
     } else {
         for (; i < len && h[i] != ':'; i++) {
             unsigned char ch = (unsigned char)h[i];

@@ -1,7 +1,9 @@
 /*
  * sock.cpp - socket helpers: timeouts, non-blocking mode and whole writes
  * with MSG_NOSIGNAL, so that a peer that goes away costs an error return,
- * never a SIGPIPE. Knows nothing of HTTP.
+ * never a SIGPIPE; peer addresses as text, and the address lists
+ * (addresses and ADDR/BITS ranges) of purge_allow and admin_allow. Knows
+ * nothing of HTTP.
  */
 #include "sock.h"
 
@@ -127,6 +129,14 @@ acl_member(const char *t, size_t len, int *family, unsigned char addr[16], int *
         if (v > *bits)
             return -1;
         *bits = v;
+    }
+    /* ::ffff:a.b.c.d is how a dual-stack socket shows an IPv4 peer, and
+     * peers are matched as IPv4 (sock_addr_text): so is such a member. */
+    static const unsigned char mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+    if (*family == AF_INET6 && *bits >= 96 && memcmp(addr, mapped, sizeof mapped) == 0) {
+        memmove(addr, addr + 12, 4);
+        *family = AF_INET;
+        *bits -= 96;
     }
     return 0;
 }

@@ -218,6 +218,81 @@ http_date() {
     [ "$(fake_requests)" -eq 2 ]
 }
 
+@test "freshness: an answer without Date is dated when it comes; a 304 without Date dates the entry anew, so Expires still ends it" {
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    local exp key d1
+    answer 1 'Cache-Control: max-age=600' dated-by-pibl
+    exp=$(http_date '+2 seconds' '%a, %d %b %Y %H:%M:%S GMT')
+    answer 2 "Expires: $exp\r\nETag: \"e1\"" expiring
+    fake_answer 3 'HTTP/1.1 304 Not Modified\r\nETag: "e1"\r\n\r\n'
+    answer default 'Cache-Control: max-age=600' other
+    start_pibl
+    key=$(key_of /nd)
+    fetch a /nd
+    [ "$(fheader a X-Cache)" = MISS ]
+    d1=$(fheader a Date)
+    [ -n "$d1" ]
+    wait_entry "$key"
+    grep -qa "^Date: $d1" "$(entry_file "$key")"
+    # 30 s later the hit still carries the stored Date, not now minus its age
+    age_entry "$key" '30 seconds ago'
+    fetch b /nd
+    [ "$(fheader b X-Cache)" = HIT ]
+    [ "$(fheader b Date)" = "$d1" ]
+
+    # Expires in 2 s and no Date: PIBL dates it on arrival. Once Expires has passed, the 304 (no Date either)
+    # dates the entry anew, Expires - Date is 0 or less, and the next request revalidates again: no HIT
+    key=$(key_of /ex)
+    fetch c /ex
+    wait_entry "$key"
+    sleep 2.5
+    fetch d /ex
+    echo "after Expires: $(fheader d X-Cache) $(fheader d Cache-Status)"
+    [ "$(fheader d X-Cache)" = EXPIRED ]
+    [ "$(fbody d)" = expiring ]
+    fetch e /ex
+    echo "next: $(fheader e X-Cache) $(fheader e Cache-Status) $(fbody e)"
+    [ "$(fheader e X-Cache)" != HIT ]
+    [ "$(fake_requests)" -eq 4 ]
+}
+
+@test "freshness: only-if-cached never reaches the backend: a stale entry inside stale-while-revalidate is a 504 too" {
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    answer 1 'Cache-Control: max-age=1, stale-while-revalidate=60\r\nETag: "o1"' old
+    answer default 'Cache-Control: max-age=600' new
+    start_pibl
+    local key
+    key=$(key_of /oic)
+    fetch a /oic
+    wait_entry "$key"
+    age_entry "$key" '10 seconds ago'
+    fetch b /oic -H 'Cache-Control: only-if-cached'
+    echo "$(fstatus b) $(fheader b X-Cache)"
+    [ "$(fstatus b)" = 504 ]
+    fetch c /oic -H 'Cache-Control: only-if-cached, no-store'
+    [ "$(fstatus c)" = 504 ]
+    sleep 0.3                                   # a background refresh would have started by now
+    [ "$(fake_requests)" -eq 1 ]
+}
+
+@test "freshness: an answer with 100 fields and no Date is stored as it is and served from the cache" {
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    local fields="Cache-Control: max-age=600" i
+    for ((i = 2; i <= 100; i++)); do
+        fields+="\\r\\nX-F$i: v"
+    done
+    # close-delimited, so all 100 fields are stored (a Content-Length would not be)
+    fake_answer 1 "HTTP/1.1 200 OK\\r\\n$fields\\r\\n\\r\\nhundred" close
+    start_pibl
+    fetch a /hundred
+    [ "$(fbody a)" = hundred ]
+    wait_entry "$(key_of /hundred)"
+    fetch b /hundred
+    [ "$(fheader b X-Cache)" = HIT ]
+    [ "$(fbody b)" = hundred ]
+    [ "$(fake_requests)" -eq 1 ]
+}
+
 # head_answer N FIELDS LEN: request N (a HEAD) gets a 200 with these fields and Content-Length LEN, no body.
 head_answer() {
     fake_answer "$1" "HTTP/1.1 200 OK\r\n$2\r\nContent-Length: $3\r\n\r\n"

@@ -333,11 +333,12 @@ PY
         'GET /hello.txt HTTP/1.1\r\nHost: [::1]x\r\n\r\n' \
         'GET /hello.txt HTTP/1.1\r\nHost: ::1\r\n\r\n' \
         'GET /hello.txt HTTP/1.1\r\nHost: a%zzb\r\n\r\n' \
+        'GET /hello.txt HTTP/1.1\r\nHost: [foo]\r\n\r\n' \
         'GET http://a:b/hello.txt HTTP/1.1\r\nHost: t\r\n\r\n'
     origin_got_nothing o1
     # uri-host [ ":" port ] (RFC 9110 7.2, RFC 3986 3.2.2): these are hosts, and go through
     local h
-    for h in '[::1]:8080' '[::1]' 'a:' 'example.com:80' '127.0.0.1' 'a%41b' 'xn--bcher-kva.example'; do
+    for h in '[::1]:8080' '[::1]' '[v1.fe]' 'a:' 'example.com:80' 'example.com.' '127.0.0.1' 'a%41b' 'xn--bcher-kva.example'; do
         [ "$(get_status -H "Host: $h" "$(url /hello.txt)")" = 200 ] || { echo "Host: $h refused"; return 1; }
     done
 }

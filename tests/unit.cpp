@@ -979,6 +979,25 @@ static const struct date_case g_date_cases[] = {
     { "", -1 },
 };
 
+/* Host values (RFC 9110 7.2, RFC 3986 3.2.2). */
+static void
+test_hosts(void)
+{
+    static const struct { const char *h; int ok; } cases[] = {
+        { "example.com", 1 }, { "example.com.", 1 }, { "example.com:80", 1 }, { "a:", 1 },
+        { "127.0.0.1:8080", 1 }, { "[::1]", 1 }, { "[::1]:8080", 1 }, { "[::1]:", 1 },
+        { "[2001:db8::7]", 1 }, { "[::ffff:10.0.0.1]", 1 }, { "[v1.fe]", 1 }, { "[V7.a:b]", 1 },
+        { "a%41b", 1 }, { "xn--bcher-kva.example", 1 }, { "", 1 },
+        { "a:b", 0 }, { "a:80:80", 0 }, { "a:8o", 0 }, { "[::1", 0 }, { "[]", 0 }, { "[::1]x", 0 },
+        { "[::1]:8x", 0 }, { "::1", 0 }, { "[foo]", 0 }, { "[!]", 0 }, { "[;,]", 0 }, { "[v1.]", 0 },
+        { "[v.fe]", 0 }, { "[vg.fe]", 0 }, { "[1.2.3.4]", 0 }, { "a%zzb", 0 }, { "a%4", 0 },
+        { "a b", 0 }, { "a/b", 0 }, { "a@b", 0 }, { "a]b", 0 }, { "a[b", 0 },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        CHECK(http_valid_host(cases[i].h, strlen(cases[i].h)) == cases[i].ok, "Host \"%s\": want %d",
+            cases[i].h, cases[i].ok);
+}
+
 /* purge_allow / admin_allow: addresses and ranges, IPv4 and IPv6. */
 static void
 test_address_lists(void)
@@ -1001,6 +1020,9 @@ test_address_lists(void)
         { "10.1.2.3/32", "10.1.2.4", 0 },
         { "", "127.0.0.1", 0 },
         { "127.0.0.1", "not-an-ip", 0 },
+        { "::ffff:127.0.0.1", "127.0.0.1", 1 },   /* a mapped member is its IPv4 address */
+        { "::ffff:10.0.0.0/104", "10.9.9.9", 1 },
+        { "::ffff:10.0.0.0/104", "11.0.0.1", 0 },
     };
     char why[160];
 
@@ -1210,6 +1232,7 @@ main(void)
     test_cache_decisions();
     test_freshness();
     test_address_lists();
+    test_hosts();
     test_access_lines();
     test_block_cache();
     printf("unit: %d passed, %d failed\n", n_passed, n_failed);
