@@ -242,7 +242,7 @@ cachepolicy_entry_head(struct conn *c, struct exchange *x, struct cache_entry *e
             ((status == 206 || status == 416) && http_name_is(h->name, h->name_len, "content-range")))
             continue;
         ranges_field |= http_name_is(h->name, h->name_len, "accept-ranges");
-        has_date |= h->name_len == 4 && http_name_is(h->name, 4, "date");
+        has_date |= http_name_is(h->name, h->name_len, "date");
         http_put_field(&b, h->name, h->name_len, h->value, h->value_len);
     }
     if (!has_date)                              /* an entry stored before PIBL added one */
@@ -620,7 +620,7 @@ stored_head(struct http_builder *b, const struct http_response *resp,
             cachepolicy_own_field(h) || http_name_is(h->name, h->name_len, "content-length") ||
             omitted(&cc, h))
             continue;
-        has_date |= h->name_len == 4 && http_name_is(h->name, 4, "date");
+        has_date |= http_name_is(h->name, h->name_len, "date");
         http_put_forward(b, h);
         n++;
     }

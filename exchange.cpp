@@ -584,7 +584,7 @@ exchange_client_head(struct conn *c, struct exchange *x, const struct http_respo
     const struct http_tokens *ct, int out_chunked)
 {
     struct http_builder b = { c->out, c->out_cap, 0, 0 };
-    int has_date = 0, no_length = resp->status == 204;
+    int has_date = 0, no_length = !http_status_has_length(resp->status);
 
     http_put_status(&b, resp->status);
     http_put(&b, resp->reason, resp->reason_len);
@@ -595,9 +595,9 @@ exchange_client_head(struct conn *c, struct exchange *x, const struct http_respo
             continue;
         if (freshness_is_own(h))
             continue;                           /* PIBL-Cache-Control: for PIBL only */
-        if (no_length && h->name_len == 14 && http_name_is(h->name, 14, "content-length"))
-            continue;                           /* never on a 204 (RFC 9110 8.6) */
-        has_date |= h->name_len == 4 && http_name_is(h->name, 4, "date");
+        if (no_length && http_name_is(h->name, h->name_len, "content-length"))
+            continue;
+        has_date |= http_name_is(h->name, h->name_len, "date");
         http_put_forward(&b, h);
     }
     if (!has_date)

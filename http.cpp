@@ -723,8 +723,9 @@ http_put_answer_head(struct http_builder *b, const struct http_response *resp)
         const struct http_header *h = &resp->headers[i];
         if (http_is_hop_by_hop(h, &ct) || http_is_lookalike(h->name, h->name_len))
             continue;
-        if (resp->status < 200 && http_name_is(h->name, h->name_len, "content-length"))
-            continue;                           /* never on a 1xx (RFC 9110 8.6) */
+        if (!http_status_has_length(resp->status) &&
+            http_name_is(h->name, h->name_len, "content-length"))
+            continue;
         http_put_forward(b, h);
     }
 }
@@ -903,6 +904,13 @@ http_check_transfer_coding(const struct http_header *hdrs, int n)
     return 0;
 }
 
+/* 1 when s[i] starts a pct-encoded "%" HEXDIG HEXDIG inside len bytes (RFC 3986 2.1). */
+static int
+pct_encoded(const char *s, size_t i, size_t len)
+{
+    return i + 2 < len && isxdigit((unsigned char)s[i + 1]) && isxdigit((unsigned char)s[i + 2]);
+}
+
 /*
  * request-target characters (RFC 9112 3.2, RFC 3986): unreserved, reserved
  * but '#', and '%' followed by two hex digits. Everything else ('"', '<',
@@ -915,8 +923,7 @@ http_valid_target(const char *t, size_t len)
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = (unsigned char)t[i];
         if (ch == '%') {
-            if (i + 2 >= len || !isxdigit((unsigned char)t[i + 1]) ||
-                !isxdigit((unsigned char)t[i + 2]))
+            if (!pct_encoded(t, i, len))
                 return 0;
             i += 2;
             continue;
@@ -977,8 +984,7 @@ http_valid_host(const char *h, size_t len)
         for (; i < len && h[i] != ':'; i++) {
             unsigned char ch = (unsigned char)h[i];
             if (ch == '%') {
-                if (i + 2 >= len || !isxdigit((unsigned char)h[i + 1]) ||
-                    !isxdigit((unsigned char)h[i + 2]))
+                if (!pct_encoded(h, i, len))
                     return 0;
                 i += 2;
             } else if (!host_char(ch)) {

@@ -349,6 +349,14 @@ void http_put_field(struct http_builder *b, const char *name, size_t name_len, c
  * out in canonical decimal (no leading zeros, RFC 9110 8.6). */
 void http_put_forward(struct http_builder *b, const struct http_header *h);
 
+/* 1 when an answer with this status may carry Content-Length: never a 1xx
+ * or a 204 (RFC 9110 8.6). */
+static inline int
+http_status_has_length(int status)
+{
+    return status >= 200 && status != 204;
+}
+
 /* An answer's status line and the fields to pass on (neither hop-by-hop
  * nor look-alikes), each with http_put_forward; no blank line. */
 void http_put_answer_head(struct http_builder *b, const struct http_response *resp);
