@@ -8,6 +8,7 @@
 #   conn.cpp         a client connection's life, the blocking threads
 #   exchange.cpp     one request/answer exchange with blocking I/O
 #   http.cpp         HTTP/1.1 messages: parsing, framing, heads, body relay
+#   httpdate.cpp     HTTP-dates: the three forms read, the Date field written
 #   sock.cpp         socket helpers: timeouts, whole writes
 #   cachepolicy.cpp  RFC 9111 rules: what is stored, served, revalidated
 #   vary.cpp         Vary: the request values an answer varies on, a URL's variants
@@ -30,10 +31,10 @@ CXXFLAGS ?= -O2 -g
 CXXFLAGS += -std=c++17 -Wall -Wextra -pthread
 LDFLAGS  += -pthread
 
-PIBL_SRCS = pibl.cpp loop.cpp ev.cpp tunnel.cpp conn.cpp exchange.cpp http.cpp sock.cpp cachepolicy.cpp vary.cpp conditional.cpp \
+PIBL_SRCS = pibl.cpp loop.cpp ev.cpp tunnel.cpp conn.cpp exchange.cpp http.cpp httpdate.cpp sock.cpp cachepolicy.cpp vary.cpp conditional.cpp \
             freshness.cpp refresh.cpp \
             cache.cpp upstream.cpp rr.cpp health.cpp log.cpp admin.cpp
-HDRS      = pibl.h loop.h ev.h tunnel.h conn.h exchange.h http.h sock.h cachepolicy.h vary.h conditional.h cache.h \
+HDRS      = pibl.h loop.h ev.h tunnel.h conn.h exchange.h http.h httpdate.h sock.h cachepolicy.h vary.h conditional.h cache.h \
             freshness.h refresh.h \
             upstream.h rr.h health.h log.h admin.h
 

@@ -17,6 +17,7 @@
 #include "cache.h"
 #include "exchange.h"
 #include "http.h"
+#include "httpdate.h"
 #include "log.h"
 #include "pibl.h"
 #include "rr.h"

@@ -24,6 +24,7 @@
 #include "exchange.h"
 #include "freshness.h"
 #include "http.h"
+#include "httpdate.h"
 #include "log.h"
 #include "refresh.h"
 #include "vary.h"

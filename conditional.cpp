@@ -11,6 +11,7 @@
  */
 #include "conditional.h"
 #include "http.h"
+#include "httpdate.h"
 
 #include <stdint.h>
 #include <string.h>

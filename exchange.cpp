@@ -33,6 +33,7 @@
 #include "conn.h"
 #include "freshness.h"
 #include "http.h"
+#include "httpdate.h"
 #include "log.h"
 #include "pibl.h"
 #include "rr.h"

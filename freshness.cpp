@@ -11,6 +11,7 @@
  */
 #include "freshness.h"
 #include "http.h"
+#include "httpdate.h"
 
 #include <limits.h>
 #include <string.h>

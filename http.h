@@ -115,11 +115,6 @@ int http_chunked_done(const struct http_chunked *ck);
  */
 long long http_parse_content_length(const char *v, size_t len);
 
-/* An HTTP-date (RFC 9110 5.6.7) to time_t: IMF-fixdate, and the obsolete
- * RFC 850 and asctime forms a recipient must accept; -1 when not one or
- * before 1970. */
-time_t http_parse_date(const char *v, size_t len);
-
 /* 1 when the len bytes at x and at y are equal ignoring ASCII case (the
  * one case-insensitive comparison of names, tokens and schemes). */
 static inline int
@@ -329,14 +324,6 @@ void http_put_long(struct http_builder *b, long v);
 
 /* An answer's status line up to its reason phrase: "HTTP/1.1 200 ". */
 void http_put_status(struct http_builder *b, int status);
-
-/* An IMF-fixdate (RFC 9110 5.6.7), "Sun, 06 Nov 1994 08:49:37 GMT", of t
- * into out. Returns HTTP_DATE_LEN, or 0 (out empty) for a year past 9999. */
-#define HTTP_DATE_LEN 29
-size_t http_format_date(time_t t, char out[HTTP_DATE_LEN + 1]);
-
-/* "Date: <IMF-fixdate of t>\r\n" (RFC 9110 6.6.1); nothing for a year past 9999. */
-void http_put_date(struct http_builder *b, time_t t);
 
 /* A log field: as much of s as fits; a cut sets overflow. */
 void http_put_cut(struct http_builder *b, const char *s);

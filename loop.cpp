@@ -23,6 +23,7 @@
 #include "conn.h"
 #include "ev.h"
 #include "http.h"
+#include "httpdate.h"
 #include "log.h"
 #include "pibl.h"
 #include "sock.h"

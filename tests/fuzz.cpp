@@ -42,6 +42,7 @@
 #include "conditional.h"
 #include "freshness.h"
 #include "http.h"
+#include "httpdate.h"
 #include "pibl.h"
 
 #include <stdint.h>

@@ -13,6 +13,7 @@
 #include "exchange.h"
 #include "freshness.h"
 #include "http.h"
+#include "httpdate.h"
 #include "log.h"
 #include "pibl.h"
 #include "rr.h"
