@@ -198,16 +198,27 @@ int
 cache_key(char *buf, size_t cap, const char *host, size_t host_len, const char *target,
     size_t target_len)
 {
-    if (host_len + target_len + 8 > cap || host_len + target_len + 8 > MAX_CACHE_KEY)
+    /* One key for one resource (RFC 9110 4.2.3): the default port, or an
+     * empty one, is left out, and an empty path is "/". */
+    if (host_len >= 3 && memcmp(host + host_len - 3, ":80", 3) == 0)
+        host_len -= 3;
+    else if (host_len >= 1 && host[host_len - 1] == ':')
+        host_len -= 1;
+    int slash = target_len == 0 || target[0] == '?';
+    if (host_len + target_len + slash + 8 > cap || host_len + target_len + slash + 8 > MAX_CACHE_KEY)
         return -1;
     memcpy(buf, "http://", 7);
     for (size_t i = 0; i < host_len; i++) {
         char ch = host[i];
         buf[7 + i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch - 'A' + 'a') : ch;
     }
-    memcpy(buf + 7 + host_len, target, target_len);
-    buf[7 + host_len + target_len] = '\0';
-    return (int)(7 + host_len + target_len);
+    size_t n = 7 + host_len;
+    if (slash)
+        buf[n++] = '/';
+    memcpy(buf + n, target, target_len);
+    n += target_len;
+    buf[n] = '\0';
+    return (int)n;
 }
 
 /* ---------------------------------------------------------------- index */

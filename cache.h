@@ -70,8 +70,9 @@ int cache_check_folder(const char *dir, int make, char *why, size_t why_len);
 /* Launch TTL in seconds. */
 long cache_ttl(void);
 
-/* Build the key "http://host/target" (host lower-cased) into buf.
- * Returns its length, or -1 when it is longer than MAX_CACHE_KEY. */
+/* Build the key "http://host/target" (host lower-cased, without a ":80" or
+ * empty port; a target that is empty or starts with "?" gets its "/") into
+ * buf. Returns its length, or -1 when it is longer than MAX_CACHE_KEY. */
 int cache_key(char *buf, size_t cap, const char *host, size_t host_len, const char *target,
     size_t target_len);
 

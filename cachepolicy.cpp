@@ -210,8 +210,9 @@ cachepolicy_entry_head(struct conn *c, struct exchange *x, struct cache_entry *e
     if (cache_read_head(e, c->uin, c->uin_cap) == -1 ||
         http_parse_response(c->uin, e->head_len, &resp) == -1)
         return -1;
-    int not_modified = cond_client_has_current(&x->req, &resp);
-    int status = not_modified ? 304 : resp.status;
+    int cond = cond_evaluate(&x->req, &resp, time(NULL) - (time_t)e->age);
+    int not_modified = cond == COND_NOT_MODIFIED;
+    int status = not_modified ? 304 : cond == COND_FAILED ? 412 : resp.status;
     uint64_t from = 0, len = e->body_len;
     int range = COND_RANGE_WHOLE;
     if (status == 200 && !x->is_head && http_method_is(x->method, strlen(x->method), "GET"))
@@ -220,7 +221,8 @@ cachepolicy_entry_head(struct conn *c, struct exchange *x, struct cache_entry *e
         status = 206;
     else if (range == COND_RANGE_UNSATISFIABLE)
         status = 416;
-    int has_body = !x->is_head && !not_modified && status != 204 && status != 304 && status != 416;
+    int bodiless = status == 412 || status == 416;   /* an answer of PIBL's own */
+    int has_body = !x->is_head && !not_modified && status != 204 && status != 304 && !bodiless;
     int ranges_field = 0, has_date = 0;
 
     x->age = e->age;
@@ -238,7 +240,7 @@ cachepolicy_entry_head(struct conn *c, struct exchange *x, struct cache_entry *e
         const struct http_header *h = &resp.headers[i];
         if (cachepolicy_own_field(h) || freshness_is_own(h) || http_is_hop_by_hop(h, &none) ||
             http_is_lookalike(h->name, h->name_len) ||
-            ((not_modified || status == 416) && !keep_in_304(h)) ||
+            ((not_modified || bodiless) && !keep_in_304(h)) ||
             http_name_is(h->name, h->name_len, "content-length") ||
             ((status == 206 || status == 416) && http_name_is(h->name, h->name_len, "content-range")))
             continue;
@@ -265,7 +267,7 @@ cachepolicy_entry_head(struct conn *c, struct exchange *x, struct cache_entry *e
     }
     if (status != 204 && status != 304) {
         http_puts(&b, "Content-Length: ");
-        http_put_num(&b, (unsigned long long)(status == 416 ? 0 : len));
+        http_put_num(&b, (unsigned long long)(bodiless ? 0 : len));
         http_puts(&b, "\r\n");
     }
     cachepolicy_put_fields(&b, x);

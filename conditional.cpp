@@ -1,12 +1,12 @@
 /*
  * conditional.cpp - a request's conditionals and Range against a stored
- * answer (RFC 9110 13 and 14): whether the client's copy is current (a 304
- * from the cache), and which bytes of the entry a GET asked for. Pure
- * functions over parsed heads.
+ * answer (RFC 9110 13 and 14): whether a precondition fails (a 412) or the
+ * client's copy is current (a 304 from the cache), and which bytes of the
+ * entry a GET asked for. Pure functions over parsed heads.
  *
  * It does not send anything (cachepolicy.cpp answers) nor read files.
  * Refused on purpose: several ranges and other units get the whole answer
- * (RFC 9110 14.2 allows it); a weak entity tag never satisfies If-Range.
+ * (RFC 9110 14.2 allows it); a weak validator never satisfies If-Range.
  * Limits: range positions up to 18 digits.
  */
 #include "conditional.h"
@@ -17,53 +17,129 @@
 #include <string.h>
 #include <time.h>
 
-/* Weak comparison of one entity tag with a list (RFC 9110 8.8.3.2, 13.1.2). */
+/* One entity tag of a list at *p (to end), its W/ prefix not included in
+ * [*tag, *tag + *len); *weak says whether it had one. 0, or -1 at the end. */
 static int
-etag_in_list(const char *etag, size_t etag_len, const char *list, size_t list_len)
+next_etag(const char **p, const char *end, const char **tag, size_t *len, int *weak)
 {
-    if (etag_len > 2 && etag[0] == 'W' && etag[1] == '/') {
-        etag += 2;
-        etag_len -= 2;
+    const char *q = *p;
+    while (q < end && (*q == ',' || *q == ' ' || *q == '\t'))
+        q++;
+    if (q >= end)
+        return -1;
+    *weak = end - q > 2 && q[0] == 'W' && q[1] == '/';
+    if (*weak)
+        q += 2;
+    const char *t = q;
+    if (q < end && *q == '"') {
+        const char *close = (const char *)memchr(q + 1, '"', (size_t)(end - q - 1));
+        q = close ? close + 1 : end;
+    } else {
+        while (q < end && *q != ',')
+            q++;
+        while (q > t && (q[-1] == ' ' || q[-1] == '\t'))
+            q--;
     }
-    const char *p = list, *end = list + list_len;
-    while (p < end) {
-        while (p < end && (*p == ',' || *p == ' ' || *p == '\t'))
-            p++;
-        if (p < end && *p == '*')
-            return 1;
-        if (end - p > 2 && p[0] == 'W' && p[1] == '/')
-            p += 2;
-        const char *t = p;
-        if (p < end && *p == '"') {
-            const char *q = (const char *)memchr(p + 1, '"', (size_t)(end - p - 1));
-            p = q ? q + 1 : end;
-        } else {
-            while (p < end && *p != ',')
-                p++;
-        }
-        if ((size_t)(p - t) == etag_len && memcmp(t, etag, etag_len) == 0)
-            return 1;
-    }
+    *tag = t;
+    *len = (size_t)(q - t);
+    *p = q;
     return 0;
 }
 
-int
-cond_client_has_current(const struct http_request *r, const struct http_response *stored)
+/*
+ * Whether a list field of r (If-Match, If-None-Match; all its lines, as
+ * one list, RFC 9110 5.3) names the stored entity tag: 1 yes, 0 no, -1
+ * when r has no such field. "*" names any current answer. strong: the
+ * comparison of If-Match (both tags strong and equal, 8.8.3.2), else weak.
+ */
+static int
+list_names(const struct http_request *r, const char *field, const struct http_header *etag,
+    int strong)
 {
-    const struct http_header *inm = http_find_field(r->headers, r->n_headers, "if-none-match");
-    const struct http_header *etag = http_find_field(stored->headers, stored->n_headers, "etag");
+    int seen = 0;
+    const char *stored = NULL;
+    size_t stored_len = 0;
+    int stored_weak = 0;
 
-    if (inm != NULL)
-        return etag != NULL &&
-            etag_in_list(etag->value, etag->value_len, inm->value, inm->value_len);
-    const struct http_header *ims = http_find_field(r->headers, r->n_headers, "if-modified-since");
-    const struct http_header *lm =
-        http_find_field(stored->headers, stored->n_headers, "last-modified");
-    if (ims == NULL || lm == NULL)
-        return 0;
-    time_t since = http_parse_date(ims->value, ims->value_len);
-    time_t modified = http_parse_date(lm->value, lm->value_len);
-    return since != -1 && modified != -1 && modified <= since;
+    if (etag != NULL) {
+        const char *p = etag->value;
+        if (next_etag(&p, etag->value + etag->value_len, &stored, &stored_len, &stored_weak) == -1)
+            stored = NULL;
+    }
+    for (int i = 0; i < r->n_headers; i++) {
+        const struct http_header *h = &r->headers[i];
+        if (!http_name_is(h->name, h->name_len, field))
+            continue;
+        seen = 1;
+        const char *p = h->value, *end = h->value + h->value_len, *tag;
+        size_t len;
+        int weak;
+        while (next_etag(&p, end, &tag, &len, &weak) == 0) {
+            if (len == 1 && tag[0] == '*' && !weak)
+                return 1;
+            if (stored != NULL && len == stored_len && memcmp(tag, stored, len) == 0 &&
+                (!strong || (!weak && !stored_weak)))
+                return 1;
+        }
+    }
+    return seen ? 0 : -1;
+}
+
+/* The date of r's field (If-Modified-Since, If-Unmodified-Since), or -1
+ * when absent, invalid or on several lines (RFC 9110 13.1.3, 13.1.4). */
+static time_t
+request_date(const struct http_request *r, const char *field)
+{
+    const struct http_header *found = NULL;
+
+    for (int i = 0; i < r->n_headers; i++)
+        if (http_name_is(r->headers[i].name, r->headers[i].name_len, field)) {
+            if (found != NULL)
+                return -1;
+            found = &r->headers[i];
+        }
+    return found == NULL ? -1 : http_parse_date(found->value, found->value_len);
+}
+
+/* A date field of the stored head, or -1. */
+static time_t
+stored_date(const struct http_response *stored, const char *field)
+{
+    const struct http_header *h = http_find_field(stored->headers, stored->n_headers, field);
+    return h == NULL ? -1 : http_parse_date(h->value, h->value_len);
+}
+
+int
+cond_evaluate(const struct http_request *r, const struct http_response *stored, time_t received)
+{
+    /* Preconditions apply only where the answer would be a 2xx (13.2.1). */
+    if (stored->status < 200 || stored->status > 299)
+        return COND_SERVE;
+    const struct http_header *etag = http_find_field(stored->headers, stored->n_headers, "etag");
+    time_t modified = stored_date(stored, "last-modified");
+
+    /* 13.2.2, steps 1 to 4. */
+    int match = list_names(r, "if-match", etag, 1);
+    if (match == 0)
+        return COND_FAILED;
+    if (match == -1) {
+        time_t since = request_date(r, "if-unmodified-since");
+        if (since != -1 && modified != -1 && modified > since)
+            return COND_FAILED;
+    }
+    int none = list_names(r, "if-none-match", etag, 0);
+    if (none != -1)
+        return none ? COND_NOT_MODIFIED : COND_SERVE;
+    time_t since = request_date(r, "if-modified-since");
+    if (since == -1)
+        return COND_SERVE;
+    /* Without Last-Modified, the Date of the stored answer, or the time it
+     * was received, stands for it (RFC 9111 4.3.2). */
+    if (modified == -1)
+        modified = stored_date(stored, "date");
+    if (modified == -1)
+        modified = received;
+    return modified <= since ? COND_NOT_MODIFIED : COND_SERVE;
 }
 
 /* A whole decimal number of [p, end) into *v, held at RANGE_NUMBER_MAX when
@@ -85,20 +161,21 @@ range_number(const char *p, const char *end, uint64_t *v)
 }
 
 /* If-Range (RFC 9110 13.1.5): 1 when its validator is the stored one's,
- * compared strongly (an entity tag) or exactly (a date, to Last-Modified). */
+ * compared strongly: an entity tag, or a date equal to Last-Modified when
+ * that date is strong, at least a second before the stored Date (8.8.2.2). */
 static int
 if_range_holds(const struct http_header *ir, const struct http_response *stored)
 {
     const struct http_header *etag = http_find_field(stored->headers, stored->n_headers, "etag");
-    const struct http_header *lm =
-        http_find_field(stored->headers, stored->n_headers, "last-modified");
 
     int weak = ir->value_len >= 2 && ir->value[0] == 'W' && ir->value[1] == '/';
     if (weak || (ir->value_len > 0 && ir->value[0] == '"'))   /* "Wed, ..." is a date */
         return !weak && etag != NULL && etag->value_len == ir->value_len &&
             memcmp(etag->value, ir->value, ir->value_len) == 0;
     time_t when = http_parse_date(ir->value, ir->value_len);
-    return when != -1 && lm != NULL && http_parse_date(lm->value, lm->value_len) == when;
+    time_t modified = stored_date(stored, "last-modified");
+    time_t date = stored_date(stored, "date");
+    return when != -1 && modified == when && date != -1 && date - modified >= 1;
 }
 
 int

@@ -7,14 +7,26 @@
 #define PIBL_CONDITIONAL_H
 
 #include <stdint.h>
+#include <time.h>
 
 struct http_request;
 struct http_response;
 
-/* 1 when request r's If-None-Match (weak comparison) or, without it, its
- * If-Modified-Since says the client's copy of stored is current
- * (RFC 9110 13.2.2), 0 otherwise. */
-int cond_client_has_current(const struct http_request *r, const struct http_response *stored);
+/* What request r's preconditions make of a stored answer (RFC 9110 13.2.2). */
+enum cond_result { COND_SERVE, COND_NOT_MODIFIED, COND_FAILED };
+
+/*
+ * Evaluate If-Match, If-Unmodified-Since, If-None-Match and If-Modified-
+ * Since of a GET or HEAD r against stored, received at time received:
+ * COND_FAILED for a 412, COND_NOT_MODIFIED for a 304, else COND_SERVE.
+ * List fields are read over all their lines; If-Match compares strongly,
+ * If-None-Match weakly, "*" names any stored answer. Without Last-Modified,
+ * If-Modified-Since compares with the stored Date or, lacking it, with
+ * received (RFC 9111 4.3.2). A stored answer that is not a 2xx ignores
+ * them all (13.2.1).
+ */
+int cond_evaluate(const struct http_request *r, const struct http_response *stored,
+    time_t received);
 
 /* What a GET's Range asks of a stored answer. */
 enum cond_range { COND_RANGE_WHOLE, COND_RANGE_PART, COND_RANGE_UNSATISFIABLE };
@@ -24,8 +36,9 @@ enum cond_range { COND_RANGE_WHOLE, COND_RANGE_PART, COND_RANGE_UNSATISFIABLE };
  * 14.2): one range "a-b", "a-" or "-n" gives COND_RANGE_PART with the bytes
  * [*from, *from + *len); one that starts past the end (or "-0"),
  * COND_RANGE_UNSATISFIABLE. No Range, several ranges, a malformed field,
- * another unit, or an If-Range that does not hold (a strong entity tag or
- * exactly the Last-Modified date) give COND_RANGE_WHOLE: the full 200.
+ * another unit, or an If-Range that does not hold (a strong entity tag, or
+ * exactly a Last-Modified date a second or more older than the stored Date)
+ * give COND_RANGE_WHOLE: the full 200.
  */
 int cond_range(const struct http_request *r, const struct http_response *stored, uint64_t total,
     uint64_t *from, uint64_t *len);

@@ -307,7 +307,7 @@ slow_exchange(struct conn *c)
         if (hr == ANSWER_CLIENT_GONE)
             return exchange_end(c, x, -1);
         upstream_close(&c->u);
-        if (hr != ANSWER_BAD_101)
+        if (hr != ANSWER_BAD_WHY)
             x->fail_why = hr == ANSWER_BAD ? "invalid answer from backend" : "backend closed mid-head";
         rr_record(x->backend, 0, 0, hr == ANSWER_CUT ? "closed mid-head" : "invalid answer");
     }

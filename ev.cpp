@@ -355,7 +355,11 @@ ev_relay(struct loop *l, struct conn *c)
         }
         if (turn >= EV_TURN_BYTES)
             return EV_WAIT;
-        size_t want = c->body_left < RELAY_BUF_BYTES ? (size_t)c->body_left : RELAY_BUF_BYTES;
+        /* The last read asks for one byte more: bytes past the body are
+         * already here when the backend sent them with it, and then the
+         * connection must not be pooled (a pipelined request of the same
+         * turn would take it before select() sees them). */
+        size_t want = c->body_left < RELAY_BUF_BYTES ? (size_t)c->body_left + 1 : RELAY_BUF_BYTES;
         ssize_t n = recv(c->u.fd, c->relay, want, MSG_DONTWAIT);
         if (n == -1 && errno == EINTR)
             continue;
@@ -365,6 +369,10 @@ ev_relay(struct loop *l, struct conn *c)
             /* Close the client so a cut body never looks whole. */
             x->err = "backend closed mid-answer";
             return EV_CLOSE;
+        }
+        if ((uint64_t)n > c->body_left) {
+            n = (ssize_t)c->body_left;
+            c->u_reuse = 0;
         }
         c->p2 = c->relay;
         c->p2_len = (size_t)n;

@@ -311,7 +311,11 @@ exchange_check_request(const struct pibl_config *cfg, struct exchange *x, int *s
         }
         *host = a;
         *host_len = (size_t)(slash - a);
-        *path = slash < end ? slash : "/";
+        /* An empty path goes on as "/" ("?q" as "/?q", where
+         * exchange_upstream_head adds the slash), or "*" for OPTIONS
+         * (RFC 9112 3.2.1, 3.2.4). */
+        int options = http_method_is(r->method, r->method_len, "OPTIONS");
+        *path = slash < end ? slash : options ? "*" : "/";
         *path_len = slash < end ? (size_t)(end - slash) : 1;
     }
 
@@ -439,6 +443,8 @@ exchange_upstream_head(struct conn *c, struct exchange *x, const char *host, siz
 
     http_put(&b, r->method, r->method_len);
     http_put(&b, " ", 1);
+    if (path_len > 0 && path[0] == '?')
+        http_put(&b, "/", 1);                   /* absolute-form with an empty path */
     http_put(&b, path, path_len);
     http_puts(&b, " HTTP/1.1\r\nHost: ");
     if (host != NULL && host_len > 0)
@@ -734,10 +740,15 @@ exchange_relay_interim(struct conn *c, struct exchange *x, struct upstream *u, s
 {
     int hr = ANSWER_OK;
 
-    for (int interim = 0; hr == ANSWER_OK && interim < MAX_INTERIM; interim++) {
+    for (int interim = 0; hr == ANSWER_OK; interim++) {
         struct http_response resp;
         if (http_parse_response(c->uin, (size_t)*rh_len, &resp) == -1 || resp.status >= 200)
             break;
+        if (interim == MAX_INTERIM) {
+            /* Never relayed or logged as final, nor the connection pooled. */
+            x->fail_why = "too many 1xx answers from backend";
+            return ANSWER_BAD_WHY;
+        }
         if (resp.status == 101) {
             /* Only the upgrade asked for opens a tunnel: a 101 to anything
              * else would let the client talk past PIBL's checks. */
@@ -748,7 +759,7 @@ exchange_relay_interim(struct conn *c, struct exchange *x, struct upstream *u, s
                 return ANSWER_UPGRADE;
             x->fail_why = x->upgrade ? "101 answer for another protocol than websocket" :
                 "101 answer to a request that asked for no upgrade";
-            return ANSWER_BAD_101;
+            return ANSWER_BAD_WHY;
         }
         /* Rewritten like a final head: hop-by-hop and look-alike fields out. */
         struct http_builder b = { c->out, c->out_cap, 0, 0 };
@@ -869,7 +880,7 @@ exchange_forward(struct conn *c, struct exchange *x, const char *host, size_t ho
             tried &= ~((uint64_t)1 << b);       /* a stale pooled connection */
             continue;
         }
-        if (hr == ANSWER_BAD || hr == ANSWER_CUT || hr == ANSWER_BAD_101) {
+        if (hr == ANSWER_BAD || hr == ANSWER_CUT || hr == ANSWER_BAD_WHY) {
             rr_record(b, 0, 0, hr == ANSWER_CUT ? "closed mid-head" : "invalid answer");
             exchange_error(c, x, 502, hr == ANSWER_BAD ? "invalid answer from backend" :
                 hr == ANSWER_CUT ? "backend closed mid-head" : x->fail_why, 1);

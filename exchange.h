@@ -16,7 +16,7 @@
 
 #include <stdint.h>
 
-#define MAX_INTERIM          8        /* 1xx answers relayed before the final one */
+#define MAX_INTERIM          8        /* 1xx answers relayed before the final one; one more is a 502 */
 #define MAX_LOG_UA           256      /* User-Agent kept for the log, cut past it */
 #define MAX_LOG_REFERER      512      /* Referer kept for the log, cut past it */
 
@@ -97,7 +97,7 @@ enum exchange_answer {
     ANSWER_CUT,                    /* stopped midway */
     ANSWER_CLIENT_GONE,            /* the client went away meanwhile (u closed) */
     ANSWER_UPGRADE,                /* a 101 that accepts the upgrade asked for */
-    ANSWER_BAD_101,                /* a 101 to anything else (x->fail_why says what) */
+    ANSWER_BAD_WHY,                /* invalid as x->fail_why says: a 101 to anything else, too many 1xx */
 };
 
 /* Start a fresh exchange: zero the small fields, mark the rest empty. */

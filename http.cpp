@@ -811,6 +811,13 @@ http_is_hop_by_hop(const struct http_header *h, const struct http_tokens *ct)
             return 1;
     if (h->name_len >= 6 && http_same_ci(h->name, "proxy-", 6))
         return 1;
+    /* Connection cannot nominate what frames or routes the message: without
+     * its Content-Length the body would reach the next hop unframed, as
+     * requests of their own (RFC 9110 7.6.1: such a field is never a
+     * connection option). */
+    if (http_name_is(h->name, h->name_len, "content-length") ||
+        http_name_is(h->name, h->name_len, "host"))
+        return 0;
     for (int i = 0; i < ct->n; i++)
         if (h->name_len == ct->len[i] && http_same_ci(h->name, ct->name[i], ct->len[i]))
             return 1;

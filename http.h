@@ -190,7 +190,9 @@ int http_is_lookalike(const char *name, size_t len);
  * lines) has token among its members, ignoring case; 0 otherwise. */
 int http_list_has(const struct http_header *hdrs, int n, const char *name, const char *token);
 
-/* 1 for a hop-by-hop field that must not be forwarded in either direction. */
+/* 1 for a hop-by-hop field that must not be forwarded in either direction:
+ * the fixed ones, Proxy-*, and those the Connection tokens ct name, except
+ * Content-Length and Host, which a Connection option never removes. */
 int http_is_hop_by_hop(const struct http_header *h, const struct http_tokens *ct);
 
 /*

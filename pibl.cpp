@@ -317,7 +317,7 @@ apply_key(struct pibl_config *cfg, const struct key_spec *k, char *value, char *
         char why[160];
         if (k->type == K_ADDR && inet_pton(AF_INET, value, tmp) != 1 &&
             inet_pton(AF_INET6, value, tmp) != 1) {
-            snprintf(err, err_len, "listen: \"%s\" is not an IPv4 or IPv6 address", value);
+            snprintf(err, err_len, "%s: \"%s\" is not an IPv4 or IPv6 address", k->name, value);
             return -1;
         }
         if (k->type == K_ACL && sock_acl_check(value, why, sizeof why) == -1) {
@@ -341,8 +341,13 @@ apply_key(struct pibl_config *cfg, const struct key_spec *k, char *value, char *
         *(int *)field = b;
         return 0;
     case K_PATH:
-        if (value[0] != '/' || strlen(value) >= (size_t)k->max || strpbrk(value, " \t") != NULL) {
-            snprintf(err, err_len, "%s: \"%s\" must be a path starting with /", k->name, value);
+        if (value[0] != '/' || strpbrk(value, " \t") != NULL) {
+            snprintf(err, err_len, "%s: \"%s\" must be a path starting with /, without blanks", k->name,
+                value);
+            return -1;
+        }
+        if (strlen(value) >= (size_t)k->max) {
+            snprintf(err, err_len, "%s: value too long", k->name);
             return -1;
         }
         memcpy(field, value, strlen(value) + 1);
@@ -372,7 +377,9 @@ same_bind(const char *a, const char *b)
 int
 pibl_config_load(const char *path, struct pibl_config *cfg, char *err, size_t err_len)
 {
-    char line[MAX_CONFIG_LINE + 2], why[512];
+    char *line = NULL, why[512];
+    size_t line_cap = 0;
+    ssize_t got;
     unsigned char seen[sizeof g_keys / sizeof g_keys[0]] = { 0 };
     int lineno = 0, rc = -1;
     FILE *f = fopen(path, "r");
@@ -382,15 +389,19 @@ pibl_config_load(const char *path, struct pibl_config *cfg, char *err, size_t er
         snprintf(err, err_len, "%s: cannot open: %s", path, strerror(errno));
         return -1;
     }
-    while (fgets(line, sizeof line, f) != NULL) {
+    while ((got = getline(&line, &line_cap, f)) != -1) {
         lineno++;
-        size_t len = strlen(line);
-        if (len == sizeof line - 1 && line[len - 1] != '\n') {
-            snprintf(err, err_len, "%s:%d: line longer than %d bytes", path, lineno, MAX_CONFIG_LINE);
+        size_t len = (size_t)got;               /* what was read, NUL bytes too */
+        if (memchr(line, '\0', len) != NULL) {
+            snprintf(err, err_len, "%s:%d: NUL byte in line", path, lineno);
             goto done;
         }
-        if (memchr(line, '\0', len) != NULL || strlen(line) != len) {
-            snprintf(err, err_len, "%s:%d: NUL byte in line", path, lineno);
+        if (len > 0 && line[len - 1] == '\n')
+            len--;
+        if (len > 0 && line[len - 1] == '\r')
+            len--;                              /* the line ending is not part of the line */
+        if (len > MAX_CONFIG_LINE) {
+            snprintf(err, err_len, "%s:%d: line longer than %d bytes", path, lineno, MAX_CONFIG_LINE);
             goto done;
         }
         char *hash = strchr(line, '#');
@@ -445,6 +456,7 @@ pibl_config_load(const char *path, struct pibl_config *cfg, char *err, size_t er
     }
     rc = 0;
 done:
+    free(line);
     fclose(f);
     return rc;
 }

@@ -166,9 +166,11 @@ verify_unit() {
     done
     [ ! -s "$AWS_STUB_DIR/calls" ]
     run "$DESTROY" -h
-    [ "$status" -eq 0 ] && [[ "$output" == *--project* ]]
+    [ "$status" -eq 0 ]
+    [[ "$output" == *--project* ]]
     run "$STATUS" -h
-    [ "$status" -eq 0 ] && [[ "$output" == *--region* ]]
+    [ "$status" -eq 0 ]
+    [[ "$output" == *--region* ]]
 }
 
 @test "missing credentials: a clear message after the one sts call, nothing created" {
@@ -181,9 +183,11 @@ verify_unit() {
     [ "$(grep -c . "$AWS_STUB_DIR/calls")" -eq 1 ]
     [ "$(n_calls 'sts get-caller-identity')" -eq 1 ]
     run "$DESTROY" --yes
-    [ "$status" -ne 0 ] && [[ "$output" == *"credentials"* ]]
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"credentials"* ]]
     run "$STATUS"
-    [ "$status" -ne 0 ] && [[ "$output" == *"credentials"* ]]
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"credentials"* ]]
 }
 
 @test "missing AWS CLI: says so and how to install it" {
@@ -316,14 +320,22 @@ verify_unit() {
     dw=$(line_no "delete-security-group --group-id $sg_web")
     dp=$(line_no "delete-security-group --group-id $sg_pibl")
     dk=$(line_no 'delete-key-pair --key-name pibl-key')
-    [ -n "$t" ] && [ -n "$w" ] && [ -n "$dw" ] && [ -n "$dp" ] && [ -n "$dk" ]
-    [ "$t" -lt "$w" ] && [ "$w" -lt "$dw" ] && [ "$dw" -lt "$dp" ] && [ "$dp" -lt "$dk" ]
+    [ -n "$t" ]
+    [ -n "$w" ]
+    [ -n "$dw" ]
+    [ -n "$dp" ]
+    [ -n "$dk" ]
+    [ "$t" -lt "$w" ]
+    [ "$w" -lt "$dw" ]
+    [ "$dw" -lt "$dp" ]
+    [ "$dp" -lt "$dk" ]
     # All four instances in the one terminate call.
     for id in $(ids_with_role web) $(ids_with_role pibl); do
         calls_of terminate-instances | grep -q " $id"
     done
     [ "$(live_count)" -eq 0 ]
-    [ -z "$(ls "$AWS_STUB_DIR/sg")" ] && [ -z "$(ls "$AWS_STUB_DIR/kp")" ]
+    [ -z "$(ls "$AWS_STUB_DIR/sg")" ]
+    [ -z "$(ls "$AWS_STUB_DIR/kp")" ]
     # The local private key stays (it may serve other regions).
     [ -f "$HOME/.ssh/pibl-key.pem" ]
     : >"$AWS_STUB_DIR/calls"
@@ -393,7 +405,8 @@ verify_unit() {
 @test "status lists instances and says whether PIBL answers" {
     run "$STATUS"
     [ "$status" -eq 1 ]
-    [[ "$output" == *"(none)"* ]] && [[ "$output" == *"PIBL: not running"* ]]
+    [[ "$output" == *"(none)"* ]]
+    [[ "$output" == *"PIBL: not running"* ]]
     run "$DEPLOY" --port 8090
     [ "$status" -eq 0 ]
     run "$STATUS"
@@ -405,7 +418,8 @@ verify_unit() {
     [[ "$output" =~ PIBL:\ http://203\.0\.113\.[0-9]+:8090/\ answers ]]
     echo 1 >"$AWS_STUB_DIR/curl-failures"
     run "$STATUS"
-    [ "$status" -eq 1 ] && [[ "$output" == *"does not answer"* ]]
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"does not answer"* ]]
 }
 
 @test "deploy waits until PIBL answers, and says so when it never does" {
@@ -416,7 +430,8 @@ verify_unit() {
     echo 1000 >"$AWS_STUB_DIR/curl-failures"
     run "$DEPLOY" --wait-timeout 0
     [ "$status" -ne 0 ]
-    [[ "$output" == *"did not answer"* ]] && [[ "$output" == *"URL:"* ]]
+    [[ "$output" == *"did not answer"* ]]
+    [[ "$output" == *"URL:"* ]]
 }
 
 @test "a stopped instance of the project is reported, not duplicated" {
@@ -545,7 +560,8 @@ verify_unit() {
     run "$DEPLOY"
     echo "$output"
     [ "$status" -ne 0 ]
-    [[ "$output" == *"over EC2's 16384-byte"* ]] && [[ "$output" == *"--git-url"* ]]
+    [[ "$output" == *"over EC2's 16384-byte"* ]]
+    [[ "$output" == *"--git-url"* ]]
     [ ! -s "$AWS_STUB_DIR/calls" ]
     # With --git-url the PIBL instance clones instead.
     run "$DEPLOY" --git-url https://example.invalid/pibl.git --git-ref main
@@ -620,7 +636,8 @@ ssh_call_with() {
     [[ "$output" == *"origin is a local path (file:///srv/git/pibl.git), not reachable from AWS"* ]]
     git -C "$work" remote remove origin
     run "$DEPLOY" --source-dir "$work" --dry-run
-    [[ "$output" == *"the checkout has no origin remote"* ]] && [[ "$output" == *"PIBL source: copy"* ]]
+    [[ "$output" == *"the checkout has no origin remote"* ]]
+    [[ "$output" == *"PIBL source: copy"* ]]
     # Forcing git with a local origin: refused before any AWS call, saying why.
     git -C "$work" remote add origin ../elsewhere
     run "$DEPLOY" --source-dir "$work" --source git
@@ -680,7 +697,8 @@ ssh_call_with() {
     # upload, and built, checked and installed PIBL on the instance.
     local inst
     inst=$(grep -n -m1 "ec2-user@$pub sudo bash -s -- pibl-source.tar.gz [0-9]*-[0-9]*\$" "$AWS_STUB_DIR/ssh-calls" | cut -d : -f 1)
-    [ -n "$inst" ] && [ "$inst" -gt "$up" ]
+    [ -n "$inst" ]
+    [ "$inst" -gt "$up" ]
     local host=$AWS_STUB_DIR/hosts/$pibl_id
     [ -x "$host/root/opt/pibl/bin/pibl" ]
     [ -f "$host/root/opt/pibl/src/release-notes.txt" ]
@@ -690,7 +708,8 @@ ssh_call_with() {
     done
     grep -qx 'ExecStart=/opt/pibl/bin/pibl pibl.cfg 60' "$host/root/etc/systemd/system/pibl.service"
     [[ "$output" == *"pibl: $host/root/var/lib/pibl/pibl.cfg: OK"* ]]
-    [ ! -e "$host/home/pibl-source.tar.gz" ] && [ ! -e "$host/home/pibl-source.tar.gz.part" ]
+    [ ! -e "$host/home/pibl-source.tar.gz" ]
+    [ ! -e "$host/home/pibl-source.tar.gz.part" ]
     # The user-data carried no source, only the tools and the first-boot mark.
     gzip -dc "$(userdata_of pibl)" | grep -q 'pibl-setup/ready'
     ! gzip -dc "$(userdata_of pibl)" | grep -q 'make -C'
@@ -726,11 +745,13 @@ ssh_call_with() {
     cp "$AWS_STUB_DIR/ssh/$up.stdin" "$home/pibl-source.tar.gz"
     # Before the user-data finished, it gives up (bounded) with a pointer to the log.
     run env -C "$home" PATH="$bin:$PATH" PIBL_UD_ROOT="$root" PIBL_UD_BOOT_TRIES=0 bash "$script" pibl-source.tar.gz "$stamp"
-    [ "$status" -ne 0 ] && [[ "$output" == *"first-boot setup has not finished"* ]]
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"first-boot setup has not finished"* ]]
     [ ! -e "$BATS_TEST_TMPDIR/admin.log" ]
     # After it (the copy-mode user-data, dry run): build, config, unit, start.
     run dry_run_userdata "$(userdata_of pibl)" "$root"
-    [ "$status" -eq 0 ] && [ -f "$root/var/lib/pibl-setup/ready" ]
+    [ "$status" -eq 0 ]
+    [ -f "$root/var/lib/pibl-setup/ready" ]
     run env -C "$home" PATH="$bin:$PATH" PIBL_UD_ROOT="$root" bash "$script" pibl-source.tar.gz "$stamp"
     echo "$output"
     [ "$status" -eq 0 ]
@@ -746,7 +767,8 @@ ssh_call_with() {
     : >"$BATS_TEST_TMPDIR/admin.log"
     cp "$AWS_STUB_DIR/ssh/$up.stdin" "$home/pibl-source.tar.gz"
     run env -C "$home" PATH="$bin:$PATH" PIBL_UD_ROOT="$root" bash "$script" pibl-source.tar.gz "$stamp"
-    [ "$status" -eq 0 ] && [[ "$output" == *"installed already"* ]]
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"installed already"* ]]
     [ ! -s "$BATS_TEST_TMPDIR/admin.log" ]
 }
 
@@ -798,9 +820,11 @@ plan_calls() {
     [ ! -e "$BATS_TEST_TMPDIR/dead-calls" ]
     run "$DEPLOY" -n --project demo --region eu-west-1
     [ "$status" -eq 0 ]
-    [ ! -s "$AWS_STUB_DIR/calls" ] && [ ! -e "$HOME/.ssh/demo-key.pem" ]
+    [ ! -s "$AWS_STUB_DIR/calls" ]
+    [ ! -e "$HOME/.ssh/demo-key.pem" ]
     [[ "$output" == *"no AWS call was made"* ]]
-    [[ "$output" == *"web app:     userdata"* ]] && [[ "$output" == *"PIBL source: userdata"* ]]
+    [[ "$output" == *"web app:     userdata"* ]]
+    [[ "$output" == *"PIBL source: userdata"* ]]
     local plan=$output planned
     planned=$(plan_calls)
     # The same deployment for real, on the stub: the sizes and the calls match.
@@ -811,7 +835,8 @@ plan_calls() {
     pibl_planned=$(sed -n 's/^  pibl x1: \([0-9]*\) bytes.*/\1/p' <<<"$plan")
     real=$(wc -c <"$(userdata_of pibl)")
     echo "PIBL user-data: planned $pibl_planned, sent $real"
-    [ "$real" -ge $((pibl_planned - 32)) ] && [ "$real" -le $((pibl_planned + 32)) ]
+    [ "$real" -ge $((pibl_planned - 32)) ]
+    [ "$real" -le $((pibl_planned + 32)) ]
     # Every planned call was made (placeholders and temporary files aside),
     # and every call made was planned.
     local line re n=0
@@ -832,7 +857,8 @@ plan_calls() {
     local real_aws
     real_aws=$(PATH=${PATH#"$BATS_TEST_DIRNAME/aws-stub:"} command -v aws) || return 0
     AWS_ENDPOINT_URL=http://127.0.0.1:9 PIBL_AWS_CLI=$real_aws run "$DEPLOY" --dry-run
-    [ "$status" -eq 0 ] && [[ "$output" == *"--endpoint-url http://127.0.0.1:9 --region us-east-1 sts get-caller-identity"* ]]
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"--endpoint-url http://127.0.0.1:9 --region us-east-1 sts get-caller-identity"* ]]
 }
 
 @test "--dry-run in copy mode lists the SSH steps and the archive size, and runs no ssh" {
@@ -843,7 +869,8 @@ plan_calls() {
     echo "$output"
     [ "$status" -eq 0 ]
     [[ "$output" == *"has uncommitted changes; the copy takes commit $(git -C "$work" rev-parse --short=12 HEAD) without them"* ]]
-    [ ! -s "$AWS_STUB_DIR/calls" ] && [ ! -e "$AWS_STUB_DIR/ssh-calls" ]
+    [ ! -s "$AWS_STUB_DIR/calls" ]
+    [ ! -e "$AWS_STUB_DIR/ssh-calls" ]
     [[ "$output" =~ pibl-source\.tar\.gz:\ [0-9]+\ bytes,\ sent\ over\ SSH ]]
     [[ "$output" == *"pibl x1: "*" bytes"* ]]
     [[ "$output" == *"'ec2-user@<pibl-1-public-ip>' 'cat > pibl-source.tar.gz.part && mv -f pibl-source.tar.gz.part pibl-source.tar.gz' < pibl-source.tar.gz"* ]]
@@ -877,10 +904,13 @@ destroy_listing_ok() {
     destroy_listing_ok
     [ "$(n_calls 'terminate|delete')" -eq 0 ]
     run "$DESTROY" --dry-run
-    [ "$status" -eq 0 ] && [[ "$output" == *"dry run: nothing deleted"* ]]
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"dry run: nothing deleted"* ]]
     destroy_listing_ok
     [ "$(n_calls 'terminate|delete')" -eq 0 ]
-    [ "$(live_count)" -eq 4 ] && [ "$(ls "$AWS_STUB_DIR/sg" | wc -l)" -eq 2 ] && [ -f "$AWS_STUB_DIR/kp/pibl-key" ]
+    [ "$(live_count)" -eq 4 ]
+    [ "$(ls "$AWS_STUB_DIR/sg" | wc -l)" -eq 2 ]
+    [ -f "$AWS_STUB_DIR/kp/pibl-key" ]
 }
 
 @test "destroy on a terminal asks: no keeps everything, yes deletes it all" {
@@ -893,15 +923,19 @@ destroy_listing_ok() {
     run script -qec "$cmd" /dev/null <<<"n"
     echo "$output"
     [ "$status" -ne 0 ]
-    [[ "$output" == *"Delete these? [y/N]"* ]] && [[ "$output" == *"nothing deleted"* ]]
+    [[ "$output" == *"Delete these? [y/N]"* ]]
+    [[ "$output" == *"nothing deleted"* ]]
     destroy_listing_ok
-    [ "$(n_calls 'terminate|delete')" -eq 0 ] && [ "$(live_count)" -eq 4 ]
+    [ "$(n_calls 'terminate|delete')" -eq 0 ]
+    [ "$(live_count)" -eq 4 ]
     run script -qec "$cmd" /dev/null <<<""
     [ "$status" -ne 0 ] && [ "$(live_count)" -eq 4 ]          # Enter alone is no
     run script -qec "$cmd" /dev/null <<<"y"
     echo "$output"
     [ "$status" -eq 0 ]
-    [ "$(live_count)" -eq 0 ] && [ -z "$(ls "$AWS_STUB_DIR/sg")" ] && [ -z "$(ls "$AWS_STUB_DIR/kp")" ]
+    [ "$(live_count)" -eq 0 ]
+    [ -z "$(ls "$AWS_STUB_DIR/sg")" ]
+    [ -z "$(ls "$AWS_STUB_DIR/kp")" ]
 }
 
 # help_defaults SCRIPT - "--option<TAB>value" for every "(default: value)" in
@@ -986,10 +1020,12 @@ moto() {
     run "$DEPLOY" --no-wait
     echo "$output"
     [ "$status" -eq 0 ]
-    [[ "$output" == *"web: launched"* ]] && [[ "$output" == *"pibl: launched"* ]]
+    [[ "$output" == *"web: launched"* ]]
+    [[ "$output" == *"pibl: launched"* ]]
     run "$DEPLOY" --no-wait
     [ "$status" -eq 0 ]
-    [[ "$output" != *"web: launched"* ]] && [[ "$output" != *"pibl: launched"* ]]
+    [[ "$output" != *"web: launched"* ]]
+    [[ "$output" != *"pibl: launched"* ]]
     run "$STATUS" --no-probe
     echo "$output"
     [ "$status" -eq 0 ]
@@ -1008,7 +1044,8 @@ moto() {
             AWS_ENDPOINT_URL="$AWS_ENDPOINT_URL" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
             AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null "$DESTROY")
         run script -qec "$cmd" /dev/null <<<"n"
-        [ "$status" -ne 0 ] && [[ "$output" == *"nothing deleted"* ]]
+        [ "$status" -ne 0 ]
+        [[ "$output" == *"nothing deleted"* ]]
     fi
     run "$STATUS" --no-probe
     [ "$(grep -c ' running ' <<<"$output")" -eq 4 ]
@@ -1018,7 +1055,8 @@ moto() {
     run "$STATUS" --no-probe
     [ "$status" -eq 1 ]
     [ "$(grep -c ' running ' <<<"$output")" -eq 0 ]
-    [[ "$output" == *"Security groups: (none)"* ]] && [[ "$output" == *"Key pairs: (none)"* ]]
+    [[ "$output" == *"Security groups: (none)"* ]]
+    [[ "$output" == *"Key pairs: (none)"* ]]
     [ ! -s "$AWS_STUB_DIR/curl-calls" ]
 }
 
@@ -1115,7 +1153,9 @@ moto() {
     run "$DEPLOY" --proxies 2 --web 3 --no-wait
     echo "$output"
     [ "$status" -eq 0 ]
-    [[ "$output" != *"launched"* ]] && [[ "$output" != *"created"* ]] && [[ "$output" != *"scaled"* ]]
+    [[ "$output" != *"launched"* ]]
+    [[ "$output" != *"created"* ]]
+    [[ "$output" != *"scaled"* ]]
     [[ "$output" == *"Auto Scaling group pibl-web has 3 instances, unchanged"* ]]
 
     # other counts scale: up to 3 proxies and 4 web servers, then down to 2 proxies
@@ -1151,7 +1191,8 @@ moto() {
     run "$DESTROY" --yes
     echo "$output"
     [ "$status" -eq 0 ]
-    [[ "$output" == *"load balancer    pibl-nlb"* ]] && [[ "$output" == *"auto scaling     pibl-web"* ]]
+    [[ "$output" == *"load balancer    pibl-nlb"* ]]
+    [[ "$output" == *"auto scaling     pibl-web"* ]]
     [[ "$output" == *"IAM role         pibl-follow"* ]]
     [ -z "$(moto elbv2 describe-load-balancers --query 'LoadBalancers[].LoadBalancerName')" ]
     [ -z "$(moto elbv2 describe-target-groups --query 'TargetGroups[].TargetGroupName')" ]

@@ -374,7 +374,8 @@ teardown() { helpers_teardown; }
     output=$(tr -d '\r' <"$BATS_TEST_TMPDIR/lhead.raw")
     echo "$output"
     len=$(header_value "$output" Content-Length)
-    [ -n "$len" ] && [ "$len" -gt 0 ]
+    [ -n "$len" ]
+    [ "$len" -gt 0 ]
     [ "$(bytes_after_head "$BATS_TEST_TMPDIR/lhead.raw")" -eq "$len" ]
 }
 
@@ -814,7 +815,8 @@ teardown() { helpers_teardown; }
     wait_entry "$key"
     life=$(entry_lifetime "$key")
     # the origin's Last-Modified is a day before it started: a tenth of that
-    [ "$life" -ge 8640 ] && [ "$life" -le 8700 ]
+    [ "$life" -ge 8640 ]
+    [ "$life" -le 8700 ]
     fetch b "$t"
     [ "$(fheader b X-Cache)" = HIT ]
     stop_pid "$PIBL_PID" >/dev/null

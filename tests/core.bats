@@ -137,7 +137,9 @@ check_bad_cfg() {
     for flag in -V --version; do
         run --separate-stderr timeout 5 "$PIBL_BIN" "$flag"
         echo "$flag -> status $status stdout '$output' stderr '$stderr'"
-        [ "$status" -eq 0 ] && [ "$output" = "pibl $want" ] && [ -z "$stderr" ]
+        [ "$status" -eq 0 ]
+        [ "$output" = "pibl $want" ]
+        [ -z "$stderr" ]
     done
 }
 

@@ -242,7 +242,8 @@ assert_untouched() {
     snapshot
     follow
     [ "$status" = 0 ]
-    [ -z "$output" ] && [ -z "$stderr" ]
+    [ -z "$output" ]
+    [ -z "$stderr" ]
     assert_untouched
     group_has "${THREE[2]}" "${THREE[0]}" "${THREE[1]}"          # AWS answers in another order
     follow -v
@@ -544,7 +545,8 @@ assert_untouched() {
         tr '\t' '\n' | sort -t . -k1,1n -k2,2n -k3,3n -k4,4n | sed 's/^/backend = /; s/$/:80/' >"$BATS_TEST_TMPDIR/want"
     grep '^backend = ' "$CFG" | cmp "$BATS_TEST_TMPDIR/want" -
     follow -r us-east-1
-    [ "$status" = 0 ] && [ -z "$output" ]
+    [ "$status" = 0 ]
+    [ -z "$output" ]
     [ "$(n_reloads)" = 1 ]
     "${aws[@]}" autoscaling set-desired-capacity --auto-scaling-group-name web-asg --desired-capacity 4
     follow -r us-east-1

@@ -43,11 +43,13 @@ http_date() {
     entry_meta "$(entry_file "$(key_of /aged)")" | grep -qx 'age: 30'
     fetch b /aged
     [ "$(fheader b X-Cache)" = HIT ]
-    [ "$(fheader b Age)" -ge 30 ] && [ "$(fheader b Age)" -le 35 ]
+    [ "$(fheader b Age)" -ge 30 ]
+    [ "$(fheader b Age)" -le 35 ]
     # 10 s later the entry is 40 s old
     age_entry "$(key_of /aged)" '10 seconds ago'
     fetch c /aged
-    [ "$(fheader c Age)" -ge 40 ] && [ "$(fheader c Age)" -le 45 ]
+    [ "$(fheader c Age)" -ge 40 ]
+    [ "$(fheader c Age)" -le 45 ]
     # older than its max-age on arrival: stored (it has a validator), never served without asking
     fetch d /old
     wait_entry "$(key_of /old)"
@@ -106,7 +108,8 @@ http_date() {
         [ "$(fbody "$p-2")" = "$p" ]
         local life
         life=$(entry_lifetime "$(key_of "/$p")")
-        [ "$life" -ge 3590 ] && [ "$life" -le 3600 ]
+        [ "$life" -ge 3590 ]
+        [ "$life" -le 3600 ]
     done
     for p in bad two utc; do
         fetch "$p-1" "/$p"
@@ -296,6 +299,58 @@ http_date() {
 # head_answer N FIELDS LEN: request N (a HEAD) gets a 200 with these fields and Content-Length LEN, no body.
 head_answer() {
     fake_answer "$1" "HTTP/1.1 200 OK\r\n$2\r\nContent-Length: $3\r\n\r\n"
+}
+
+@test "freshness: a HIT's preconditions (RFC 9110 13.2): If-Match and If-Unmodified-Since fail with 412, If-None-Match is one list over its lines, * and a Date stand in for missing validators, a stored 404 ignores them" {
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    local lm day_before
+    lm=$(http_date '2 days ago' '%a, %d %b %Y %H:%M:%S GMT')
+    day_before=$(http_date '3 days ago' '%a, %d %b %Y %H:%M:%S GMT')
+    answer 1 "Cache-Control: max-age=600\r\nETag: \"v1\"\r\nLast-Modified: $lm" tagged
+    answer 2 'Cache-Control: max-age=600' plain
+    fake_answer 3 'HTTP/1.1 404 Not Found\r\nCache-Control: max-age=600\r\nETag: "n1"\r\nContent-Length: 4\r\n\r\ngone'
+    start_pibl
+    fetch a /tagged
+    fetch b /plain
+    fetch c /gone
+    wait_entry "$(key_of /tagged)"
+    wait_entry "$(key_of /plain)"
+    wait_entry "$(key_of /gone)"
+
+    fetch m1 /tagged -H 'If-Match: "v2"'
+    [ "$(fstatus m1)" = 412 ]
+    [ "$(fheader m1 X-Cache)" = HIT ]
+    [ ! -s "$BATS_TEST_TMPDIR/m1.body" ]
+    fetch m2 /tagged -H 'If-Match: "x", "v1"'
+    [ "$(fstatus m2)" = 200 ]
+    [ "$(fbody m2)" = tagged ]
+    fetch m3 /tagged -H 'If-Match: W/"v1"'                       # If-Match compares strongly
+    [ "$(fstatus m3)" = 412 ]
+    fetch u1 /tagged -H "If-Unmodified-Since: $day_before"
+    [ "$(fstatus u1)" = 412 ]
+    fetch u2 /tagged -H "If-Unmodified-Since: $lm"
+    [ "$(fstatus u2)" = 200 ]
+    fetch n1 /tagged -H 'If-None-Match: "a"' -H 'If-None-Match: "v1"'
+    [ "$(fstatus n1)" = 304 ]
+    [ "$(fheader n1 ETag)" = '"v1"' ]
+
+    # no validators stored: * still names the stored answer, and its Date stands for Last-Modified
+    fetch p1 /plain -H 'If-None-Match: *'
+    [ "$(fstatus p1)" = 304 ]
+    fetch p2 /plain -H "If-Modified-Since: $(http_date '1 minute' '%a, %d %b %Y %H:%M:%S GMT')"
+    [ "$(fstatus p2)" = 304 ]
+    fetch p3 /plain -H "If-Modified-Since: $day_before"
+    [ "$(fstatus p3)" = 200 ]
+    [ "$(fbody p3)" = plain ]
+
+    # a stored 404 answers as a 404 whatever the preconditions say (13.2.1)
+    fetch g1 /gone -H 'If-None-Match: "n1"'
+    [ "$(fstatus g1)" = 404 ]
+    [ "$(fheader g1 X-Cache)" = HIT ]
+    [ "$(fbody g1)" = gone ]
+    fetch g2 /gone -H 'If-Match: "zz"'
+    [ "$(fstatus g2)" = 404 ]
+    [ "$(fake_requests)" -eq 3 ]
 }
 
 @test "freshness: a HEAD answer with the stored validators and length updates the entry's fields (RFC 9111 4.3.5); another ETag, Last-Modified or length invalidates it" {

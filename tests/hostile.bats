@@ -176,7 +176,8 @@ assert out == b"hello world", out
 print("ok")
 PY
     echo "$output"
-    [ "$status" -eq 0 ] && [ "$output" = ok ]
+    [ "$status" -eq 0 ]
+    [ "$output" = ok ]
 }
 
 @test "request Content-Length with leading zeros reaches the backend in canonical decimal form" {
@@ -201,6 +202,31 @@ PY
     run grep -ic '^Content-Length: *0[0-9]' "$FAKE_DIR/req-1" "$FAKE_DIR/req-2" "$FAKE_DIR/req-3"
     echo "$output"
     [[ "$output" != *:[1-9]* ]]
+}
+
+@test "Connection cannot nominate Content-Length or Host: the body stays framed upstream (no smuggled request) and downstream" {
+    need_python
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    fake_answer 1 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'
+    fake_answer 2 'HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 5\r\n\r\nfirstHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL'
+    fake_answer default 'HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond'
+    start_pibl
+    local inner='GET /smuggled HTTP/1.1\r\nHost: evil\r\n\r\n'
+    run raw_fmt "$PIBL_PORT" "POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 38\r\nConnection: close, Content-Length, Host\r\n\r\n$inner"
+    [ "$(status_of "$output")" = 200 ]
+    # one request upstream, with its Content-Length and Host, the inner one as its body
+    tr -d '\r' <"$FAKE_DIR/req-1" | grep -qx 'Content-Length: 38'
+    tr -d '\r' <"$FAKE_DIR/req-1" | grep -qix 'Host: t'
+    [ "$(tail -c 38 "$FAKE_DIR/req-1" | head -c 18)" = 'GET /smuggled HTTP' ]
+    sleep 0.3
+    [ "$(fake_requests)" -eq 1 ]
+    ! grep -q 'GET /smuggled' "$FAKE_DIR/log"
+    # downstream: the answer keeps its Content-Length, so two pipelined answers stay apart
+    run raw_fmt "$PIBL_PORT" 'GET /b HTTP/1.1\r\nHost: t\r\nCache-Control: no-store\r\n\r\nGET /c HTTP/1.1\r\nHost: t\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n'
+    echo "$output"
+    [[ "$output" == *$'Content-Length: 5\r\n'* ]]
+    [[ "$output" == *$'\r\n\r\nfirstHTTP/1.1 200 OK'* ]]
+    [[ "$output" != *EVIL* ]]
 }
 
 @test "request fields named with '_' are dropped by default; underscores_in_headers = on keeps them, never framing look-alikes" {
@@ -313,6 +339,25 @@ PY
     run raw_fmt "$PIBL_PORT" "GET /a-._~!\$&'()*+,;=:@%41/b HTTP/1.1\\r\\nHost: t\\r\\nConnection: close\\r\\n\\r\\n"
     [ "$(status_of "$output")" = 404 ]
     grep -qF "o1 GET /a-._~!\$&'()*+,;=:@%41/b" "$(origin_log o1)"
+}
+
+@test "request target in absolute-form: its authority is the Host, an empty path goes on as / (or * for OPTIONS), one cache key with and without :80" {
+    need_python
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    fake_answer default 'HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 2\r\n\r\nok'
+    PIBL_TTL=600 start_pibl
+    run raw_fmt "$PIBL_PORT" 'GET http://Site.test?q=1 HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n'
+    [ "$(status_of "$output")" = 200 ]
+    head -n 1 "$FAKE_DIR/req-1" | tr -d '\r' | grep -qx 'GET /?q=1 HTTP/1.1'
+    tr -d '\r' <"$FAKE_DIR/req-1" | grep -qix 'Host: Site.test'
+    run raw_fmt "$PIBL_PORT" 'OPTIONS http://site.test HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n'
+    [ "$(status_of "$output")" = 200 ]
+    head -n 1 "$FAKE_DIR/req-2" | tr -d '\r' | grep -qx 'OPTIONS \* HTTP/1.1'
+    # /?q=1 on site.test:80 is the entry the absolute-form request stored
+    run raw_fmt "$PIBL_PORT" 'GET /?q=1 HTTP/1.1\r\nHost: site.test:80\r\nConnection: close\r\n\r\n'
+    [ "$(status_of "$output")" = 200 ]
+    [[ "$output" == *$'X-Cache: HIT\r\n'* ]]
+    [ "$(fake_requests)" -eq 2 ]
 }
 
 @test "request Host: duplicate (even identical), missing on 1.1, or not a host -> 400" {
@@ -485,7 +530,8 @@ relay_bad_answers() {
     run pcurl --raw "$(url /good-ext)"
     [ "$status" -eq 0 ]
     echo "$output"
-    [[ "$output" == *ok* ]] && [[ "$output" != *";"* ]]
+    [[ "$output" == *ok* ]]
+    [[ "$output" != *";"* ]]
     [ "$(pcurl "$(url /good-ext-2)")" = ok ]
 }
 
@@ -495,7 +541,8 @@ relay_bad_answers() {
     fake_answer default 'HTTP/1.1 200 OK\r\nContent-Length: 005\r\nContent_Length: 9\r\nTransfer_Encoding: chunked\r\nX_Note: n\r\n\r\nhello'
     start_pibl
     run pcurl -D "$BATS_TEST_TMPDIR/h" "$(url /z)"
-    [ "$status" -eq 0 ] && [ "$output" = hello ]
+    [ "$status" -eq 0 ]
+    [ "$output" = hello ]
     tr -d '\r' <"$BATS_TEST_TMPDIR/h" >"$BATS_TEST_TMPDIR/h.txt"
     cat "$BATS_TEST_TMPDIR/h.txt"
     grep -qx 'Content-Length: 5' "$BATS_TEST_TMPDIR/h.txt"
@@ -529,6 +576,55 @@ relay_bad_answers() {
     [[ "$out" == *$'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n'* ]]
     [ "$(printf '%s' "$out" | grep -ci '^Content-Length:')" -eq 1 ]
     [[ "$out" == *ok ]]
+}
+
+@test "bytes a backend sends past the Content-Length body keep its connection out of the pool, even for a pipelined request of the same turn" {
+    need_python
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    local head='HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 5\r\n\r\n'
+    fake_answer 1 "${head}helloHTTP/1.1 200 OK\r\nX-Evil: yes\r\nContent-Length: 4\r\n\r\nEVIL"
+    printf '%s' "$(printf '%b' "$head" | wc -c)" >"$FAKE_DIR/1.split"   # the head, then body and stray answer
+    fake_answer default 'HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 5\r\n\r\nfresh'
+    start_pibl
+    local out
+    out=$(raw_fmt "$PIBL_PORT" 'GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /victim HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n')
+    echo "$out"
+    [[ "$out" == *hello* ]]
+    [[ "$out" == *fresh ]]
+    [[ "$out" != *EVIL* ]]
+    [ "$(fake_requests)" -eq 2 ]
+    # the second request went on a new connection
+    [ "$(fake_conn_of 1)" != "$(fake_conn_of 2)" ]
+}
+
+@test "eight 1xx answers are relayed before the final one; a ninth is a 502, never a final answer, and the connection is not pooled" {
+    need_python
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    local hint='HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n' eight='' nine
+    for _ in 1 2 3 4 5 6 7 8; do eight+=$hint; done
+    nine=$eight$hint
+    fake_answer 1 "${eight}HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 5\r\n\r\neight"
+    fake_answer 2 "${nine}HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nX-Late: yes\r\nContent-Length: 4\r\n\r\nnine"
+    fake_answer default 'HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 5\r\n\r\nfresh'
+    start_pibl
+    local out
+    final_status() { printf '%s' "$1" | grep -E '^HTTP/1\.1 [2-5][0-9]{2} ' | sed -E 's/^HTTP\/1\.1 ([0-9]{3}).*/\1/'; }
+    out=$(raw_fmt "$PIBL_PORT" 'GET /eight HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n')
+    [ "$(printf '%s' "$out" | grep -c '^HTTP/1.1 103 ')" -eq 8 ]
+    [ "$(final_status "$out")" = 200 ]
+    [[ "$out" == *eight ]]
+    out=$(raw_fmt "$PIBL_PORT" 'GET /nine HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n')
+    echo "$out"
+    [ "$(printf '%s' "$out" | grep -c '^HTTP/1.1 103 ')" -eq 8 ]
+    [ "$(final_status "$out")" = 502 ]
+    grep -q '"GET /nine HTTP/1.1" .*status=502 .*err="too many 1xx answers from backend"' "$PIBL_LOG"
+    # the late 200 is not handed to the next request, and nothing was stored for it
+    out=$(raw_fmt "$PIBL_PORT" 'GET /other HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n')
+    echo "$out"
+    [[ "$out" == *fresh ]]
+    [[ "$out" != *X-Late* ]]
+    out=$(raw_fmt "$PIBL_PORT" 'GET /nine HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n')
+    [[ "$out" != *X-Late* ]]
 }
 
 @test "Date (RFC 9110 6.6.1): added to a backend answer without one, MISS and HIT alike; a backend's own kept; PIBL's own answers carry one" {

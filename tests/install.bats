@@ -190,7 +190,8 @@ key_default() {
     echo "$output"
     [ "$status" -ne 0 ]
     [[ "$output" == *"placeholder left"* ]]
-    [ ! -e "$work/pibl.service" ] && [ ! -e "$work/pibl.service.tmp" ]
+    [ ! -e "$work/pibl.service" ]
+    [ ! -e "$work/pibl.service.tmp" ]
     run make -C "$work" --no-print-directory pibl.8
     [ "$status" -eq 0 ]
 }

@@ -146,7 +146,7 @@ static void
 test_conditionals(void)
 {
     const char *stored = "HTTP/1.1 200 OK\r\nETag: \"v1\"\r\n"
-        "Last-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\n\r\n";
+        "Last-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\nDate: Wed, 21 Oct 2015 08:00:00 GMT\r\n\r\n";
     static const struct {
         const char *range;                  /* field lines after Host */
         int want;
@@ -187,22 +187,110 @@ test_conditionals(void)
             (unsigned long long)len);
     }
 
-    static const struct { const char *fields; int current; } cur[] = {
-        { "", 0 },
-        { "If-None-Match: \"v1\"\r\n", 1 },
-        { "If-None-Match: W/\"v1\"\r\n", 1 },                     /* weak comparison */
-        { "If-None-Match: \"x\", \"v1\"\r\n", 1 },
-        { "If-None-Match: *\r\n", 1 },
-        { "If-None-Match: \"v2\"\r\n", 0 },
+    static const struct { const char *fields; int want; } cur[] = {
+        { "", COND_SERVE },
+        { "If-None-Match: \"v1\"\r\n", COND_NOT_MODIFIED },
+        { "If-None-Match: W/\"v1\"\r\n", COND_NOT_MODIFIED },          /* weak comparison */
+        { "If-None-Match: \"x\", \"v1\"\r\n", COND_NOT_MODIFIED },
+        { "If-None-Match: *\r\n", COND_NOT_MODIFIED },
+        { "If-None-Match: \"v2\"\r\n", COND_SERVE },
+        /* all the lines of a list field are one list (RFC 9110 5.3) */
+        { "If-None-Match: \"a\"\r\nIf-None-Match: \"v1\"\r\n", COND_NOT_MODIFIED },
         /* If-None-Match wins over If-Modified-Since (RFC 9110 13.1.3). */
-        { "If-None-Match: \"v2\"\r\nIf-Modified-Since: Thu, 22 Oct 2015 00:00:00 GMT\r\n", 0 },
-        { "If-Modified-Since: Wed, 21 Oct 2015 07:28:00 GMT\r\n", 1 },
-        { "If-Modified-Since: Wed, 21 Oct 2015 07:27:59 GMT\r\n", 0 },
-        { "If-Modified-Since: yesterday\r\n", 0 },
+        { "If-None-Match: \"v2\"\r\nIf-Modified-Since: Thu, 22 Oct 2015 00:00:00 GMT\r\n", COND_SERVE },
+        { "If-Modified-Since: Wed, 21 Oct 2015 07:28:00 GMT\r\n", COND_NOT_MODIFIED },
+        { "If-Modified-Since: Wed, 21 Oct 2015 07:27:59 GMT\r\n", COND_SERVE },
+        { "If-Modified-Since: yesterday\r\n", COND_SERVE },
+        { "If-Modified-Since: Wed, 21 Oct 2015 07:28:00 GMT\r\n"
+          "If-Modified-Since: Wed, 21 Oct 2015 07:28:00 GMT\r\n", COND_SERVE },   /* two: ignored */
+        /* If-Match compares strongly; a failed one is a 412 (13.1.1) */
+        { "If-Match: \"v1\"\r\n", COND_SERVE },
+        { "If-Match: \"x\", \"v1\"\r\n", COND_SERVE },
+        { "If-Match: *\r\n", COND_SERVE },
+        { "If-Match: \"v2\"\r\n", COND_FAILED },
+        { "If-Match: W/\"v1\"\r\n", COND_FAILED },
+        { "If-Match: \"v2\"\r\nIf-Match: \"v1\"\r\n", COND_SERVE },
+        { "If-Unmodified-Since: Wed, 21 Oct 2015 07:28:00 GMT\r\n", COND_SERVE },
+        { "If-Unmodified-Since: Wed, 21 Oct 2015 07:27:59 GMT\r\n", COND_FAILED },
+        /* If-Match wins over If-Unmodified-Since (13.1.4) */
+        { "If-Match: \"v1\"\r\nIf-Unmodified-Since: Wed, 21 Oct 2015 07:27:59 GMT\r\n", COND_SERVE },
+        /* 412 before 304 (13.2.2) */
+        { "If-Match: \"v2\"\r\nIf-None-Match: \"v1\"\r\n", COND_FAILED },
     };
     for (size_t i = 0; i < sizeof cur / sizeof cur[0]; i++)
         CHECK(cond_heads(cur[i].fields, stored, head, sizeof head, &r, &st) == 0 &&
-            cond_client_has_current(&r, &st) == cur[i].current, "current case %zu", i);
+            cond_evaluate(&r, &st, 0) == cur[i].want, "conditional case %zu", i);
+
+    /* Stored answers without validators, with a weak tag, and not a 2xx. */
+    static const struct { const char *stored, *fields; time_t received; int want; } more[] = {
+        { "HTTP/1.1 200 OK\r\n\r\n", "If-None-Match: *\r\n", 0, COND_NOT_MODIFIED },
+        { "HTTP/1.1 200 OK\r\n\r\n", "If-None-Match: \"v1\"\r\n", 0, COND_SERVE },
+        { "HTTP/1.1 200 OK\r\n\r\n", "If-Match: \"v1\"\r\n", 0, COND_FAILED },
+        { "HTTP/1.1 200 OK\r\n\r\n", "If-Unmodified-Since: Wed, 21 Oct 2015 07:28:00 GMT\r\n", 0,
+          COND_SERVE },
+        /* If-Modified-Since without Last-Modified: the Date, else the time received (RFC 9111 4.3.2) */
+        { "HTTP/1.1 200 OK\r\nDate: Wed, 21 Oct 2015 07:28:00 GMT\r\n\r\n",
+          "If-Modified-Since: Wed, 21 Oct 2015 07:28:00 GMT\r\n", 0, COND_NOT_MODIFIED },
+        { "HTTP/1.1 200 OK\r\nDate: Wed, 21 Oct 2015 07:28:01 GMT\r\n\r\n",
+          "If-Modified-Since: Wed, 21 Oct 2015 07:28:00 GMT\r\n", 0, COND_SERVE },
+        { "HTTP/1.1 200 OK\r\n\r\n", "If-Modified-Since: Wed, 21 Oct 2015 07:28:00 GMT\r\n",
+          1445412480, COND_NOT_MODIFIED },
+        { "HTTP/1.1 200 OK\r\n\r\n", "If-Modified-Since: Wed, 21 Oct 2015 07:28:00 GMT\r\n",
+          1445412481, COND_SERVE },
+        { "HTTP/1.1 200 OK\r\nETag: W/\"v1\"\r\n\r\n", "If-None-Match: \"v1\"\r\n", 0,
+          COND_NOT_MODIFIED },
+        { "HTTP/1.1 200 OK\r\nETag: W/\"v1\"\r\n\r\n", "If-Match: W/\"v1\"\r\n", 0, COND_FAILED },
+        /* preconditions only where the answer would be a 2xx (RFC 9110 13.2.1) */
+        { "HTTP/1.1 404 Not Found\r\nETag: \"v1\"\r\n\r\n", "If-None-Match: \"v1\"\r\n", 0,
+          COND_SERVE },
+        { "HTTP/1.1 404 Not Found\r\nETag: \"v1\"\r\n\r\n", "If-Match: \"v2\"\r\n", 0, COND_SERVE },
+        { "HTTP/1.1 204 No Content\r\nETag: \"v1\"\r\n\r\n", "If-None-Match: \"v1\"\r\n", 0,
+          COND_NOT_MODIFIED },
+    };
+    for (size_t i = 0; i < sizeof more / sizeof more[0]; i++)
+        CHECK(cond_heads(more[i].fields, more[i].stored, head, sizeof head, &r, &st) == 0 &&
+            cond_evaluate(&r, &st, more[i].received) == more[i].want, "stored case %zu", i);
+
+    /* A Last-Modified date is strong for If-Range only a second or more
+     * before the stored Date (RFC 9110 8.8.2.2). */
+    static const struct { const char *stored; int want; } weak_date[] = {
+        { "HTTP/1.1 200 OK\r\nLast-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\n"
+          "Date: Wed, 21 Oct 2015 07:28:01 GMT\r\n\r\n", COND_RANGE_PART },
+        { "HTTP/1.1 200 OK\r\nLast-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\n"
+          "Date: Wed, 21 Oct 2015 07:28:00 GMT\r\n\r\n", COND_RANGE_WHOLE },
+        { "HTTP/1.1 200 OK\r\nLast-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\n\r\n",
+          COND_RANGE_WHOLE },
+    };
+    for (size_t i = 0; i < sizeof weak_date / sizeof weak_date[0]; i++) {
+        uint64_t from = 0, len = 0;
+        CHECK(cond_heads("Range: bytes=0-9\r\nIf-Range: Wed, 21 Oct 2015 07:28:00 GMT\r\n",
+            weak_date[i].stored, head, sizeof head, &r, &st) == 0 &&
+            cond_range(&r, &st, 1000, &from, &len) == weak_date[i].want, "if-range date case %zu", i);
+    }
+}
+
+/* ------------------------------------------------------------ cache keys */
+
+static void
+test_cache_key(void)
+{
+    static const struct { const char *host, *target, *want; } cases[] = {
+        { "Example.COM", "/a?b", "http://example.com/a?b" },
+        { "example.com:80", "/a", "http://example.com/a" },        /* the default port */
+        { "example.com:", "/a", "http://example.com/a" },          /* an empty port */
+        { "example.com:8080", "/a", "http://example.com:8080/a" },
+        { "[::1]:80", "/", "http://[::1]/" },
+        { "example.com", "?q=1", "http://example.com/?q=1" },      /* an empty path is "/" */
+        { "example.com", "", "http://example.com/" },
+        { "a:800", "/", "http://a:800/" },
+    };
+    char key[MAX_CACHE_KEY + 1];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int n = cache_key(key, sizeof key, cases[i].host, strlen(cases[i].host), cases[i].target,
+            strlen(cases[i].target));
+        CHECK(n == (int)strlen(cases[i].want) && strcmp(key, cases[i].want) == 0,
+            "cache key case %zu: %s", i, n < 0 ? "-1" : key);
+    }
 }
 
 /* ------------------------------------------------------------ head ends */
@@ -414,13 +502,13 @@ test_lookalikes(void)
 
 /* Write text to a temp file and load it; returns the load result. */
 static int
-load_text(const char *text, struct pibl_config *cfg, char *err, size_t err_len)
+load_bytes(const char *text, size_t len, struct pibl_config *cfg, char *err, size_t err_len)
 {
     char path[] = "/tmp/pibl-unit-XXXXXX";
     int fd = mkstemp(path);
     if (fd == -1)
         return -99;
-    if (write(fd, text, strlen(text)) != (ssize_t)strlen(text)) {
+    if (write(fd, text, len) != (ssize_t)len) {
         close(fd);
         return -99;
     }
@@ -428,6 +516,12 @@ load_text(const char *text, struct pibl_config *cfg, char *err, size_t err_len)
     int rc = pibl_config_load(path, cfg, err, err_len);
     unlink(path);
     return rc;
+}
+
+static int
+load_text(const char *text, struct pibl_config *cfg, char *err, size_t err_len)
+{
+    return load_bytes(text, strlen(text), cfg, err, err_len);
 }
 
 struct cfg_case {
@@ -459,6 +553,10 @@ static const struct cfg_case g_cfg_cases[] = {
     { "backend = 127.0.0.1:1\nlog_format = Combined\n",
       ":2: log_format: \"Combined\" must be pibl, combined or json" },
     { "backend = 127.0.0.1:1\nerror_log =\n", ":2: error_log: missing value" },
+    { "backend = 127.0.0.1:1\nadmin_listen = nope\n",
+      ":2: admin_listen: \"nope\" is not an IPv4 or IPv6 address" },
+    { "backend = 127.0.0.1:1\nhealth_check = /a b\n", ":2: health_check: \"/a b\" must be a path starting "
+      "with /, without blanks" },
 };
 
 static void
@@ -492,6 +590,24 @@ test_config(void)
         strcmp(cfg.error_log, "stdout") == 0, "log keys applied");
     CHECK(pibl_config_load("/nonexistent/pibl.cfg", &cfg, err, sizeof err) == -1 &&
         strstr(err, "/nonexistent/pibl.cfg") != NULL, "missing file named");
+
+    /* A NUL byte anywhere in a line is an error, not the end of the line. */
+    static const char nul[] = "backend = 127.0.0.1:1\nport = 8\0" "0\n";
+    CHECK(load_bytes(nul, sizeof nul - 1, &cfg, err, sizeof err) == -1 &&
+        strstr(err, ":2: NUL byte in line") != NULL, "NUL byte: %s", err);
+    /* MAX_CONFIG_LINE bytes, with LF or CRLF, fit; one more does not. */
+    char text[MAX_CONFIG_LINE + 64];
+    for (int crlf = 0; crlf <= 1; crlf++) {
+        for (int extra = 0; extra <= 1; extra++) {
+            int n = snprintf(text, sizeof text, "backend = 127.0.0.1:1\n# ");
+            memset(text + n, 'x', (size_t)(MAX_CONFIG_LINE - 2 + extra));
+            n += MAX_CONFIG_LINE - 2 + extra;
+            n += snprintf(text + n, sizeof text - (size_t)n, crlf ? "\r\n" : "\n");
+            int rc = load_bytes(text, (size_t)n, &cfg, err, sizeof err);
+            CHECK(extra ? rc == -1 && strstr(err, ":2: line longer than") != NULL : rc == 0,
+                "line of %d bytes + %s: rc %d %s", MAX_CONFIG_LINE + extra, crlf ? "CRLF" : "LF", rc, err);
+        }
+    }
 }
 
 /* ------------------------------------------------------------ round robin */
@@ -1222,6 +1338,7 @@ main(void)
     test_request_heads();
     test_head_end();
     test_conditionals();
+    test_cache_key();
     test_response_heads();
     test_chunked();
     test_content_length();

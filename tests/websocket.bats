@@ -51,7 +51,8 @@ tunnel_line() {
     start_origin o1
     start_pibl
     ws echo
-    [ "$status" -eq 0 ] && [ "$output" = "ok replica=o1 x_backend=o1" ]
+    [ "$status" -eq 0 ]
+    [ "$output" = "ok replica=o1 x_backend=o1" ]
     # The backend saw the upgrade and the key, as the client sent them (Upgrade is hop-by-hop: PIBL re-adds it).
     tr -d '\r' <"$(origin_log o1).heads" >"$BATS_TEST_TMPDIR/heads"
     cat "$BATS_TEST_TMPDIR/heads"
@@ -75,7 +76,8 @@ tunnel_line() {
     start_origin o1
     start_pibl
     ws early
-    [ "$status" -eq 0 ] && [ "$output" = ok ]
+    [ "$status" -eq 0 ]
+    [ "$output" = ok ]
 }
 
 @test "websocket: a half-close is passed on; the other direction still flows until it closes too" {
@@ -83,7 +85,8 @@ tunnel_line() {
     start_origin o1
     start_pibl
     ws halfclose
-    [ "$status" -eq 0 ] && [ "$output" = ok ]
+    [ "$status" -eq 0 ]
+    [ "$output" = ok ]
     [[ "$(tunnel_line)" != *err=* ]]
 }
 
@@ -116,7 +119,8 @@ tunnel_line() {
     cat "$BATS_TEST_TMPDIR/noread"
     sent=$(sed -n -E 's/^ok sent=([0-9]+)$/\1/p' "$BATS_TEST_TMPDIR/noread")
     echo "sent $sent bytes; PIBL RSS $rss0 KB -> $rss1 KB"
-    [ -n "$sent" ] && [ "$sent" -gt 0 ]
+    [ -n "$sent" ]
+    [ "$sent" -gt 0 ]
     # Kernel socket buffers on four sockets, not PIBL's memory, hold what was sent.
     [ "$sent" -lt $((64 * 1024 * 1024)) ]
     [ $((rss1 - rss0)) -lt 8192 ]
@@ -159,9 +163,11 @@ tunnel_line() {
     [[ "$output" == *"HTTP/1.1 200 OK"*"ok"* ]]
     # A websocket request answered with a 101 for h2c, or a 101 without Upgrade.
     run raw_fmt "$PIBL_PORT" "$ws_req"
-    [ "$(status_of "$output")" = 502 ] && [[ "$output" != *TUNNEL* ]]
+    [ "$(status_of "$output")" = 502 ]
+    [[ "$output" != *TUNNEL* ]]
     run raw_fmt "$PIBL_PORT" "$ws_req"
-    [ "$(status_of "$output")" = 502 ] && [[ "$output" != *TUNNEL* ]]
+    [ "$(status_of "$output")" = 502 ]
+    [[ "$output" != *TUNNEL* ]]
     grep -q 'status=502 .*err="101 answer to a request that asked for no upgrade"' "$PIBL_LOG"
     [ "$(grep -c 'status=502 .*err="101 answer for another protocol than websocket"' "$PIBL_LOG")" -eq 2 ]
 }
@@ -284,7 +290,8 @@ tunnel_line() {
             [ "${ORIGIN_PORT[$o]}" = "$port" ] && logged=$o
         done
         echo "load $k: page shows '$shown', log says $logged"
-        [ -n "$shown" ] && [ "$shown" = "$logged" ]
+        [ -n "$shown" ]
+        [ "$shown" = "$logged" ]
         seen+="$shown "
     done
     echo "replicas: $seen"
