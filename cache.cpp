@@ -63,8 +63,8 @@ struct index_entry {
 static char g_dir[PATH_MAX - 64];  /* cache folder (config caps its length) */
 static char g_off_reason[400];     /* why the cache is off, for start-up and the status page */
 static long g_ttl;                 /* launch TTL; 0 = cache off */
-static uint64_t g_max_bytes;       /* cache_max_bytes */
-static uint64_t g_max_object;      /* cache_max_object */
+static std::atomic<uint64_t> g_max_bytes;    /* cache_max_bytes (cache_set_limits) */
+static std::atomic<uint64_t> g_max_object;   /* cache_max_object */
 
 static pthread_mutex_t g_index_lock = PTHREAD_MUTEX_INITIALIZER;
 static std::unordered_map<uint64_t, struct index_entry> *g_index;  /* by hash */
@@ -276,7 +276,7 @@ evict(void)
         pthread_mutex_unlock(&g_index_lock);
         return;
     }
-    uint64_t target = g_max_bytes / 10 * 9, total = g_total;
+    uint64_t target = g_max_bytes.load() / 10 * 9, total = g_total;
     order.reserve(g_index->size());
     for (auto &kv : *g_index)
         order.push_back({ kv.second.last_use, kv.first });
@@ -297,7 +297,7 @@ evict(void)
         index_drop(o.second);
     }
     log_line("pibl: cache: evicted %zu entries (cache_max_bytes %llu)", n_evicted,
-        (unsigned long long)g_max_bytes);
+        (unsigned long long)g_max_bytes.load());
 }
 
 static void *
@@ -374,12 +374,18 @@ scan_folder(void)
         (unsigned long long)g_total, g_dir, n_tmp);
 }
 
+void
+cache_set_limits(const struct pibl_config *cfg)
+{
+    g_max_bytes.store((uint64_t)cfg->cache_max_bytes);
+    g_max_object.store((uint64_t)cfg->cache_max_object);
+}
+
 int
 cache_init(const struct pibl_config *cfg)
 {
     g_ttl = cfg->ttl;
-    g_max_bytes = (uint64_t)cfg->cache_max_bytes;
-    g_max_object = (uint64_t)cfg->cache_max_object;
+    cache_set_limits(cfg);
     if (g_ttl == 0) {
         snprintf(g_off_reason, sizeof g_off_reason, "TTL 0");
         return 0;

@@ -67,6 +67,10 @@ const char *cache_off_reason(void);
  */
 int cache_check_folder(const char *dir, int make, char *why, size_t why_len);
 
+/* cache_max_bytes and cache_max_object from cfg: at start-up, and again on
+ * each reload (they apply to the next writes and the next eviction). */
+void cache_set_limits(const struct pibl_config *cfg);
+
 /* Launch TTL in seconds. */
 long cache_ttl(void);
 

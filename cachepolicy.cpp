@@ -104,8 +104,9 @@ understood(int status)
 /*
  * Decide whether an answer may be stored and for how long (RFC 9111 3 and
  * 4.2, capped by the launch TTL): the freshness lifetime in seconds, with
- * *age the age it came with (RFC 9111 4.2.3; 0 for an Age that cannot be
- * read, which then makes it stale on arrival). A lifetime not above *age
+ * *age the age it came with (RFC 9111 4.2.3: its Age, or the time since its
+ * Date when longer; 0 for an Age that cannot be read, which then makes it
+ * stale on arrival). A lifetime not above *age
  * means stored but revalidated before each reuse. Returns -1: not stored.
  */
 static long
@@ -175,10 +176,18 @@ lifetime_of(const struct pibl_config *cfg, const struct http_request *r,
     if (lifetime > ttl)
         lifetime = ttl;
     long a = freshness_age(resp->headers, resp->n_headers);
-    if (a == AGE_INVALID)
+    if (a == AGE_INVALID) {
         lifetime = 0;                           /* unknown age: stale on arrival */
-    else
+    } else {
+        /* The age on arrival is the larger of Age and apparent_age, the
+         * time since its Date (RFC 9111 4.2.3), less the second a Date's
+         * rounding may account for; a Date ahead counts 0. */
+        const struct http_header *d = http_find_field(resp->headers, resp->n_headers, "date");
+        time_t date = d ? http_parse_date(d->value, d->value_len) : -1, now = time(NULL);
+        if (date != -1 && now - date - 1 > a)
+            a = now - date - 1 > 2147483647 ? 2147483647L : (long)(now - date - 1);
         *age = a;
+    }
     int has_validator = http_find_field(resp->headers, resp->n_headers, "etag") != NULL ||
         http_find_field(resp->headers, resp->n_headers, "last-modified") != NULL;
     if (lifetime <= *age && !has_validator)
@@ -521,7 +530,10 @@ cachepolicy_front(struct conn *c, struct exchange *x, const char *host, size_t h
         struct cache_entry e;
         x->cache = CACHE_MISS;
         x->cs_fwd = "uri-miss";
-        if (vary_lookup(x, &e) == 1) {
+        int found = vary_lookup(x, &e);
+        if (found == 2)
+            x->cs_fwd = "vary-miss";
+        if (found == 1) {
             int verdict = cachepolicy_judge(x, &e);
             if (verdict == ENTRY_OTHER_VARIANT) {
                 x->cs_fwd = "vary-miss";
@@ -567,7 +579,8 @@ cachepolicy_front_loop(struct conn *c, struct exchange *x, long *head_len, uint6
 {
     if (cachepolicy_plan(x, c->host, c->host_len, c->path, c->path_len) != PLAN_LOOKUP)
         return LOOP_HAND_OVER;
-    if (vary_lookup(x, &x->hit) != 1) {
+    int found = vary_lookup(x, &x->hit);
+    if (found != 1) {
         if (x->only_if_cached)
             return LOOP_HAND_OVER;              /* its 504 is cachepolicy_front's */
         if (!x->is_head) {
@@ -576,7 +589,7 @@ cachepolicy_front_loop(struct conn *c, struct exchange *x, long *head_len, uint6
             x->locked = 1;
         }
         x->cache = CACHE_MISS;
-        x->cs_fwd = "uri-miss";
+        x->cs_fwd = found == 2 ? "vary-miss" : "uri-miss";
         return LOOP_MISS;
     }
     x->cache = CACHE_HIT;
@@ -694,12 +707,22 @@ merge_update(const struct http_response *old, const struct http_response *upd,
     return 0;
 }
 
+/* 1 when resp says it has a body over cache_max_object: not even begun. */
+static int
+over_max_object(const struct pibl_config *cfg, const struct http_response *resp)
+{
+    const struct http_header *cl = http_find_field(resp->headers, resp->n_headers, "content-length");
+    long long n = cl != NULL ? http_parse_content_length(cl->value, cl->value_len) : -1;
+    return n > cfg->cache_max_object;
+}
+
 int
 cachepolicy_will_store(const struct conn *c, const struct exchange *x,
     const struct http_response *resp)
 {
     long age;
-    return x->store_ok && x->key_len > 0 && lifetime_of(c->cfg, &x->req, resp, &age) >= 0;
+    return x->store_ok && x->key_len > 0 && !over_max_object(c->cfg, resp) &&
+        lifetime_of(c->cfg, &x->req, resp, &age) >= 0;
 }
 
 struct cache_writer *
@@ -711,7 +734,7 @@ cachepolicy_store_answer(const struct pibl_config *cfg, const struct http_reques
     long age;
     long lifetime = lifetime_of(cfg, req, resp, &age);
 
-    if (lifetime < 0 || vary_of(req, resp, vary, sizeof vary) == -1)
+    if (lifetime < 0 || over_max_object(cfg, resp) || vary_of(req, resp, vary, sizeof vary) == -1)
         return NULL;
     struct http_builder b = { buf, cap, 0, 0 };
     stored_head(&b, resp, ct);

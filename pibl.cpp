@@ -786,6 +786,7 @@ reload(void)
         return;
     }
     g_cfg_now.store(next, std::memory_order_release);
+    cache_set_limits(next);
     for (int i = 0; i < ch.n_removed_slots; i++)
         upstream_pool_flush(ch.removed_slots[i]);
     if (strcmp(next->log_file, cur->log_file) != 0)

@@ -38,7 +38,8 @@ member_cmp(const void *a, const void *b)
 }
 
 /*
- * Append "name=values\n" for one request field name (lower-cased), the
+ * Append "name=values\n" for one request field name (lower-cased), or
+ * "name\n" when the request has no such field, the
  * values normalised where RFC 9110 lets two spellings mean the same: all
  * its lines as one list (5.3), members without the blanks around them; for
  * the Accept fields (case-insensitive tokens whose weights are their
@@ -58,11 +59,14 @@ append_vary(const struct http_request *r, const char *name, size_t name_len, cha
         char ch = (char)tolower((unsigned char)name[i]);
         http_put(&b, &ch, 1);
     }
-    http_put(&b, "=", 1);
+    int present = 0;
     for (int i = 0; i < r->n_headers; i++) {
         const struct http_header *h = &r->headers[i];
         if (h->name_len != name_len || !http_same_ci(h->name, name, name_len))
             continue;
+        if (!present)
+            http_put(&b, "=", 1);               /* absent is not empty (RFC 9111 4.1) */
+        present = 1;
         const char *p = h->value, *end = p + h->value_len, *t;
         size_t tl;
         while ((tl = http_list_next(&p, end, ",", &t)) > 0 || p < end) {
@@ -129,8 +133,8 @@ vary_of(const struct http_request *r, const struct http_response *resp, char *ou
 }
 
 /*
- * The request's values, as "name=value\n" lines, for the names in stored
- * (an entry's lines). Returns their length, or -1 when they do not fit.
+ * The request's values, as "name=value\n" (or "name\n") lines, for the
+ * names in stored (an entry's lines). Returns their length, or -1 when they do not fit.
  */
 static long
 vary_now(const struct http_request *r, const char *stored, char *now, size_t cap)
@@ -138,10 +142,11 @@ vary_now(const struct http_request *r, const char *stored, char *now, size_t cap
     size_t len = 0;
 
     for (const char *p = stored; *p != '\0';) {
-        const char *eq = strchr(p, '='), *nl = strchr(p, '\n');
-        if (eq == NULL || nl == NULL || eq > nl)
+        const char *nl = strchr(p, '\n');
+        if (nl == NULL)
             return -1;
-        if (append_vary(r, p, (size_t)(eq - p), now, &len, cap - 1) == -1)
+        const char *eq = (const char *)memchr(p, '=', (size_t)(nl - p));
+        if (append_vary(r, p, (size_t)((eq != NULL ? eq : nl) - p), now, &len, cap - 1) == -1)
             return -1;
         p = nl + 1;
     }
@@ -160,9 +165,10 @@ vary_matches(const struct http_request *r, const char *stored)
 /*
  * Variants (RFC 9111 4.1): the first answer stored for a URL has its key;
  * the others live beside it under "KEY variant=N", N in [0, MAX_VARIANTS)
- * chosen by a hash of the request's values for the names the first one
- * varies on. A variant whose slot is taken replaces what is there, so a
- * URL never has more than 1 + MAX_VARIANTS entries. A key holds no blank,
+ * found from a hash of the request's values for the names the first one
+ * varies on, then the next slots in turn; when all are taken by other
+ * values, the variant replaces the one at its hash, so a URL never has
+ * more than 1 + MAX_VARIANTS entries. A key holds no blank,
  * so the URL's own key is what comes before the first one.
  */
 #define VARIANT_SUFFIX " variant="
@@ -175,12 +181,12 @@ url_key_len(const char *key, size_t len)
 }
 
 /*
- * The URL's entry e is another variant: make x->key this request's variant
- * slot. Returns 1 when it did, 0 when x->key is a slot already or the
- * values or the key do not fit (the variant then takes the URL's key).
+ * The slot this request's variant starts at, for the names the URL's entry
+ * e varies on: a hash of the request's values for them. -1 when the values
+ * or the key do not fit, or x->key is a slot already.
  */
 static int
-to_variant_slot(struct exchange *x, const struct cache_entry *e)
+first_slot(const struct exchange *x, const struct cache_entry *e)
 {
     char now[MAX_VARY_BYTES];
     long n = vary_now(&x->req, e->vary, now, sizeof now);
@@ -188,27 +194,47 @@ to_variant_slot(struct exchange *x, const struct cache_entry *e)
 
     if (n < 0 || url_key_len(x->key, base) != base ||
         base + sizeof VARIANT_SUFFIX + 4 > MAX_CACHE_KEY)
-        return 0;
+        return -1;
     uint64_t h = 0xcbf29ce484222325ULL;    /* FNV-1a */
     for (long i = 0; i < n; i++)
         h = (h ^ (unsigned char)now[i]) * 0x100000001b3ULL;
-    x->key_len += snprintf(x->key + base, sizeof x->key - base, VARIANT_SUFFIX "%u",
-        (unsigned)(h % MAX_VARIANTS));
-    return 1;
+    return (int)(h % MAX_VARIANTS);
 }
 
-/* Look up x->key; an entry for other Vary values sends the lookup on to
- * this request's variant slot. Returns 1 with e filled (judge it: a slot
- * may hold yet another variant), 0 when there is none. */
+/* x->key becomes the URL's key (base bytes) with slot's suffix. */
+static void
+set_slot(struct exchange *x, size_t base, int slot)
+{
+    x->key_len = (int)base + snprintf(x->key + base, sizeof x->key - base, VARIANT_SUFFIX "%d", slot);
+}
+
 int
 vary_lookup(struct exchange *x, struct cache_entry *e)
 {
     if (cache_lookup(x->key, (size_t)x->key_len, e) != 1)
         return 0;
-    if (vary_matches(&x->req, e->vary) || !to_variant_slot(x, e))
-        return 1;
+    int first = vary_matches(&x->req, e->vary) ? -1 : first_slot(x, e);
+    if (first == -1)
+        return 1;                               /* this one, or the variant takes the URL's key */
     cache_release(e);
-    return cache_lookup(x->key, (size_t)x->key_len, e) == 1;
+    /* Open addressing over the slots: the first one free, or holding these
+     * values, from the hashed one on; when all hold others, the hashed one
+     * is replaced. */
+    size_t base = (size_t)x->key_len;
+    int target = first;
+    for (int k = 0; k < MAX_VARIANTS; k++) {
+        int slot = (first + k) % MAX_VARIANTS;
+        set_slot(x, base, slot);
+        if (cache_lookup(x->key, (size_t)x->key_len, e) != 1) {
+            target = slot;
+            break;
+        }
+        if (vary_matches(&x->req, e->vary))
+            return 1;
+        cache_release(e);
+    }
+    set_slot(x, base, target);
+    return 2;
 }
 
 /* Delete a URL's entry and its variants. Returns 1 when one was there. */

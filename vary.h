@@ -28,9 +28,11 @@ int vary_matches(const struct http_request *r, const char *stored);
 
 /*
  * Look up x->key in the cache; when the URL's entry was stored for other
- * values, x->key becomes this request's variant slot and that is looked
- * up. Returns 1 with e held (cache_release it; judge it with vary_matches:
- * a slot may hold another variant), 0 when there is no entry.
+ * values, the variant slots are searched for this request's values from
+ * the one their hash names. Returns 1 with e held (cache_release it; judge
+ * it with vary_matches: when the values do not fit a slot key, the URL's
+ * entry for other values comes back), 0 when the URL has no entry, 2 when
+ * it has only other variants: x->key is then the slot to store this one in.
  */
 int vary_lookup(struct exchange *x, struct cache_entry *e);
 

@@ -656,6 +656,34 @@ teardown() { helpers_teardown; }
     [ "$(origin_count o1 '^o1 GET /_cache\?max_age=600&vary=\*$')" -eq 2 ]
 }
 
+@test "cache: Vary: nine variants of one URL live side by side (slots taken in turn from the hashed one); a tenth replaces one" {
+    start_origin o1
+    start_pibl
+    local t='/_cache?max_age=600&vary=Accept-Language' l n=0
+    local -a langs=(en fr es de it pt nl sv da)
+    for l in "${langs[@]}"; do
+        fetch "a$l" "$t" -H "Accept-Language: $l"
+        [ "$(fheader "a$l" X-Cache)" = MISS ]
+        n=$((n + 1))
+        wait_entries "$n"
+    done
+    local i
+    for i in "${!langs[@]}"; do
+        l=${langs[$i]}
+        fetch "b$l" "$t" -H "Accept-Language: $l"
+        [ "$(fheader "b$l" X-Cache)" = HIT ] || { echo "$l was not kept"; return 1; }
+        [ "$(fbody "b$l")" = "cache-body o1 n=$((i + 1)) vary=$l" ]
+    done
+    [ "$(origin_count o1 '^o1 GET /_cache')" -eq 9 ]
+    # a tenth: stored in place of one of the eight slots; the URL never holds more than nine entries
+    fetch c "$t" -H 'Accept-Language: fi'
+    [ "$(fheader c X-Cache)" = MISS ]
+    [[ "$(fheader c Cache-Status)" == *fwd=vary-miss* ]]
+    fetch d "$t" -H 'Accept-Language: fi'
+    [ "$(fheader d X-Cache)" = HIT ]
+    [ "$(n_entries)" -eq 9 ]
+}
+
 @test "cache: Vary keys are normalised: one list over several lines, blanks around members; Accept fields by case, inner blanks and order" {
     start_origin o1
     start_pibl
@@ -696,6 +724,14 @@ teardown() { helpers_teardown; }
     fetch m "$xf" -H 'X-Foo: A, b'
     [ "$(fheader m X-Cache)" = MISS ]
     [ "$(origin_count o1 '^o1 GET /_cache')" -eq 7 ]
+    # an absent field matches only an absent one, not an empty one (RFC 9111 4.1)
+    local xb='/_cache?max_age=600&vary=X-Bar'
+    fetch n "$xb"
+    wait_entry "$(key_of "$xb")"
+    fetch o "$xb" -H 'X-Bar;'
+    [ "$(fheader o X-Cache)" = MISS ]
+    fetch p "$xb"
+    [ "$(fheader p X-Cache)" = HIT ]
 }
 
 @test "cache: Expires sets the lifetime (capped by the launch TTL, max-age wins); an invalid Expires (0) is stored only with a validator and revalidated each time" {
@@ -1039,10 +1075,12 @@ teardown() { helpers_teardown; }
     [ "$(origin_count o1 '^o1 GET /_cache')" -eq 4 ]
 }
 
-@test "cache: an answer larger than cache_max_object is relayed whole but not stored" {
+@test "cache: an answer larger than cache_max_object is relayed whole but not stored (nor said to be); a reload changes the limit" {
     start_origin o1
     start_pibl 'cache_max_object = 1000'
     fetch a '/_bytes?size=5000'
+    # its Content-Length says it is too big: Cache-Status does not say stored (RFC 9211 2.7)
+    [[ "$(fheader a Cache-Status)" != *stored* ]]
     fetch b '/_bytes?size=5000'
     [ "$(fstatus b)" = 200 ]
     [ "$(fheader b X-Cache)" = MISS ]
@@ -1055,6 +1093,15 @@ teardown() { helpers_teardown; }
     fetch d '/_bytes?size=500'
     [ "$(fheader d X-Cache)" = HIT ]
     cmp <(digits 500) "$BATS_TEST_TMPDIR/d.body"
+    # SIGHUP with a smaller limit: the next answers of 500 bytes are not stored
+    write_pibl_config "$PIBL_CFG" 'cache_max_object = 100'
+    kill -HUP "$PIBL_PID"
+    wait_for_line "$PIBL_LOG" '^pibl: reloaded ' "$HELPER_WAIT_SECS"
+    fetch e '/_bytes?size=501'
+    [[ "$(fheader e Cache-Status)" != *stored* ]]
+    fetch f '/_bytes?size=501'
+    [ "$(fheader f X-Cache)" = MISS ]
+    [ -z "$(entry_file "$(key_of '/_bytes?size=501')")" ]
 }
 
 @test "cache: cache_max_bytes bounds the folder (entries are evicted)" {

@@ -60,6 +60,36 @@ http_date() {
     grep -q 'req=3 .*GET /old' "$FAKE_DIR/log"
 }
 
+@test "freshness: the time since an answer's Date counts in its age when longer than its Age (apparent_age, RFC 9111 4.2.3)" {
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    local old now
+    old=$(http_date '2 hours ago' '%a, %d %b %Y %H:%M:%S GMT')
+    now=$(http_date 'now' '%a, %d %b %Y %H:%M:%S GMT')
+    answer 1 "Date: $old\r\nCache-Control: max-age=3600" one
+    answer 2 "Date: $old\r\nCache-Control: max-age=3600" two
+    answer 3 "Date: $old\r\nCache-Control: max-age=10800\r\nAge: 60" three
+    answer 4 "Date: $now\r\nCache-Control: max-age=600" four
+    PIBL_TTL=86400 start_pibl
+    # two hours old with an hour of life: stale on arrival, and without a validator not kept
+    fetch a /old
+    fetch b /old
+    [ "$(fbody b)" = two ]
+    # three hours of life: fresh, and its Age says about two hours, not the 60 s of its Age field
+    fetch c /older
+    wait_entry "$(key_of /older)"
+    fetch d /older
+    [ "$(fheader d X-Cache)" = HIT ]
+    [ "$(fheader d Age)" -ge 7190 ]
+    [ "$(fheader d Age)" -le 7210 ]
+    # a Date of now adds nothing
+    fetch e /now
+    wait_entry "$(key_of /now)"
+    fetch f /now
+    [ "$(fheader f X-Cache)" = HIT ]
+    [ "$(fheader f Age)" -le 2 ]
+    [ "$(fake_requests)" -eq 4 ]
+}
+
 @test "freshness: an Age that is not one non-negative integer (sign, fraction, parameter, list, two lines) makes the answer stale" {
     start_fake_backend "$BATS_TEST_TMPDIR/fake"
     local -a ages=('Age: abc' 'Age: -10' 'Age: 10.0' 'Age: 10;a=b' 'Age: 0, 0' 'Age: 0\r\nAge: 0' 'Age: "10"')
