@@ -869,14 +869,17 @@ cachepolicy_refresh(struct conn *c, struct exchange *x, const struct http_respon
     return serve(c, x, &x->stale);
 }
 
-int
-cachepolicy_stale_if_error(struct conn *c, struct exchange *x)
+/* Whether x's expired entry may stand in for an error (its head read into
+ * buf): SERVE_OK yes, SERVE_NONE no (none, unreadable, past its window),
+ * SERVE_REFUSED when its fields forbid any stale answer. */
+static int
+stale_verdict(struct conn *c, struct exchange *x, char *buf, size_t cap)
 {
     struct http_response resp;
     struct cache_ctl cc;
 
-    if (x->stale.fd == -1 || cache_read_head(&x->stale, c->uin, c->uin_cap) == -1 ||
-        http_parse_response(c->uin, x->stale.head_len, &resp) == -1)
+    if (x->stale.fd == -1 || cache_read_head(&x->stale, buf, cap) == -1 ||
+        http_parse_response(buf, x->stale.head_len, &resp) == -1)
         return SERVE_NONE;
     /* must-revalidate, proxy-revalidate, s-maxage and no-cache forbid a
      * stale answer whatever the config says (RFC 9111 4.2.4, 5.2.2). */
@@ -884,14 +887,37 @@ cachepolicy_stale_if_error(struct conn *c, struct exchange *x)
     if (cc.must_revalidate || cc.s_maxage >= 0 || cc.no_cache)
         return SERVE_REFUSED;
     long window = cc.stale_if_error >= 0 ? cc.stale_if_error : c->cfg->cache_stale_if_error;
-    if (x->stale.age - x->stale.lifetime > window)
-        return SERVE_NONE;
+    return x->stale.age - x->stale.lifetime > window ? SERVE_NONE : SERVE_OK;
+}
+
+static int
+serve_stale(struct conn *c, struct exchange *x)
+{
     x->cache = CACHE_STALE;
     x->cs_detail = "stale-if-error";
     int rc = serve(c, x, &x->stale);
     if (rc == SERVE_NONE)
         x->cache = CACHE_EXPIRED;
     return rc;
+}
+
+int
+cachepolicy_stale_if_error(struct conn *c, struct exchange *x)
+{
+    int v = stale_verdict(c, x, c->uin, c->uin_cap);
+    return v == SERVE_OK ? serve_stale(c, x) : v;
+}
+
+int
+cachepolicy_stale_on_5xx(struct conn *c, struct exchange *x, int status)
+{
+    if (x->stale.fd == -1 || (status != 500 && status != 502 && status != 503 && status != 504))
+        return SERVE_NONE;
+    /* c->uin holds the backend's answer, relayed if the entry may not serve. */
+    char *head = (char *)malloc(x->stale.head_len);
+    int v = head != NULL ? stale_verdict(c, x, head, x->stale.head_len) : SERVE_NONE;
+    free(head);
+    return v == SERVE_OK ? serve_stale(c, x) : SERVE_NONE;
 }
 
 /*

@@ -144,6 +144,11 @@ int cachepolicy_head_answered(struct conn *c, struct exchange *x, const struct h
  * proxy-revalidate, s-maxage, no-cache). Returns an enum cachepolicy_served. */
 int cachepolicy_stale_if_error(struct conn *c, struct exchange *x);
 
+/* The backend answered status: a 500, 502, 503 or 504 is an error as well
+ * (RFC 5861 4), and x's expired entry is served in its place on the same
+ * terms. SERVE_NONE when it is not (relay the backend's answer). */
+int cachepolicy_stale_on_5xx(struct conn *c, struct exchange *x, int status);
+
 /*
  * The head of an answer from entry e, into c->out: the stored head with
  * Age, X-Cache and Cache-Status, or a 304 when the client's conditionals

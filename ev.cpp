@@ -254,6 +254,8 @@ ev_response(struct loop *l, struct conn *c)
         cachepolicy_will_store(c, x, &resp) ||
         c->u_len - (size_t)c->u_head > (bi.kind == HTTP_BODY_LENGTH ? bi.remaining : 0))
         return ev_slow(l, c, RESUME_AFTER_HEAD);
+    /* Not stored: requests collapsed behind this one need not wait for it. */
+    cachepolicy_unlock(x);
     http_scan_connection(resp.headers, resp.n_headers, &ct);
     if (pibl_stopping())
         x->keep_alive = 0;

@@ -617,11 +617,22 @@ exchange_client_head(struct conn *c, struct exchange *x, const struct http_respo
 }
 
 /* The sink's tee while an answer is stored: a cache that cannot keep up
- * (disk full, object too big) drops out; the client still gets every byte. */
+ * (disk full, object too big) drops out; the client still gets every byte,
+ * and the requests collapsed behind it stop waiting at once. */
+struct store_tee_arg {
+    struct cache_writer *cw;
+    struct exchange *x;
+};
+
 static int
 store_tee(void *arg, const char *data, size_t len)
 {
-    return cache_store_write((struct cache_writer *)arg, data, len);
+    struct store_tee_arg *t = (struct store_tee_arg *)arg;
+    if (cache_store_write(t->cw, data, len) == 0)
+        return 0;
+    cachepolicy_unlock(t->x);
+    t->x->stored = 0;
+    return -1;
 }
 
 /*
@@ -647,6 +658,12 @@ relay_response(struct conn *c, struct exchange *x, struct upstream *u, size_t le
     }
     http_scan_connection(resp.headers, resp.n_headers, &ct);
     cachepolicy_answered(x, &resp);
+
+    /* stale-if-error: a 5xx from the backend is an error too; its body is
+     * left unread, so the connection is not reused. */
+    int stale = cachepolicy_stale_on_5xx(c, x, resp.status);
+    if (stale != SERVE_NONE)
+        return stale == SERVE_CLIENT_GONE ? -1 : 0;
 
     /* Our conditional request was answered 304: the stored body is current. */
     if (resp.status == 304 && cachepolicy_revalidating(x)) {
@@ -698,8 +715,9 @@ relay_response(struct conn *c, struct exchange *x, struct upstream *u, size_t le
     x->from_backend = 1;
     struct http_source src = { u->fd, c->uin, c->uin_cap, (size_t)head_len,
         len - (size_t)head_len, 0, 0, 0, 0 };
+    struct store_tee_arg tee = { cw, x };
     struct http_sink k = { c->fd, out_chunked, c->out, (size_t)out_len, 0,
-        cw != NULL ? store_tee : NULL, cw };
+        cw != NULL ? store_tee : NULL, &tee };
     int rc = http_relay_body(&src, &bi, &k, c->relay, RELAY_BUF_BYTES, 0);
     x->bytes = k.bytes;
     /* A writer that failed freed itself. Only a whole answer becomes an

@@ -215,6 +215,43 @@ http_date() {
     [ "$(fstatus d)" != 200 ]
 }
 
+@test "freshness: a 500, 502, 503 or 504 from the backend is an error too: the expired entry is served within stale-if-error; must-revalidate and a 404 are relayed" {
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    answer 1 'Cache-Control: max-age=1, stale-if-error=600' kept
+    answer 2 'Cache-Control: max-age=1, must-revalidate' strict
+    local i
+    for i in 3 4 5 6; do
+        local st
+        st=$(printf '500 Internal Server Error\n502 Bad Gateway\n503 Service Unavailable\n504 Gateway Timeout' | sed -n "$((i - 2))p")
+        fake_answer $i "HTTP/1.1 $st\r\nContent-Length: 4\r\n\r\noops"
+    done
+    fake_answer 7 'HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy'
+    fake_answer 8 'HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\ngone'
+    start_pibl
+    fetch a /kept
+    fetch b /strict
+    wait_entry "$(key_of /kept)"
+    wait_entry "$(key_of /strict)"
+    age_entry "$(key_of /kept)" '1 minute ago'
+    age_entry "$(key_of /strict)" '1 minute ago'
+    for i in 500 502 503 504; do
+        fetch "s$i" /kept
+        [ "$(fstatus "s$i")" = 200 ]
+        [ "$(fheader "s$i" X-Cache)" = STALE ]
+        [ "$(fbody "s$i")" = kept ]
+        [[ "$(fheader "s$i" Cache-Status)" == *detail=stale-if-error* ]]
+    done
+    # must-revalidate: the backend's own 503 goes to the client
+    fetch m /strict
+    [ "$(fstatus m)" = 503 ]
+    [ "$(fbody m)" = busy ]
+    # a 404 is an answer, not an error
+    fetch n /kept
+    [ "$(fstatus n)" = 404 ]
+    [ "$(fbody n)" = gone ]
+    [ "$(fake_requests)" -eq 8 ]
+}
+
 @test "freshness: a 304 updates the stored fields (not the framing ones) and the entry is rewritten by rename; the body stays" {
     start_fake_backend "$BATS_TEST_TMPDIR/fake"
     answer 1 'Cache-Control: max-age=1\r\nETag: "v1"\r\nX-Test: a\r\nContent-Type: text/plain\r\nContent-Encoding: identity' 'the stored body'
@@ -287,6 +324,36 @@ http_date() {
     echo "next: $(fheader e X-Cache) $(fheader e Cache-Status) $(fbody e)"
     [ "$(fheader e X-Cache)" != HIT ]
     [ "$(fake_requests)" -eq 4 ]
+}
+
+@test "freshness: requests collapsed behind a miss stop waiting once its head says it will not be stored (private, or over cache_max_object)" {
+    start_fake_backend "$BATS_TEST_TMPDIR/fake"
+    local head1='HTTP/1.1 200 OK\r\nCache-Control: private\r\nContent-Length: 4\r\n\r\n'
+    local head4='HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 4000\r\n\r\n'
+    fake_answer 1 "${head1}slow"
+    printf '%s 4\n' "$(printf '%b' "$head1" | wc -c)" >"$FAKE_DIR/1.split"      # the body 4 s after the head
+    fake_answer 4 "${head4}$(head -c 4000 /dev/zero | tr '\0' b)"
+    printf '%s 4\n' "$(printf '%b' "$head4" | wc -c)" >"$FAKE_DIR/4.split"
+    answer default 'Cache-Control: private' quick
+    PIBL_TTL=600 start_pibl 'cache_max_object = 1000'
+    local t k
+    for t in /private /big; do
+        pcurl -o "$BATS_TEST_TMPDIR/first.body" "$(url "$t")" &
+        local first=$!
+        track_pid "$first"
+        # the others come once the first is at the backend
+        wait_for_count "$FAKE_DIR/log" "GET $t" 1 "$HELPER_WAIT_SECS"
+        sleep 0.2
+        for k in 1 2; do
+            fetch "w$k${t#/}" "$t"
+            [ "$(fbody "w$k${t#/}")" = quick ]
+        done
+        # both answered while the first answer's body is still on its way
+        pid_alive "$first"
+        wait "$first"
+        untrack_pid "$first"
+    done
+    [ "$(head -c 4 "$BATS_TEST_TMPDIR/first.body")" = bbbb ]
 }
 
 @test "freshness: only-if-cached never reaches the backend: a stale entry inside stale-while-revalidate is a 504 too" {

@@ -7,8 +7,8 @@ What it does, one sub-command each:
                  counted over all connections) gets the bytes of file DIR/R, or DIR/default when there is none; when
                  DIR/R.close (or DIR/default.close) exists the connection is closed after the answer, otherwise it
                  stays open for the next request; DIR/R.delay holds seconds (at most 10) to wait before
-                 answering request R; DIR/R.split holds a byte count K: the first K bytes of the answer go
-                 out, and the rest in one write 0.2 s later. Each request head is logged to DIR/log as "conn=C req=R LINE",
+                 answering request R; DIR/R.split holds a byte count K and optionally seconds S (at most
+                 10, default 0.2): the first K bytes of the answer go out, and the rest in one write S s later. Each request head is logged to DIR/log as "conn=C req=R LINE",
                  and the raw bytes of request R (head, then the body as framed by Content-Length or chunked, read
                  whole before answering) are kept in DIR/req-R.
   slow PORT N SECS MODE REPORT
@@ -136,9 +136,10 @@ def backend(folder):
                 split = os.path.join(folder, "%d.split" % req)
                 if os.path.exists(split):            # two writes: K bytes, then the rest
                     with open(split) as f:
-                        k = int(f.read().strip() or 0)
+                        words = f.read().split() or ["0"]
+                    k = int(words[0])
                     conn.sendall(data[:k])
-                    time.sleep(0.2)
+                    time.sleep(min(float(words[1]), 10.0) if len(words) > 1 else 0.2)
                     data = data[k:]
                 conn.sendall(data)
                 if close:
