@@ -4,6 +4,9 @@
  * out of the rotation after health_fall failed probes in a row, and puts it
  * back after health_rise good ones.
  *
+ * Each backend is probed in a thread of its own, health_interval after its
+ * last probe ended, so that one that hangs for connect_timeout delays no
+ * other's probes.
  * A probe is one HTTP/1.1 GET on a fresh connection with Connection: close;
  * an answer head that http_parse_response() accepts, with a 2xx or 3xx
  * status, is good; anything else (refused, timeout after connect_timeout,
@@ -22,14 +25,18 @@
 #include "rr.h"
 #include "upstream.h"
 
+#include <atomic>
 #include <errno.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
 
+
+#define HEALTH_TICK_MS 100                 /* how often the schedule is looked at */
 
 static int g_fails[MAX_BACKENDS];          /* failed probes in a row */
 static int g_goods[MAX_BACKENDS];          /* good probes in a row */
@@ -126,6 +133,37 @@ account(const struct pibl_config *cfg, int i, int ok, const char *why)
     rr_set_health(i, 1);
 }
 
+/* One probe, in a thread of its own: a backend that hangs for
+ * connect_timeout holds up no other's schedule. */
+struct probe_job {
+    const struct pibl_config *cfg;
+    int slot;
+    char name[MAX_HOST_NAME + 8];  /* the backend the slot held when it started */
+};
+
+static pthread_mutex_t g_account_lock = PTHREAD_MUTEX_INITIALIZER;
+static std::atomic<int> g_busy[MAX_BACKENDS];          /* a probe in flight */
+static std::atomic<int64_t> g_done_at[MAX_BACKENDS];   /* ms its last probe ended */
+
+static void *
+probe_main(void *arg)
+{
+    struct probe_job *j = (struct probe_job *)arg;
+    const char *why = NULL;
+    int ok = probe(j->cfg, j->slot, &why);
+
+    /* One result at a time, so that "never the last one up" holds when
+     * several backends fail together; dropped if the slot changed hands. */
+    pthread_mutex_lock(&g_account_lock);
+    if (strcmp(g_names[j->slot], j->name) == 0)
+        account(j->cfg, j->slot, ok, why);
+    pthread_mutex_unlock(&g_account_lock);
+    g_done_at[j->slot].store(pibl_now_ms());
+    g_busy[j->slot].store(0);
+    free(j);
+    return NULL;
+}
+
 static void *
 health_main(void *arg)
 {
@@ -135,23 +173,35 @@ health_main(void *arg)
     for (;;) {
         const struct pibl_config *cfg = pibl_config_now();
         int n = rr_active_slots(slots, MAX_BACKENDS);
+        int64_t now = pibl_now_ms();
         for (int k = 0; k < n; k++) {
             int i = slots[k];
+            pthread_mutex_lock(&g_account_lock);
             if (strcmp(g_names[i], rr_name(i)) != 0) {   /* a new backend in this slot */
                 snprintf(g_names[i], sizeof g_names[i], "%s", rr_name(i));
                 g_fails[i] = g_goods[i] = g_kept_warned[i] = 0;
             }
+            pthread_mutex_unlock(&g_account_lock);
             if (cfg->health_check[0] == '\0') {
                 rr_set_health(i, 0);            /* checks turned off by a reload */
                 continue;
             }
-            if (rr_is_maint(i))
-                continue;                       /* disabled by hand: not probed */
-            const char *why = NULL;
-            int ok = probe(cfg, i, &why);
-            account(cfg, i, ok, why);
+            /* Disabled by hand: not probed. Else one probe each
+             * health_interval after the last one ended. */
+            if (rr_is_maint(i) || g_busy[i].load() ||
+                now - g_done_at[i].load() < (int64_t)cfg->health_interval * 1000)
+                continue;
+            struct probe_job *j = (struct probe_job *)malloc(sizeof *j);
+            if (j == NULL)
+                continue;
+            j->cfg = cfg;
+            j->slot = i;
+            snprintf(j->name, sizeof j->name, "%s", g_names[i]);
+            g_busy[i].store(1);
+            if (pibl_spawn(probe_main, j) == -1)
+                probe_main(j);                  /* no thread to spare: probe here */
         }
-        sleep((unsigned)(cfg->health_check[0] != '\0' ? cfg->health_interval : 1));
+        usleep(cfg->health_check[0] != '\0' ? HEALTH_TICK_MS * 1000 : 1000000);
     }
     return NULL;
 }

@@ -229,6 +229,39 @@ three_up_one_dead() {
     [ "$(seq_count "$seq" a)" -eq 2 ]
 }
 
+@test "health: a backend that accepts and never answers does not slow the probes of the others" {
+    start_origin a
+    # a silent backend: accepts, reads nothing, answers nothing (30 s at most)
+    python3 -c '
+import socket, sys, time
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(16)
+s.settimeout(0.5)
+print(s.getsockname()[1], flush=True)
+held, end = [], time.time() + 30
+while time.time() < end:
+    try:
+        held.append(s.accept()[0])
+    except socket.timeout:
+        pass
+' >"$BATS_TEST_TMPDIR/silent.port" &
+    local silent=$!
+    track_pid "$silent"
+    wait_for_line "$BATS_TEST_TMPDIR/silent.port" '^[0-9]+$' 5
+    BACKENDS+=("127.0.0.1:$(cat "$BATS_TEST_TMPDIR/silent.port")")
+    start_pibl_admin "health_check = /hello.txt" "health_interval = 1" "connect_timeout = 4"
+    wait_for_count "$(origin_log a)" '^a GET /hello\.txt$' 1
+    local before after
+    before=$(count_lines "$(origin_log a)" '^a GET /hello\.txt$')
+    sleep 6
+    after=$(count_lines "$(origin_log a)" '^a GET /hello\.txt$')
+    echo "probes of a in 6 s: $((after - before))"
+    # one round a second (plus its probes): a is asked about every second, not once per 5 s
+    [ $((after - before)) -ge 4 ]
+    stop_pid "$silent"
+}
+
 @test "health: the last backend up is never taken out (log line), and serves as soon as it is back" {
     start_origin a
     start_origin b
