@@ -1039,7 +1039,16 @@ main(int argc, char **argv)
     rr_configure(&cfg, &ch);
 
     int n_fds = raise_fd_limit();
-    if (install_signals() == -1 || log_open(cfg.log_file, cfg.log_format, cfg.error_log) == -1) {
+    const char *error_log = cfg.error_log;
+    if (cfg.log_format != LOG_FORMAT_PIBL && cfg.error_log[0] != '\0' &&
+        strcmp(cfg.error_log, "stderr") != 0 && strcmp(cfg.error_log, "stdout") != 0 &&
+        same_file(cfg.error_log, cfg.log_file)) {
+        /* log_file keeps exchange lines only, as its format promises. */
+        fprintf(stderr, "pibl: warning: error_log %s is also log_file: PIBL's own lines go to stderr "
+            "instead\n", cfg.error_log);
+        error_log = "stderr";
+    }
+    if (install_signals() == -1 || log_open(cfg.log_file, cfg.log_format, error_log) == -1) {
         fprintf(stderr, "pibl: cannot start: %s\n", strerror(errno));
         return 1;
     }

@@ -235,6 +235,18 @@ EOF
     run ! grep -q '^pibl: ' "$PIBL_ERR"
 }
 
+@test "logs: error_log = the log_file itself with log_format = json: a warning, and own lines go to stderr, the file holds JSON only" {
+    start_origin o1
+    start_pibl_own "$PIBL_ERR" "log_format = json" "error_log = $PIBL_LOG"
+    grep -q "^pibl: warning: error_log $PIBL_LOG is also log_file: PIBL's own lines go to stderr instead$" "$PIBL_ERR"
+    pcurl -o /dev/null "$(url '/hello.txt?j=1')"
+    wait_for_line "$PIBL_LOG" 'j=1'
+    run ! grep -q '^pibl: ' "$PIBL_LOG"
+    python3 -c 'import json, sys
+for line in open(sys.argv[1]):
+    json.loads(line)' "$PIBL_LOG"
+}
+
 @test "logs: SIGUSR1 writes 'pibl: log file reopened (PATH)' to the error log, and reopens (and names) an error_log file" {
     start_origin o1
     local own="$BATS_TEST_TMPDIR/pibl-error.log"
