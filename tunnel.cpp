@@ -63,6 +63,8 @@ struct tunnel {
     int minor, backend;
     char method[32], target[512], host[MAX_HOST_NAME];
     char *ua, *referer;            /* in the same block, after the struct */
+    unsigned char tried_order[MAX_BACKENDS];   /* the exchange's, for the log line */
+    int n_tried;
 };
 
 static std::atomic<int> g_open;    /* tunnels open now */
@@ -126,6 +128,8 @@ tunnel_begin(struct conn *c)
     t->referer = t->ua + ua_len + 1;
     memcpy(t->ua, x->ua, ua_len + 1);
     memcpy(t->referer, x->referer, ref_len + 1);
+    memcpy(t->tried_order, x->tried_order, sizeof t->tried_order);
+    t->n_tried = x->n_tried;
     t->t_start = x->t_start;
     t->minor = x->minor;
     t->backend = c->u.backend;
@@ -162,6 +166,8 @@ tunnel_end(struct conn *c)
     memcpy(x.host, t->host, sizeof x.host);
     memcpy(x.ua, t->ua, strlen(t->ua) + 1);    /* copied from an x->ua: it fits */
     memcpy(x.referer, t->referer, strlen(t->referer) + 1);
+    memcpy(x.tried_order, t->tried_order, sizeof x.tried_order);
+    x.n_tried = t->n_tried;
     exchange_log(c, &x);
     g_open.fetch_sub(1, std::memory_order_relaxed);
     rr_tunnels(t->backend, -1);

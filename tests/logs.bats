@@ -69,7 +69,7 @@ varied_requests() {
     run ! grep -q '^pibl: ' "$PIBL_ERR"
 }
 
-@test "logs: a WebSocket tunnel's line keeps its User-Agent and Referer (json: up_bytes too)" {
+@test "logs: a WebSocket tunnel's line keeps its User-Agent and Referer (json: up_bytes, and the backend in tried)" {
     start_origin o1
     start_pibl_own "$PIBL_ERR" "log_format = json"
     local hs=$'GET /_ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n'
@@ -86,6 +86,7 @@ assert len(t) == 1, rows
 t = t[0]
 assert t["ua"] == "tunnel-agent/3" and t["referer"] == "http://ref.example/ws", t
 assert isinstance(t["up_bytes"], int) and t["bytes"] > 0, t
+assert t["tried"] == [t["backend"]] and t["backend"] != "-", t
 EOF
 }
 
