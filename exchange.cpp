@@ -92,6 +92,29 @@ exchange_note_tried(struct exchange *x, int b)
 }
 
 /*
+ * For the log line of a request refused before exchange_check_request():
+ * its method, target and protocol as the request line at head (len bytes)
+ * has them. A line "GET /" has no protocol; "GET / HTTP/2.0" keeps its own.
+ */
+static void
+log_request_line(struct exchange *x, const char *head, size_t len)
+{
+    const char *eol = (const char *)memchr(head, '\n', len);
+    const char *end = eol != NULL ? eol : head + len;
+    if (end > head && end[-1] == '\r')
+        end--;
+    copy_field(x->method, sizeof x->method, x->req.method, x->req.method_len);
+    const char *sp1 = (const char *)memchr(head, ' ', (size_t)(end - head));
+    const char *t = sp1 != NULL ? sp1 + 1 : end;
+    const char *sp2 = (const char *)memchr(t, ' ', (size_t)(end - t));
+    copy_field(x->target, sizeof x->target, t, (size_t)((sp2 != NULL ? sp2 : end) - t));
+    x->proto_raw = 1;
+    x->proto[0] = '\0';
+    if (sp2 != NULL)
+        copy_field(x->proto, sizeof x->proto, sp2 + 1, (size_t)(end - sp2 - 1));
+}
+
+/*
  * One line per exchange, formatted by log.cpp by hand: the printf family
  * was a tenth of PIBL's own CPU time on small answers.
  */
@@ -115,6 +138,7 @@ exchange_log(const struct conn *c, const struct exchange *x)
     a.host = x->host;
     a.backend = x->backend >= 0 ? rr_name(x->backend) : NULL;
     a.minor = x->minor;
+    a.proto = x->proto_raw ? x->proto : NULL;
     a.status = x->status;
     a.bytes = x->bytes;
     a.tunnel = x->status == 101;
@@ -980,10 +1004,8 @@ exchange_serve(struct conn *c)
             perr == HTTP_BAD_VERSION ? "HTTP version not supported" : "malformed request head";
     }
     if (bad) {
-        if (x.req.method_len > 0 && x.method[0] == '\0') {
-            copy_field(x.method, sizeof x.method, x.req.method, x.req.method_len);
-            x.minor = x.req.minor_version;
-        }
+        if (x.req.method_len > 0 && x.method[0] == '\0')
+            log_request_line(&x, c->in + c->in_off, (size_t)head_len);
         exchange_error(c, &x, st, why, 0);
         exchange_log(c, &x);
         return EXCHANGE_CLOSE;

@@ -49,6 +49,7 @@ struct exchange {
     int n_tried;                   /* entries in tried_order */
     int fail_status;               /* answer when no backend is left, 0 = 503 */
     const char *fail_why;
+    int proto_raw;                 /* a refused request line: log proto, not HTTP/1.minor */
     /* The cache (RFC 9111); see cachepolicy.h. */
     int key_len;                   /* 0 when not cacheable */
     int store_ok;                  /* the answer may be stored */
@@ -71,6 +72,7 @@ struct exchange {
     char method[32];               /* copies for the log line, as received */
     char target[512];              /* cut for the log */
     char host[MAX_HOST_NAME];
+    char proto[16];                /* with proto_raw: its protocol as received, "" = none */
     char ua[MAX_LOG_UA];           /* User-Agent, "" = none */
     char referer[MAX_LOG_REFERER]; /* Referer, "" = none */
     unsigned char tried_order[MAX_BACKENDS];   /* backend slots tried, in order, each once */

@@ -647,6 +647,20 @@ pibl_shows_tried(const struct log_access *a)
     return a->n_tried > 1 || (a->n_tried > 0 && a->status >= 502 && a->status <= 504);
 }
 
+/* " HTTP/1.x" after the target; for a refused request line, its own
+ * protocol as received (escaped), or nothing when it had none. */
+static void
+put_protocol(struct line_out *o, int format, const struct log_access *a)
+{
+    if (a->proto == NULL) {
+        put_str(o, " HTTP/1.");
+        put_num(o, (unsigned long long)a->minor);
+    } else if (a->proto[0] != '\0') {
+        put_fixed(o, " ", 1);
+        put_escaped(o, format, a->proto, THEIRS);
+    }
+}
+
 static void
 format_pibl(struct line_out *o, const struct log_access *a, const struct timespec *now)
 {
@@ -660,8 +674,7 @@ format_pibl(struct line_out *o, const struct log_access *a, const struct timespe
     put_or_dash(o, LOG_FORMAT_PIBL, a->method, THEIRS);
     put_fixed(o, " ", 1);
     put_or_dash(o, LOG_FORMAT_PIBL, a->target, THEIRS);
-    put_str(o, " HTTP/1.");
-    put_num(o, (unsigned long long)a->minor);
+    put_protocol(o, LOG_FORMAT_PIBL, a);
     put_str(o, "\" host=");
     put_or_dash(o, LOG_FORMAT_PIBL, a->host, THEIRS);
     put_str(o, " backend=");
@@ -714,8 +727,7 @@ format_combined(struct line_out *o, const struct log_access *a, const struct tim
         put_escaped(o, LOG_FORMAT_COMBINED, a->method, THEIRS);
         put_fixed(o, " ", 1);
         put_or_dash(o, LOG_FORMAT_COMBINED, a->target, THEIRS);
-        put_str(o, " HTTP/1.");
-        put_num(o, (unsigned long long)a->minor);
+        put_protocol(o, LOG_FORMAT_COMBINED, a);
     } else {
         put_fixed(o, "-", 1);                   /* no request line was read */
     }
@@ -768,7 +780,10 @@ format_json(struct line_out *o, const struct log_access *a, const struct timespe
     put_json_field(o, "method", a->method, THEIRS);
     put_json_field(o, "target", a->target, THEIRS);
     proto[7] = (char)('0' + (a->minor == 0 ? 0 : 1));
-    put_json_field(o, "protocol", present(a->method) ? proto : NULL, OURS);
+    if (a->proto != NULL)                       /* a refused line: as received, or null */
+        put_json_field(o, "protocol", a->proto, THEIRS);
+    else
+        put_json_field(o, "protocol", present(a->method) ? proto : NULL, OURS);
     put_json_field(o, "host", a->host, THEIRS);
     put_json_field(o, "backend", a->backend, OURS);
     put_json_num(o, "status", (unsigned long long)a->status);

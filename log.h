@@ -37,6 +37,7 @@ struct log_access {
     const char *client_ip;         /* the address alone (combined's %h) */
     const char *method, *target, *host, *backend;
     int minor;                     /* HTTP/1.minor of the request */
+    const char *proto;             /* else this protocol as received ("": none), or NULL */
     int status;                    /* 0: nothing was answered */
     uint64_t bytes;                /* answer body bytes sent */
     int tunnel;                    /* a WebSocket tunnel: up_bytes is the other way */

@@ -424,6 +424,11 @@ PY
     expect_rejected 400 'G\x01T /"quoted" HTTP/1.1\r\nHost: t\r\n\r\n'
     expect_rejected 400 'GET /hello.txt HTTP/1.1\r\nHost: "evil" \x7f\r\n\r\n'
     wait_for_count "$PIBL_LOG" ' status=400 ' 3
+    # a refused request line is logged as it came: its own protocol, or none; never an invented HTTP/1.x
+    expect_rejected 505 'GET /v2 HTTP/2.0\r\nHost: t\r\n\r\n'
+    expect_rejected 400 'GET /v09\r\n\r\n'
+    wait_for_line "$PIBL_LOG" '"GET /v2 HTTP/2\.0" .*status=505 '
+    wait_for_line "$PIBL_LOG" '"GET /v09" .*status=400 '
     check_log_lines "$PIBL_LOG"
     origin_got_nothing o1
 }

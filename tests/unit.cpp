@@ -965,6 +965,23 @@ test_access_lines(void)
         "\"tried\":[\"web1\",\"web2\"],\"err\":\"backend unreachable\"}") == 0,
         "json line: %s", line);
 
+    /* A refused request line: its own protocol, or none, never an invented HTTP/1.x. */
+    sample_access(&a, tried);
+    a.target = "/";
+    a.proto = "HTTP/2.0";
+    format_line(LOG_FORMAT_COMBINED, &a, line, sizeof line);
+    CHECK(strstr(line, "\"GET / HTTP/2.0\" 502 ") != NULL, "combined, own protocol: %s", line);
+    format_line(LOG_FORMAT_JSON, &a, line, sizeof line);
+    CHECK(strstr(line, "\"protocol\":\"HTTP/2.0\"") != NULL, "json, own protocol: %s", line);
+    a.proto = "";
+    format_line(LOG_FORMAT_PIBL, &a, line, sizeof line);
+    CHECK(strstr(line, " \"GET /\" host=") != NULL, "pibl, no protocol: %s", line);
+    format_line(LOG_FORMAT_COMBINED, &a, line, sizeof line);
+    CHECK(strstr(line, "\"GET /\" 502 ") != NULL, "combined, no protocol: %s", line);
+    format_line(LOG_FORMAT_JSON, &a, line, sizeof line);
+    CHECK(strstr(line, "\"protocol\":null") != NULL, "json, no protocol: %s", line);
+    sample_access(&a, tried);
+
     /* One backend that answered: pibl says no tried=; a tunnel has up=. */
     a.status = 101;
     a.tunnel = 1;
