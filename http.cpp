@@ -11,8 +11,8 @@
  * callers pass buffers, sockets and the caps to apply.
  *
  * Refused on purpose: obs-fold, bare LF or CR, NUL and other control bytes
- * in heads, versions other than HTTP/1.x, chunk sizes past CK_MAX_DIGITS hex
- * digits, chunk extensions outside the RFC 9112 7.1.1 grammar or past
+ * in heads, versions other than HTTP/1.x, chunk sizes past CK_MAX_DIGITS
+ * significant hex digits (or CK_MAX_SIZE_CHARS in all), chunk extensions outside the RFC 9112 7.1.1 grammar or past
  * CK_MAX_EXT bytes, transfer codings other than chunked (request
  * smuggling, RFC 9112 6.3 and 11.2).
  *
@@ -373,7 +373,10 @@ http_chunked_step(struct http_chunked *ck, const char *p, size_t len, size_t *da
         case CK_SIZE: {
             int h = http_hex_value(c);
             if (h >= 0) {
-                if (++ck->n_digits > CK_MAX_DIGITS)
+                /* Leading zeros are allowed (RFC 9112 7.1), a 16th
+                 * significant digit is not: no overflow. */
+                if (++ck->n_digits > CK_MAX_SIZE_CHARS ||
+                    ck->remaining >= (1ULL << (4 * (CK_MAX_DIGITS - 1))))
                     return -1;
                 ck->remaining = ck->remaining * 16 + (uint64_t)h;
                 break;

@@ -27,7 +27,8 @@
 #define MAX_HEADERS          100      /* header fields in one head -> 431 */
 #define MAX_CONN_TOKENS      16       /* names listed in one Connection header */
 #define MAX_TRAILER_BYTES    8192     /* chunked trailer section we read and drop */
-#define CK_MAX_DIGITS        15       /* hex digits of a chunk size: 2^60 bytes, no overflow */
+#define CK_MAX_DIGITS        15       /* significant hex digits of a chunk size: 2^60 bytes */
+#define CK_MAX_SIZE_CHARS    64       /* all its digits, leading zeros too */
 #define CK_MAX_EXT           1024     /* bytes of chunk extensions on one line */
 
 /* A header field: views into the head buffer, never NUL-terminated. */

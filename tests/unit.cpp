@@ -379,6 +379,8 @@ static const struct chunk_case g_chunk_cases[] = {
     { "-5\r\nhello\r\n0\r\n\r\n", NULL },                            /* sign */
     { "0x5\r\nhello\r\n0\r\n\r\n", NULL },                           /* prefix */
     { "fffffffffffffffff\r\n", NULL },                               /* overflow */
+    { "1000000000000000\r\n", NULL },                                /* 16 significant digits */
+    { "00000000000000000005\r\nhello\r\n0000\r\n\r\n", "hello" },          /* leading zeros */
     { "5\r\nhelloX\r\n0\r\n\r\n", NULL },                            /* data too long */
     { "5\nhello\r\n0\r\n\r\n", NULL },                               /* bare LF */
     { "5 \r\nhello\r\n0\r\n\r\n", NULL },                            /* BWS without ext */
