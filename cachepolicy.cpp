@@ -219,9 +219,8 @@ cachepolicy_entry_head(struct conn *c, struct exchange *x, struct cache_entry *e
     if (cache_read_head(e, c->uin, c->uin_cap) == -1 ||
         http_parse_response(c->uin, e->head_len, &resp) == -1)
         return -1;
-    int cond = cond_evaluate(&x->req, &resp, time(NULL) - (time_t)e->age);
-    int not_modified = cond == COND_NOT_MODIFIED;
-    int status = not_modified ? 304 : cond == COND_FAILED ? 412 : resp.status;
+    int not_modified = cond_evaluate(&x->req, &resp, time(NULL) - (time_t)e->age) == COND_NOT_MODIFIED;
+    int status = not_modified ? 304 : resp.status;
     uint64_t from = 0, len = e->body_len;
     int range = COND_RANGE_WHOLE;
     if (status == 200 && !x->is_head && http_method_is(x->method, strlen(x->method), "GET"))
@@ -230,8 +229,7 @@ cachepolicy_entry_head(struct conn *c, struct exchange *x, struct cache_entry *e
         status = 206;
     else if (range == COND_RANGE_UNSATISFIABLE)
         status = 416;
-    int bodiless = status == 412 || status == 416;   /* an answer of PIBL's own */
-    int has_body = !x->is_head && !not_modified && status != 204 && status != 304 && !bodiless;
+    int has_body = !x->is_head && !not_modified && status != 204 && status != 304 && status != 416;
     int ranges_field = 0, has_date = 0;
 
     x->age = e->age;
@@ -249,7 +247,10 @@ cachepolicy_entry_head(struct conn *c, struct exchange *x, struct cache_entry *e
         const struct http_header *h = &resp.headers[i];
         if (cachepolicy_own_field(h) || freshness_is_own(h) || http_is_hop_by_hop(h, &none) ||
             http_is_lookalike(h->name, h->name_len) ||
-            ((not_modified || bodiless) && !keep_in_304(h)) ||
+            (not_modified && !keep_in_304(h)) ||
+            /* a 416 is PIBL's own: nothing that would let a cache keep it */
+            (status == 416 && (!keep_in_304(h) || http_name_is(h->name, h->name_len, "cache-control") ||
+                http_name_is(h->name, h->name_len, "expires"))) ||
             http_name_is(h->name, h->name_len, "content-length") ||
             ((status == 206 || status == 416) && http_name_is(h->name, h->name_len, "content-range")))
             continue;
@@ -276,7 +277,7 @@ cachepolicy_entry_head(struct conn *c, struct exchange *x, struct cache_entry *e
     }
     if (status != 204 && status != 304) {
         http_puts(&b, "Content-Length: ");
-        http_put_num(&b, (unsigned long long)(bodiless ? 0 : len));
+        http_put_num(&b, (unsigned long long)(status == 416 ? 0 : len));
         http_puts(&b, "\r\n");
     }
     cachepolicy_put_fields(&b, x);
@@ -414,6 +415,13 @@ cachepolicy_plan(struct exchange *x, const char *host, size_t host_len, const ch
     x->store_ok = is_get && !cc.no_store;
     if (cc.no_store) {
         x->cs_fwd = "request";                  /* ask the origin, keep nothing */
+        return PLAN_FORWARD;
+    }
+    /* If-Match and If-Unmodified-Since are for the origin, not a cache
+     * (RFC 9111 4.3.2): such a request goes there. */
+    if (http_find_field(r->headers, r->n_headers, "if-match") ||
+        http_find_field(r->headers, r->n_headers, "if-unmodified-since")) {
+        x->cs_fwd = "request";
         return PLAN_FORWARD;
     }
     /* no-cache: what is stored is revalidated before use (RFC 9111 5.2.1.4),
@@ -943,7 +951,12 @@ invalidate_ref(const struct exchange *x, const char *v, size_t len)
     if (len > 7 && http_same_ci(v, "http://", 7)) {
         const char *slash = (const char *)memchr(v + 7, '/', len - 7);
         size_t hl = slash ? (size_t)(slash - v - 7) : len - 7;
-        if (hl != host_len || !http_same_ci(v + 7, host, hl))
+        size_t same = hl;                       /* the key's host has no ":80" (cache_key) */
+        if (same >= 3 && memcmp(v + 7 + same - 3, ":80", 3) == 0)
+            same -= 3;
+        else if (same >= 1 && v[7 + same - 1] == ':')
+            same -= 1;
+        if (same != host_len || !http_same_ci(v + 7, host, same))
             return;                             /* another host: not ours to drop */
         v = slash ? slash : "/";
         len = slash ? len - 7 - hl : 1;

@@ -1,8 +1,8 @@
 /*
  * conditional.cpp - a request's conditionals and Range against a stored
- * answer (RFC 9110 13 and 14): whether a precondition fails (a 412) or the
- * client's copy is current (a 304 from the cache), and which bytes of the
- * entry a GET asked for. Pure functions over parsed heads.
+ * answer (RFC 9110 13 and 14): whether the client's copy is current (a 304
+ * from the cache), and which bytes of the entry a GET asked for. Pure
+ * functions over parsed heads.
  *
  * It does not send anything (cachepolicy.cpp answers) nor read files.
  * Refused on purpose: several ranges and other units get the whole answer
@@ -47,14 +47,12 @@ next_etag(const char **p, const char *end, const char **tag, size_t *len, int *w
 }
 
 /*
- * Whether a list field of r (If-Match, If-None-Match; all its lines, as
- * one list, RFC 9110 5.3) names the stored entity tag: 1 yes, 0 no, -1
- * when r has no such field. "*" names any current answer. strong: the
- * comparison of If-Match (both tags strong and equal, 8.8.3.2), else weak.
+ * Whether a list field of r (If-None-Match; all its lines, as one list,
+ * RFC 9110 5.3) names the stored entity tag, compared weakly (8.8.3.2):
+ * 1 yes, 0 no, -1 when r has no such field. "*" names any current answer.
  */
 static int
-list_names(const struct http_request *r, const char *field, const struct http_header *etag,
-    int strong)
+list_names(const struct http_request *r, const char *field, const struct http_header *etag)
 {
     int seen = 0;
     const char *stored = NULL;
@@ -77,8 +75,7 @@ list_names(const struct http_request *r, const char *field, const struct http_he
         while (next_etag(&p, end, &tag, &len, &weak) == 0) {
             if (len == 1 && tag[0] == '*' && !weak)
                 return 1;
-            if (stored != NULL && len == stored_len && memcmp(tag, stored, len) == 0 &&
-                (!strong || (!weak && !stored_weak)))
+            if (stored != NULL && len == stored_len && memcmp(tag, stored, len) == 0)
                 return 1;
         }
     }
@@ -118,16 +115,9 @@ cond_evaluate(const struct http_request *r, const struct http_response *stored, 
     const struct http_header *etag = http_find_field(stored->headers, stored->n_headers, "etag");
     time_t modified = stored_date(stored, "last-modified");
 
-    /* 13.2.2, steps 1 to 4. */
-    int match = list_names(r, "if-match", etag, 1);
-    if (match == 0)
-        return COND_FAILED;
-    if (match == -1) {
-        time_t since = request_date(r, "if-unmodified-since");
-        if (since != -1 && modified != -1 && modified > since)
-            return COND_FAILED;
-    }
-    int none = list_names(r, "if-none-match", etag, 0);
+    /* 13.2.2, steps 3 and 4: If-Match and If-Unmodified-Since are for the
+     * origin (RFC 9111 4.3.2; cachepolicy.cpp forwards them). */
+    int none = list_names(r, "if-none-match", etag);
     if (none != -1)
         return none ? COND_NOT_MODIFIED : COND_SERVE;
     time_t since = request_date(r, "if-modified-since");

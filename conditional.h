@@ -12,18 +12,18 @@
 struct http_request;
 struct http_response;
 
-/* What request r's preconditions make of a stored answer (RFC 9110 13.2.2). */
-enum cond_result { COND_SERVE, COND_NOT_MODIFIED, COND_FAILED };
+/* What request r's conditionals make of a stored answer (RFC 9110 13.2.2). */
+enum cond_result { COND_SERVE, COND_NOT_MODIFIED };
 
 /*
- * Evaluate If-Match, If-Unmodified-Since, If-None-Match and If-Modified-
- * Since of a GET or HEAD r against stored, received at time received:
- * COND_FAILED for a 412, COND_NOT_MODIFIED for a 304, else COND_SERVE.
- * List fields are read over all their lines; If-Match compares strongly,
- * If-None-Match weakly, "*" names any stored answer. Without Last-Modified,
- * If-Modified-Since compares with the stored Date or, lacking it, with
- * received (RFC 9111 4.3.2). A stored answer that is not a 2xx ignores
- * them all (13.2.1).
+ * Evaluate If-None-Match and If-Modified-Since of a GET or HEAD r against
+ * stored, received at time received: COND_NOT_MODIFIED for a 304, else
+ * COND_SERVE. If-None-Match is read over all its lines and compared weakly;
+ * "*" names any stored answer. Without Last-Modified, If-Modified-Since
+ * compares with the stored Date or, lacking it, with received (RFC 9111
+ * 4.3.2). A stored answer that is not a 2xx ignores them (13.2.1).
+ * If-Match and If-Unmodified-Since are not a cache's to judge (RFC 9111
+ * 4.3.2): such requests never reach here.
  */
 int cond_evaluate(const struct http_request *r, const struct http_response *stored,
     time_t received);

@@ -155,7 +155,7 @@ probe_main(void *arg)
     /* One result at a time, so that "never the last one up" holds when
      * several backends fail together; dropped if the slot changed hands. */
     pthread_mutex_lock(&g_account_lock);
-    if (strcmp(g_names[j->slot], j->name) == 0)
+    if (strcmp(rr_name(j->slot), j->name) == 0 && strcmp(g_names[j->slot], j->name) == 0)
         account(j->cfg, j->slot, ok, why);
     pthread_mutex_unlock(&g_account_lock);
     g_done_at[j->slot].store(pibl_now_ms());

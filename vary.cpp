@@ -211,29 +211,34 @@ set_slot(struct exchange *x, size_t base, int slot)
 int
 vary_lookup(struct exchange *x, struct cache_entry *e)
 {
+    /* Always from the URL's key: a lookup again after waiting for another
+     * request starts over, since the slots may have changed meanwhile. */
+    x->key_len = (int)url_key_len(x->key, (size_t)x->key_len);
+    x->key[x->key_len] = '\0';
     if (cache_lookup(x->key, (size_t)x->key_len, e) != 1)
         return 0;
     int first = vary_matches(&x->req, e->vary) ? -1 : first_slot(x, e);
     if (first == -1)
         return 1;                               /* this one, or the variant takes the URL's key */
     cache_release(e);
-    /* Open addressing over the slots: the first one free, or holding these
-     * values, from the hashed one on; when all hold others, the hashed one
-     * is replaced. */
+    /* Every slot is looked at from the hashed one on (one emptied by an
+     * eviction leaves no gap); a new variant goes to the first free one,
+     * or, when all hold others, replaces the hashed one. */
     size_t base = (size_t)x->key_len;
-    int target = first;
+    int target = -1;
     for (int k = 0; k < MAX_VARIANTS; k++) {
         int slot = (first + k) % MAX_VARIANTS;
         set_slot(x, base, slot);
         if (cache_lookup(x->key, (size_t)x->key_len, e) != 1) {
-            target = slot;
-            break;
+            if (target == -1)
+                target = slot;
+            continue;
         }
         if (vary_matches(&x->req, e->vary))
             return 1;
         cache_release(e);
     }
-    set_slot(x, base, target);
+    set_slot(x, base, target != -1 ? target : first);
     return 2;
 }
 

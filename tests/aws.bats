@@ -1153,7 +1153,7 @@ moto() {
     run "$DEPLOY" --proxies 2 --web 3 --no-wait
     echo "$output"
     [ "$status" -eq 0 ]
-    [[ "$output" != *"launched"* ]]
+    [[ "$output" != *": launched "* ]]
     [[ "$output" != *"created"* ]]
     [[ "$output" != *"scaled"* ]]
     [[ "$output" == *"Auto Scaling group pibl-web has 3 instances, unchanged"* ]]
