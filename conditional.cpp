@@ -48,26 +48,31 @@ next_etag(const char **p, const char *end, const char **tag, size_t *len, int *w
 
 /*
  * Whether a list field of r (If-None-Match; all its lines, as one list,
- * RFC 9110 5.3) names the stored entity tag, compared weakly (8.8.3.2):
+ * RFC 9110 5.3) names the entity tag of stored, compared weakly (8.8.3.2):
  * 1 yes, 0 no, -1 when r has no such field. "*" names any current answer.
+ * The stored tag is looked up only once r has the field (the common hit
+ * has none).
  */
 static int
-list_names(const struct http_request *r, const char *field, const struct http_header *etag)
+list_names(const struct http_request *r, const char *field, const struct http_response *stored)
 {
     int seen = 0;
-    const char *stored = NULL;
+    const char *tag_of_stored = NULL;
     size_t stored_len = 0;
-    int stored_weak = 0;
 
-    if (etag != NULL) {
-        const char *p = etag->value;
-        if (next_etag(&p, etag->value + etag->value_len, &stored, &stored_len, &stored_weak) == -1)
-            stored = NULL;
-    }
     for (int i = 0; i < r->n_headers; i++) {
         const struct http_header *h = &r->headers[i];
         if (!http_name_is(h->name, h->name_len, field))
             continue;
+        if (!seen) {
+            const struct http_header *etag =
+                http_find_field(stored->headers, stored->n_headers, "etag");
+            int weak;
+            const char *p = etag != NULL ? etag->value : NULL;
+            if (etag != NULL &&
+                next_etag(&p, etag->value + etag->value_len, &tag_of_stored, &stored_len, &weak) == -1)
+                tag_of_stored = NULL;
+        }
         seen = 1;
         const char *p = h->value, *end = h->value + h->value_len, *tag;
         size_t len;
@@ -75,7 +80,7 @@ list_names(const struct http_request *r, const char *field, const struct http_he
         while (next_etag(&p, end, &tag, &len, &weak) == 0) {
             if (len == 1 && tag[0] == '*' && !weak)
                 return 1;
-            if (stored != NULL && len == stored_len && memcmp(tag, stored, len) == 0)
+            if (tag_of_stored != NULL && len == stored_len && memcmp(tag, tag_of_stored, len) == 0)
                 return 1;
         }
     }
@@ -112,12 +117,9 @@ cond_evaluate(const struct http_request *r, const struct http_response *stored, 
     /* Preconditions apply only where the answer would be a 2xx (13.2.1). */
     if (stored->status < 200 || stored->status > 299)
         return COND_SERVE;
-    const struct http_header *etag = http_find_field(stored->headers, stored->n_headers, "etag");
-    time_t modified = stored_date(stored, "last-modified");
-
     /* 13.2.2, steps 3 and 4: If-Match and If-Unmodified-Since are for the
      * origin (RFC 9111 4.3.2; cachepolicy.cpp forwards them). */
-    int none = list_names(r, "if-none-match", etag);
+    int none = list_names(r, "if-none-match", stored);
     if (none != -1)
         return none ? COND_NOT_MODIFIED : COND_SERVE;
     time_t since = request_date(r, "if-modified-since");
@@ -125,6 +127,7 @@ cond_evaluate(const struct http_request *r, const struct http_response *stored, 
         return COND_SERVE;
     /* Without Last-Modified, the Date of the stored answer, or the time it
      * was received, stands for it (RFC 9111 4.3.2). */
+    time_t modified = stored_date(stored, "last-modified");
     if (modified == -1)
         modified = stored_date(stored, "date");
     if (modified == -1)
