@@ -919,7 +919,9 @@ cachepolicy_stale_if_error(struct conn *c, struct exchange *x)
 int
 cachepolicy_stale_on_5xx(struct conn *c, struct exchange *x, int status)
 {
-    if (x->stale.fd == -1 || (status != 500 && status != 502 && status != 503 && status != 504))
+    /* A client that asked for validation (no-cache) gets the backend's own answer. */
+    if (x->stale.fd == -1 || x->must_ask ||
+        (status != 500 && status != 502 && status != 503 && status != 504))
         return SERVE_NONE;
     /* c->uin holds the backend's answer, relayed if the entry may not serve. */
     char *head = (char *)malloc(x->stale.head_len);

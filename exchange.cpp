@@ -104,6 +104,7 @@ log_request_line(struct exchange *x, const char *head, size_t len)
     if (end > head && end[-1] == '\r')
         end--;
     copy_field(x->method, sizeof x->method, x->req.method, x->req.method_len);
+    x->minor = x->req.minor_version;
     const char *sp1 = (const char *)memchr(head, ' ', (size_t)(end - head));
     const char *t = sp1 != NULL ? sp1 + 1 : end;
     const char *sp2 = (const char *)memchr(t, ' ', (size_t)(end - t));

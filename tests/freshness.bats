@@ -225,8 +225,7 @@ http_date() {
         st=$(printf '500 Internal Server Error\n502 Bad Gateway\n503 Service Unavailable\n504 Gateway Timeout' | sed -n "$((i - 2))p")
         fake_answer $i "HTTP/1.1 $st\r\nContent-Length: 4\r\n\r\noops"
     done
-    fake_answer 7 'HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy'
-    fake_answer 8 'HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\ngone'
+    fake_answer 9 'HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\ngone'
     start_pibl
     fetch a /kept
     fetch b /strict
@@ -241,7 +240,13 @@ http_date() {
         [ "$(fbody "s$i")" = kept ]
         [[ "$(fheader "s$i" Cache-Status)" == *detail=stale-if-error* ]]
     done
+    # a client's no-cache asks for validation: it gets the backend's own error
+    fake_answer 7 'HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy'
+    fetch q /kept -H 'Cache-Control: no-cache'
+    [ "$(fstatus q)" = 503 ]
+    [ "$(fbody q)" = busy ]
     # must-revalidate: the backend's own 503 goes to the client
+    fake_answer 8 'HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy'
     fetch m /strict
     [ "$(fstatus m)" = 503 ]
     [ "$(fbody m)" = busy ]
@@ -249,7 +254,7 @@ http_date() {
     fetch n /kept
     [ "$(fstatus n)" = 404 ]
     [ "$(fbody n)" = gone ]
-    [ "$(fake_requests)" -eq 8 ]
+    [ "$(fake_requests)" -eq 9 ]
 }
 
 @test "freshness: a 304 updates the stored fields (not the framing ones) and the entry is rewritten by rename; the body stays" {
