@@ -227,7 +227,7 @@ check_request(const char *buf, size_t n, size_t max_uri, int rc, const struct ht
 
 /* A parsed request's Range and conditionals against a stored 200 of a few
  * sizes (conditional.h): a part lies inside the entry and is not empty;
- * the verdict is one of the three; the conditional check is 0 or 1. */
+ * the verdict is one of the three; the conditional check one of its two. */
 static void
 check_conditionals(const struct http_request *r)
 {
@@ -238,8 +238,8 @@ check_conditionals(const struct http_request *r)
     static const int parsed = http_parse_response(stored_head, sizeof stored_head - 1, &stored) == 0;
 
     CHECK(parsed);
-    int cur = cond_client_has_current(r, &stored);
-    CHECK(cur == 0 || cur == 1);
+    int cur = cond_evaluate(r, &stored, 1445412480);
+    CHECK(cur == COND_SERVE || cur == COND_NOT_MODIFIED);
     for (size_t i = 0; i < sizeof totals / sizeof totals[0]; i++) {
         uint64_t from = 0, len = 0;
         int v = cond_range(r, &stored, totals[i], &from, &len);
@@ -464,7 +464,7 @@ reparse(const char *p, size_t n, std::string *data, size_t *len)
     for (;;) {
         uint64_t size = 0;
         size_t digits = 0;
-        while (i < n && hexval((unsigned char)p[i]) >= 0 && digits < 16) {
+        while (i < n && hexval((unsigned char)p[i]) >= 0) {   /* PIBL took it: no overflow */
             size = size * 16 + (uint64_t)hexval((unsigned char)p[i++]);
             digits++;
         }
@@ -509,8 +509,9 @@ vchar_or_ws(unsigned char c)
  * A strict RFC 9112 7.1 decoder (chunk-ext as BWS ";" BWS token
  * [BWS "=" BWS (token / quoted-string)], trailer fields as name ":" value).
  * Returns DEC_DONE with data and the length, DEC_MORE, or DEC_BAD. *in_caps
- * is cleared when the body goes past a cap PIBL documents (15 hex digits,
- * 1024 bytes of extensions per line, MAX_TRAILER_BYTES of trailers).
+ * is cleared when the body goes past a cap PIBL documents (15 significant
+ * hex digits in at most 64, 1024 bytes of extensions per line,
+ * MAX_TRAILER_BYTES of trailers).
  */
 static int
 strict_decode(const char *p, size_t n, std::string *data, size_t *len, int *in_caps)
@@ -522,13 +523,14 @@ strict_decode(const char *p, size_t n, std::string *data, size_t *len, int *in_c
     *in_caps = 1;
     for (;;) {
         uint64_t size = 0;
-        size_t digits = 0;
+        size_t digits = 0, significant = 0;
         for (;; i++) {
             NEED(1);
             int h = hexval((unsigned char)p[i]);
             if (h < 0)
                 break;
-            if (++digits > 15) {
+            significant += size != 0 || h != 0;
+            if (++digits > CK_MAX_SIZE_CHARS || significant > CK_MAX_DIGITS) {
                 *in_caps = 0;
                 return DEC_BAD;
             }
