@@ -670,8 +670,8 @@ sched_run() {
     [[ $p != pibl* ]] || lines=$(wc -l < "$log")
     sched_snap proxy "${pids[@]}" > "$TMP/sched-a"
     sched_snap origin "${opids[@]}" >> "$TMP/sched-a"
-    # wrk runs under timeout: its PID once it is there (a busy machine may take a while to start it)
-    for ((i = 0; i < 40; i++)); do
+    # wrk runs under timeout: its PID once it is there (a busy machine may take a while to start it: up to 5 s)
+    for ((i = 0; i < 100; i++)); do
         sleep 0.05
         wpid=$(children_of "$job" | head -n 1)
         [ -z "$wpid" ] || break
